@@ -1,0 +1,39 @@
+"""The small data contracts every piece shares.
+
+Time convention (Sec. 2 of the paper, used everywhere in rfsweep): ``t = 0`` is data, ``t = 1`` is noise,
+``z_t = a_t x0 + b_t eps``. Backbones receive the *rectified-flow time* ``t = b / (a + b)`` of the path
+point they see (identical to the formulation's own ``t`` for rectified flow), so one backbone serves every
+formulation and pretrained SD3 weights, trained on the rectified-flow path, keep their meaning.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Cond(NamedTuple):
+    """Conditioning for one batch.
+
+    context: (B, L, D_ctx) token states; pooled: (B, D_vec) pooled vector.
+    """
+
+    context: torch.Tensor
+    pooled: torch.Tensor
+
+
+class Batch(NamedTuple):
+    """What training consumes, whether encoded online or read pre-encoded.
+
+    latents: (B, C, H, W) autoencoder latents (or pixels for the identity autoencoder);
+    context: (B, L, D_ctx); pooled: (B, D_vec).
+    """
+
+    latents: torch.Tensor
+    context: torch.Tensor
+    pooled: torch.Tensor
+
+    @property
+    def cond(self) -> Cond:
+        return Cond(self.context, self.pooled)

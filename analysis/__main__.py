@@ -1,0 +1,86 @@
+"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``) and ``correlate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.collect import collect, latest_sweep
+from analysis.completeness import missing
+from analysis.figures import fig3
+from analysis.ranking import common_ranks, rank_correlation, rank_table
+from analysis.tables import table2, write_missing, write_table1, write_table2
+from rfsweep.results import REAL, WEIGHTS
+
+
+def _load(source: str | None, weights: str | None):
+    path = Path(source) if source else latest_sweep()
+    df, manifest = collect(path)
+    if weights:
+        df = df[df["weights"].isin([weights, REAL])]
+    return path, df, manifest
+
+
+def rank_table_cmd(args) -> int:
+    src, df, manifest = _load(args.results, args.weights)
+    miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
+    if miss and not args.allow_incomplete:
+        for m in miss:
+            print(f"missing: {m}", file=sys.stderr)
+        print(f"error: {src}: grid incomplete, {len(miss)} runs/settings missing (listed above); "
+              "pass --allow-incomplete to rank anyway", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else (src / "analysis" if src.is_dir() else Path("analysis_out"))
+    table = rank_table(df)
+    write_table1(table, out, miss)
+    write_missing(out, miss)
+    w = args.weights or "ema"
+    t2 = table2(df, weights=w, order=list(table["variant"]))
+    if len(t2):
+        write_table2(t2, out, miss)
+    else:
+        print(f"note: no Table 2 (no rows at steps=25 cfg=5.0 weights={w})", file=sys.stderr)
+    if fig3(df, out / "fig3.png", weights=w) is None:
+        print(f"note: no Fig. 3 (no rows at cfg=5.0 weights={w})", file=sys.stderr)
+    print((out / "table1.md").read_text(), end="")
+    print(f"wrote {out}/" + (f" ({len(miss)} runs/settings missing, see missing.txt)" if miss else ""),
+          file=sys.stderr)
+    return 0
+
+
+def correlate_cmd(args) -> int:
+    _, a, _ = _load(args.a, args.weights)
+    _, b, _ = _load(args.b, args.weights)
+    ta, tb = rank_table(a), rank_table(b)
+    rho = rank_correlation(ta, tb, args.column)
+    n = len(common_ranks(ta, tb, args.column))
+    print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rank-table", help="Table 1, Table 2 and Fig. 3 of a sweep")
+    r.add_argument("--results", help="sweep directory or results CSV (default: latest sweep under multirun/)")
+    r.add_argument("--out", help="output directory (default <sweep>/analysis, or analysis_out/ for a CSV)")
+    r.add_argument("--allow-incomplete", action="store_true", help="rank even if runs/settings are missing")
+    r.add_argument("--weights", choices=WEIGHTS, help="rank only these weights (default: both)")
+    r.set_defaults(func=rank_table_cmd)
+    c = sub.add_parser("correlate", help="Spearman correlation of two sweeps' Table 1 ranks")
+    c.add_argument("a", help="sweep directory or results CSV")
+    c.add_argument("b", help="sweep directory or results CSV")
+    c.add_argument("--column", default="all", choices=["all", "5 steps", "50 steps"])
+    c.add_argument("--weights", choices=WEIGHTS)
+    c.set_defaults(func=correlate_cmd)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # ResultsError is a ValueError: bad path, corrupt file, empty grid
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

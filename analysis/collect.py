@@ -1,0 +1,66 @@
+"""Gather the saved results of a sweep (or one CSV of rows) into one validated frame."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from rfsweep.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, ResultsError, read_results, validate_rows
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read a sweep manifest ``{"jobs": [{variant, dataset, backbone, seed}], "settings": [[steps, cfg]],
+    "weights": [...]}``; settings become (int, float) tuples."""
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text())
+        jobs = [dict(j) for j in m["jobs"]]
+        if any("variant" not in j or "dataset" not in j for j in jobs):
+            raise ValueError("every job needs 'variant' and 'dataset'")
+        settings = [(int(s), float(c)) for s, c in m["settings"]]
+        weights = [str(w) for w in m["weights"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResultsError(f"{path}: corrupt manifest ({type(e).__name__}: {e})") from e
+    return {"jobs": jobs, "settings": settings, "weights": weights}
+
+
+def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
+    """Rows and manifest of ``source``: a sweep directory (every ``**/results.csv`` below it, and
+    ``manifest.json`` at its root if present) or a single CSV file of schema rows (no manifest)."""
+    source = Path(source)
+    if source.is_file():
+        return read_results(source), None
+    if not source.is_dir():
+        raise ResultsError(f"{source}: no such results file or sweep directory")
+    manifest_path = source / MANIFEST_FILE
+    manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    files = sorted(source.rglob(RESULTS_FILE))
+    if not files and manifest is None:
+        raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
+    frames = [read_results(f) for f in files]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    return (validate_rows(df) if frames else df), manifest
+
+
+def _is_sweep(d: Path) -> bool:
+    return (d / MANIFEST_FILE).is_file() or next(d.rglob(RESULTS_FILE), None) is not None
+
+
+def latest_sweep(root: str | os.PathLike = "multirun") -> Path:
+    """The most recently modified sweep directory under ``root``.
+
+    Hydra's default layout is ``multirun/YYYY-MM-DD/HH-MM-SS/<job>/``, so a sweep directory is two levels
+    below ``root``; a directory holding a manifest one level below (a custom ``hydra.sweep.dir``) counts too.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ResultsError(f"{root}: no sweep directory (run a sweep or pass --results PATH)")
+    level2 = [d for d in root.glob("*/*") if d.is_dir()]
+    level1 = [d for d in root.glob("*") if d.is_dir() and (d / MANIFEST_FILE).is_file()]
+    sweeps = [d for d in level2 + level1 if _is_sweep(d)]
+    if not sweeps:
+        raise ResultsError(f"{root}: no sweep with {MANIFEST_FILE} or {RESULTS_FILE} below it")
+    return max(sweeps, key=lambda d: (d.stat().st_mtime, str(d)))

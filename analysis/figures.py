@@ -1,0 +1,56 @@
+"""Fig. 3: FID and CLIP score against sampling steps, one colour per formulation family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # analysis never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from rfsweep.results import REAL  # noqa: E402
+
+FAMILY_COLORS = {"edm": "tab:blue", "rf": "tab:red", "eps": "tab:green", "v": "tab:orange"}
+_METRICS = (("fid", "FID"), ("clip_score", "CLIP score"))
+
+
+def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema") -> Path | None:
+    """Save Fig. 3 to ``path``: per dataset a pair of panels (FID, CLIP) against the sampling steps present
+    at ``cfg``; each variant a thin line in its family's colour, each family's median bold, and the
+    reference (real images) as a dashed line when the evaluation wrote one.
+    Returns None (and writes nothing) when no row matches."""
+    sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
+    if sel.empty:
+        return None
+    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[["fid", "clip_score"]].mean()
+    datasets = list(dict.fromkeys(sel["dataset"]))
+    steps = sorted(pts["steps"].unique())
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(9, 3.2 * len(datasets)), squeeze=False)
+    for row, ds in zip(axes, datasets):
+        d = pts[pts["dataset"] == ds]
+        for ax, (metric, label) in zip(row, _METRICS):
+            for fam, color in FAMILY_COLORS.items():
+                f = d[d["family"] == fam]
+                for _, v in f.groupby("variant"):
+                    ax.plot(v["steps"], v[metric], color=color, lw=0.6, alpha=0.35)
+                if not f.empty:
+                    med = f.groupby("steps")[metric].median()
+                    ax.plot(med.index, med.to_numpy(), color=color, lw=2.5, marker="o", ms=3, label=fam)
+            ref = df[(df["weights"] == REAL) & (df["dataset"] == ds)][metric]
+            if len(ref):  # real images: the floor under which differences mean nothing
+                ax.axhline(ref.mean(), color="k", ls="--", lw=1, label="real images")
+            ax.set_xscale("log")
+            ax.set_xticks(steps, [str(s) for s in steps])
+            ax.minorticks_off()
+            ax.set_xlabel("sampling steps")
+            ax.set_ylabel(label)
+            ax.set_title(f"{ds}: {label} (cfg {cfg:g}, {weights} weights)", fontsize=9)
+    axes[0][0].legend(title="family (median bold)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

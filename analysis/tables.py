@@ -1,0 +1,126 @@
+"""Tables 1 and 2 of the paper as CSV, Markdown and LaTeX.
+
+Table 2's CSV has, next to each metric column ``<col>``, a column ``<col> place`` holding 1, 2 or 3 for the
+best, second and third variant of that column (CLIP higher is better, FID lower is better; ties share a
+place, competition style) and empty otherwise. Markdown marks them **bold**, <u>underlined</u>, *italic*;
+LaTeX \\textbf, \\underline, \\textit. The reference row ("real images") is never placed.
+When the grid was incomplete, Markdown and LaTeX files open with a comment saying what was missing and
+``missing.txt`` lists every missing run and setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.ranking import TABLE1_COLUMNS
+from rfsweep.results import REAL, REAL_VARIANT
+
+MISSING_FILE = "missing.txt"
+_NOTE_MAX = 20  # missing items quoted in a table's header comment; missing.txt has all
+
+
+def _note(missing: list[str] | None) -> list[str]:
+    if not missing:
+        return []
+    lines = [f"INCOMPLETE GRID, ranked anyway (--allow-incomplete): {len(missing)} runs/settings missing"]
+    lines += [f"  missing: {m}" for m in missing[:_NOTE_MAX]]
+    if len(missing) > _NOTE_MAX:
+        lines.append(f"  ... and {len(missing) - _NOTE_MAX} more, see {MISSING_FILE}")
+    return lines
+
+
+def _markdown(header: list[str], rows: list[list[str]], missing) -> str:
+    out = [f"<!-- {line} -->" for line in _note(missing)]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s
+
+
+def _latex(header: list[str], rows: list[list[str]], missing) -> str:
+    out = [f"% {line}" for line in _note(missing)]
+    out += [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+            " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
+    out += [" & ".join(r) + r" \\" for r in rows]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def write_missing(out_dir: str | Path, missing: list[str] | None) -> Path | None:
+    """Write ``missing.txt`` (one name a line) when something is missing; remove a stale one otherwise."""
+    path = Path(out_dir) / MISSING_FILE
+    if not missing:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text("".join(m + "\n" for m in missing))
+    return path
+
+
+def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None) -> list[Path]:
+    """``table1.csv`` (exactly ``variant, all, 5 steps, 50 steps``, 2 decimals), ``table1.md``, ``table1.tex``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = table[TABLE1_COLUMNS].round(2)
+    t.to_csv(out / "table1.csv", index=False, float_format="%.2f")
+    rows = [[r.variant] + ["-" if pd.isna(x) else f"{x:.2f}" for x in r[1:]] for r in t.itertuples(index=False)]
+    (out / "table1.md").write_text(_markdown(TABLE1_COLUMNS, rows, missing))
+    tex_rows = [[_tex_escape(r[0])] + r[1:] for r in rows]
+    (out / "table1.tex").write_text(_latex(TABLE1_COLUMNS, tex_rows, missing))
+    return [out / f"table1.{e}" for e in ("csv", "md", "tex")]
+
+
+def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "ema",
+           order: list[str] | None = None) -> pd.DataFrame:
+    """Table 2: CLIP and FID per dataset at one sampler setting, with ``<col> place`` columns.
+
+    Several rows of one variant (seeds) are averaged. Rows follow ``order`` (e.g. Table 1's), else variant
+    name; the reference row, when the evaluation wrote one, comes last.
+    """
+    sel = df[(df["weights"] == weights) & (df["steps"] == steps) & ((df["cfg"] - cfg).abs() < 1e-9)]
+    real = df[df["weights"] == REAL].assign(variant=REAL_VARIANT)
+    datasets = list(dict.fromkeys(sel["dataset"]))
+    real = real[real["dataset"].isin(datasets)]
+    wide = pd.concat([sel, real]).groupby(["variant", "dataset"])[["clip_score", "fid"]].mean().unstack("dataset")
+    if sel.empty:
+        return pd.DataFrame({"variant": []})
+    pos = {v: i for i, v in enumerate(order or [])}
+    names = sorted(set(sel["variant"]), key=lambda v: (pos.get(v, len(pos)), v))
+    names += [REAL_VARIANT] if REAL_VARIANT in wide.index and REAL_VARIANT not in names else []
+    out = pd.DataFrame({"variant": names})
+    for ds in datasets:
+        for metric, col, best_high in (("clip_score", f"{ds} CLIP", True), ("fid", f"{ds} FID", False)):
+            vals = wide[(metric, ds)].reindex(names).to_numpy()
+            out[col] = vals
+            ranked = pd.Series(vals).where(out["variant"] != REAL_VARIANT).rank(method="min", ascending=not best_high)
+            out[f"{col} place"] = ranked.where(ranked <= 3).astype("Int64")
+    return out
+
+
+def _fmt(col: str, x: float) -> str:
+    return "-" if pd.isna(x) else (f"{x:.3f}" if col.endswith("CLIP") else f"{x:.2f}")
+
+
+def write_table2(t2: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None) -> list[Path]:
+    """``table2.csv`` (with place columns), ``table2.md`` and ``table2.tex`` (places marked)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t2.to_csv(out / "table2.csv", index=False)
+    cols = [c for c in t2.columns if c != "variant" and not c.endswith(" place")]
+    md_mark = {1: "**{}**", 2: "<u>{}</u>", 3: "*{}*"}
+    tex_mark = {1: r"\textbf{{{}}}", 2: r"\underline{{{}}}", 3: r"\textit{{{}}}"}
+    md_rows, tex_rows = [], []
+    for _, r in t2.iterrows():
+        cells = [(_fmt(c, r[c]), r[f"{c} place"]) for c in cols]
+        md_rows.append([r["variant"]] + [s if pd.isna(p) else md_mark[int(p)].format(s) for s, p in cells])
+        tex_rows.append([_tex_escape(r["variant"])] + [s if pd.isna(p) else tex_mark[int(p)].format(s)
+                                                       for s, p in cells])
+    (out / "table2.md").write_text(_markdown(["variant"] + cols, md_rows, missing))
+    (out / "table2.tex").write_text(_latex(["variant"] + cols, tex_rows, missing))
+    return [out / f"table2.{e}" for e in ("csv", "md", "tex")]

@@ -1,0 +1,129 @@
+"""The results schema: the one home of what an evaluated run writes and the analysis reads.
+
+One row per (run, weights, sampler setting). A run directory holds ``results.csv`` (these rows) and the
+sweep root may hold ``manifest.json`` (the jobs the sweep launched). Reference rows (``weights == "real"``,
+variant ``"real images"``, family ``"real"``) hold the FID of held-out real images against the reference
+images and their CLIP score: the floor under which FID differences mean nothing. They are never ranked.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+RESULTS_FILE = "results.csv"
+MANIFEST_FILE = "manifest.json"
+
+COLUMNS = (
+    "variant", "family", "dataset", "backbone", "weights", "steps", "cfg",
+    "clip_score", "fid", "n_samples", "ckpt_step", "val_loss", "seed", "run_dir",
+)
+# Sec. 5.1 / App. B.3: Euler sampler, 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0.
+SETTINGS: tuple[tuple[int, float], ...] = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
+WEIGHTS = ("ema", "raw")
+REAL = "real"  # weights/family value of reference rows
+REAL_VARIANT = "real images"
+FAMILIES = ("rf", "edm", "eps", "v")
+
+_DTYPES = {"steps": "int64", "cfg": "float64", "clip_score": "float64", "fid": "float64", "n_samples": "int64"}
+
+
+class ResultsError(ValueError):
+    """A results file or table that does not follow the schema."""
+
+
+def _frame(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
+    return rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+
+
+def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Check ``df`` against the schema; return it with columns in schema order and numeric dtypes."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(f"missing columns {missing}; required: {list(COLUMNS)}")
+    df = df.loc[:, list(COLUMNS)].copy()
+    for col, dtype in _DTYPES.items():
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() & df[col].notna()
+        if bad.any():
+            raise ResultsError(f"column {col!r} must be numeric, got {df[col][bad].iloc[0]!r}")
+        if dtype == "int64":
+            ok = num.map(math.isfinite) & (num == num.round())
+            if not ok.all():
+                raise ResultsError(f"column {col!r} must hold integers, got {num[~ok].iloc[0]}")
+        df[col] = num.astype(dtype)
+    for col in ("variant", "family", "dataset", "weights"):
+        if df[col].isna().any() or (df[col].astype(str).str.strip() == "").any():
+            raise ResultsError(f"column {col!r} must not be empty")
+    bad = sorted(set(df["weights"]) - {*WEIGHTS, REAL})
+    if bad:
+        raise ResultsError(f"column 'weights' has {bad}; allowed: {[*WEIGHTS, REAL]}")
+    bad = sorted(set(df["family"]) - {*FAMILIES, REAL})
+    if bad:
+        raise ResultsError(f"column 'family' has {bad}; allowed: {[*FAMILIES, REAL]}")
+    for col in ("clip_score", "fid"):
+        if not df[col].map(math.isfinite).all():
+            raise ResultsError(f"column {col!r} must be finite, got {df[col][~df[col].map(math.isfinite)].iloc[0]}")
+    if (df["n_samples"] < 0).any():
+        raise ResultsError("column 'n_samples' must be >= 0")
+    if (df["steps"] < 0).any():
+        raise ResultsError("column 'steps' must be >= 0 (reference rows may use 0)")
+    return df
+
+
+def write_results(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping]) -> Path:
+    """Validate and write rows atomically: a reader sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    df = validate_rows(_frame(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate one results file; any defect raises a one-line ``ResultsError`` naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such results file")
+    try:
+        raw = path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            raise ResultsError("no final newline, the write was cut short")
+        df = pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""],
+                         dtype={"variant": str, "family": str, "dataset": str, "backbone": str,
+                                "weights": str, "run_dir": str})
+        return validate_rows(df)
+    except (OSError, ValueError, pd.errors.ParserError) as e:  # UnicodeDecodeError is a ValueError
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ResultsError(f"{path}: corrupt or truncated results file ({msg})") from e
+
+
+def results_complete(path: str | os.PathLike, expected_settings: Iterable[tuple] | None = None) -> bool:
+    """True if ``path`` exists, parses, and holds every expected setting.
+
+    ``expected_settings``: (weights, steps, cfg) triples, or (steps, cfg) pairs meaning every WEIGHTS;
+    default SETTINGS. Used by the sweep to skip finished runs.
+    """
+    expected = list(SETTINGS if expected_settings is None else expected_settings)
+    expected = [e for x in expected for e in ([(w, *x) for w in WEIGHTS] if len(x) == 2 else [tuple(x)])]
+    try:
+        df = read_results(path)
+    except ResultsError:
+        return False
+    have = {(w, int(s), round(float(c), 6)) for w, s, c in zip(df["weights"], df["steps"], df["cfg"])}
+    return all((w, int(s), round(float(c), 6)) in have for w, s, c in expected)

@@ -1,0 +1,258 @@
+"""analysis: Pareto ranking, Table 1/2, completeness, collection of sweeps and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import collect, latest_sweep, missing, pareto_ranks, rank_correlation, rank_table, table2
+from analysis.__main__ import main
+from analysis.figures import fig3
+from analysis.ranking import setting_ranks
+from analysis.tables import write_table2
+from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, write_results
+from tests.test_results import grid, row
+
+
+def dominates(i, j, clip, fid):
+    return clip[i] >= clip[j] and fid[i] <= fid[j] and (clip[i] > clip[j] or fid[i] < fid[j])
+
+
+# --- Pareto ranks -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("clip, fid, ranks", [
+    ([0.3, 0.3], [10, 10], [1, 1]),  # exact duplicates share a rank
+    ([0.3, 0.3], [10, 12], [1, 2]),  # equal CLIP, better FID dominates
+    ([0.3, 0.2], [10, 10], [1, 2]),  # equal FID, better CLIP dominates
+    ([0.30, 0.25, 0.28, 0.24, 0.23, 0.23], [10, 5, 12, 6, 13, 13], [1, 1, 2, 2, 3, 3]),  # three fronts
+    ([0.3], [1.0], [1]),
+    ([], [], []),
+])
+def test_pareto_ranks_by_hand(clip, fid, ranks):
+    assert pareto_ranks(clip, fid).tolist() == ranks
+
+
+def test_pareto_ranks_properties():
+    rng = np.random.default_rng(1)
+    clip, fid = rng.integers(0, 6, 60) / 10, rng.integers(0, 6, 60).astype(float)  # many ties
+    r = pareto_ranks(clip, fid)
+    for j in range(60):
+        assert not any(dominates(i, j, clip, fid) for i in range(60) if r[i] >= r[j])
+        if r[j] > 1:
+            assert any(dominates(i, j, clip, fid) for i in range(60) if r[i] == r[j] - 1)
+
+
+def test_pareto_ranks_rejects_nan():
+    with pytest.raises(ValueError, match="finite"):
+        pareto_ranks([0.2, np.nan], [1, 2])
+
+
+# --- Table 1 --------------------------------------------------------------------------------------------------
+def hand_grid():
+    pts = {  # (steps, cfg): {variant: (clip, fid)}
+        (50, 5.0): {"a": (0.30, 10), "b": (0.25, 5), "c": (0.20, 20)},  # ranks a1 b1 c2
+        (5, 5.0): {"a": (0.20, 30), "b": (0.30, 10), "c": (0.25, 20)},  # ranks b1 c2 a3
+        (25, 5.0): {"a": (0.30, 10), "b": (0.20, 20), "c": (0.20, 20)},  # ranks a1 b2 c2
+    }
+    rows = [row(v, "rf", "imagenet", "ema", s, c, clip=cl, fid=f) for (s, c), d in pts.items()
+            for v, (cl, f) in d.items()]
+    rows.append(row("real images", REAL, "imagenet", REAL, 0, 0.0, clip=0.9, fid=0.1))  # never ranked
+    return pd.DataFrame(rows)
+
+
+def test_rank_table_by_hand():
+    t = rank_table(hand_grid())
+    assert t.columns.tolist() == ["variant", "all", "5 steps", "50 steps"]
+    assert t["variant"].tolist() == ["b", "a", "c"]
+    exp = {"a": (5 / 3, 3, 1), "b": (4 / 3, 1, 1), "c": (2, 2, 2)}
+    for r in t.itertuples(index=False):
+        assert r[1:] == pytest.approx(exp[r.variant])
+
+
+def test_rank_table_two_settings_and_ties_by_name():
+    t = rank_table(hand_grid().query("steps != 25"))
+    assert t["variant"].tolist() == ["b", "a", "c"]  # a and c tie at 2.0: by name
+    assert t["all"].tolist() == [1.0, 2.0, 2.0]
+
+
+def test_rank_table_on_study_grid_counts_24_settings():
+    df = grid()
+    r = setting_ranks(df)
+    assert (r.groupby("variant").size() == 24).all()
+    assert (r[r["steps"] == 5].groupby("variant").size() == 4).all()
+    assert (r[r["steps"] == 50].groupby("variant").size() == 12).all()
+    t = rank_table(df).set_index("variant")
+    assert "real images" not in t.index and len(t) == 9
+    pd.testing.assert_series_equal(t["all"], r.groupby("variant")["rank"].mean().reindex(t.index),
+                                   check_names=False)
+
+
+def test_seeds_are_averaged_before_ranking():
+    df = hand_grid().query("steps == 50")
+    other = df[df["variant"] == "c"].assign(seed=1, clip_score=0.30, fid=20.0)  # mean c: (0.25, 20)
+    t = rank_table(pd.concat([df, other]))
+    assert dict(zip(t["variant"], t["all"])) == {"a": 1.0, "b": 1.0, "c": 2.0}  # c ties b on CLIP, worse FID
+
+
+def test_rank_correlation():
+    t = rank_table(grid())
+    assert rank_correlation(t, t) == pytest.approx(1.0)
+    rev = t.assign(**{"all": -t["all"]})
+    assert rank_correlation(t, rev) == pytest.approx(-1.0)
+
+
+# --- completeness and collection ------------------------------------------------------------------------------
+def test_missing_without_manifest():
+    df = grid()
+    assert missing(df) == []
+    cut = df[~((df["variant"] == "eps/cos") & (df["dataset"] == "imagenet"))]
+    cut = cut[~((cut["variant"] == "rf") & (cut["dataset"] == "cc12m") & (cut["weights"] == "raw")
+                & (cut["steps"] == 5))]
+    assert missing(cut) == ["variant=eps/cos dataset=imagenet",
+                            "variant=rf dataset=cc12m weights=raw steps=5 cfg=5.0"]
+    assert missing(cut, weights=["ema"]) == ["variant=eps/cos dataset=imagenet"]
+
+
+def manifest_for(df, extra=()):
+    jobs = [{"variant": v, "dataset": d, "backbone": "dit-s", "seed": 0}
+            for v, d in df[df["weights"] != REAL][["variant", "dataset"]].drop_duplicates().itertuples(index=False)]
+    return {"jobs": jobs + list(extra), "settings": [list(s) for s in SETTINGS], "weights": list(WEIGHTS)}
+
+
+def test_missing_with_manifest_names_unrun_job():
+    df = grid()
+    m = manifest_for(df, [{"variant": "rf/cosmap", "dataset": "cc12m", "backbone": "dit-s", "seed": 0}])
+    assert missing(df, m) == ["variant=rf/cosmap dataset=cc12m"]
+    m["settings"].append([100, 7.5])
+    assert len(missing(df, m)) == 1 + 9 * 2 * 2
+
+
+def write_sweep(root, df, manifest=True, drop=None):
+    """Hydra layout: one job directory per (variant, dataset), the reference rows in their own."""
+    root.mkdir(parents=True)
+    runs = df[df["weights"] != REAL].groupby(["variant", "dataset"], sort=False)
+    for i, ((v, d), rows) in enumerate(runs):
+        if (v, d) != drop:
+            write_results(root / str(i) / "eval" / "results.csv", rows)
+    write_results(root / "real" / "results.csv", df[df["weights"] == REAL])
+    if manifest:
+        (root / MANIFEST_FILE).write_text(json.dumps(manifest_for(df)))
+    return root
+
+
+def test_collect_sweep_and_csv(tmp_path):
+    df = grid()
+    sweep = write_sweep(tmp_path / "sweep", df)
+    got, m = collect(sweep)
+    assert len(got) == len(df) and len(m["jobs"]) == 18 and m["settings"][0] == (50, 1.0)
+    write_results(tmp_path / "all.csv", df)
+    got, m = collect(tmp_path / "all.csv")
+    assert len(got) == len(df) and m is None
+
+
+def test_latest_sweep(tmp_path):
+    old = write_sweep(tmp_path / "multirun" / "2026-11-25" / "10-00-00", grid())
+    new = write_sweep(tmp_path / "multirun" / "2026-11-26" / "01-00-00", grid(), manifest=False)
+    (tmp_path / "multirun" / "2026-11-26" / "02-00-00").mkdir()  # started, nothing written yet
+    os.utime(old, (1e9, 1e9))
+    os.utime(new, (2e9, 2e9))
+    assert latest_sweep(tmp_path / "multirun") == new
+    os.utime(old, (3e9, 3e9))
+    assert latest_sweep(tmp_path / "multirun") == old
+
+
+# --- Table 2 and Fig. 3 ---------------------------------------------------------------------------------------
+def test_table2_places(tmp_path):
+    pts = {"a": (0.25, 50), "b": (0.26, 40), "c": (0.24, 45), "d": (0.23, 60)}
+    rows = [row(v, "rf", "imagenet", "ema", 25, 5.0, clip=c, fid=f) for v, (c, f) in pts.items()]
+    rows += [row("a", "rf", "imagenet", "ema", 50, 5.0, clip=0.99, fid=1.0),  # other setting: ignored
+             row("a", "rf", "imagenet", "raw", 25, 5.0, clip=0.99, fid=1.0),  # other weights: ignored
+             row("real images", REAL, "imagenet", REAL, 0, 0.0, clip=0.30, fid=3.0)]
+    t = table2(pd.DataFrame(rows), order=["d", "c", "b", "a"])
+    assert t["variant"].tolist() == ["d", "c", "b", "a", "real images"]
+    assert t.columns.tolist() == ["variant", "imagenet CLIP", "imagenet CLIP place", "imagenet FID",
+                                  "imagenet FID place"]
+    places = lambda col: dict(zip(t["variant"], t[col].astype(object).where(t[col].notna(), None)))  # noqa: E731
+    assert places("imagenet CLIP place") == {"d": None, "c": 3, "b": 1, "a": 2, "real images": None}
+    assert places("imagenet FID place") == {"d": None, "c": 2, "b": 1, "a": 3, "real images": None}
+    write_table2(t, tmp_path)
+    md = (tmp_path / "table2.md").read_text()
+    assert "| b | **0.260** | **40.00** |" in md and "| a | <u>0.250</u> | *50.00* |" in md
+    assert "| real images | 0.300 | 3.00 |" in md
+    assert r"c & \textit{0.240} & \underline{45.00} \\" in (tmp_path / "table2.tex").read_text()
+    assert pd.read_csv(tmp_path / "table2.csv")["imagenet FID place"].tolist()[1:4] == [2, 1, 3]
+
+
+def test_fig3_needs_cfg5_rows(tmp_path):
+    df = grid()
+    assert fig3(df[df["cfg"] != 5.0], tmp_path / "f.png") is None
+    assert fig3(df, tmp_path / "f.png").stat().st_size > 10_000
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+def test_cli_complete_sweep(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", grid())
+    assert main(["rank-table", "--results", str(sweep)]) == 0
+    out = sweep / "analysis"
+    assert pd.read_csv(out / "table1.csv").columns.tolist() == ["variant", "all", "5 steps", "50 steps"]
+    for f in ("table1.md", "table1.tex", "table2.csv", "table2.md", "table2.tex", "fig3.png"):
+        assert (out / f).stat().st_size > 0, f
+    assert not (out / "missing.txt").exists()
+    assert "| variant | all | 5 steps | 50 steps |" in capsys.readouterr().out
+    assert list(pd.read_csv(out / "table2.csv").columns[1:5]) == [
+        "imagenet CLIP", "imagenet CLIP place", "imagenet FID", "imagenet FID place"]
+
+
+def test_cli_refuses_incomplete_then_allows(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", grid(), drop=("v/cos", "cc12m"))
+    assert main(["rank-table", "--results", str(sweep)]) == 1
+    err = capsys.readouterr().err
+    assert "missing: variant=v/cos dataset=cc12m" in err and "--allow-incomplete" in err.splitlines()[-1]
+    assert not (sweep / "analysis").exists()
+    out = tmp_path / "out"
+    assert main(["rank-table", "--results", str(sweep), "--out", str(out), "--allow-incomplete"]) == 0
+    assert (out / "missing.txt").read_text() == "variant=v/cos dataset=cc12m\n"
+    for f in ("table1.md", "table2.md"):
+        assert (out / f).read_text().startswith("<!-- INCOMPLETE GRID"), f
+        assert "missing: variant=v/cos dataset=cc12m" in (out / f).read_text()
+    for f in ("table1.tex", "table2.tex"):
+        assert (out / f).read_text().startswith("% INCOMPLETE GRID"), f
+    assert (out / "fig3.png").exists()
+
+
+def test_cli_csv_default_out_and_latest_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_results(tmp_path / "rows.csv", grid())
+    assert main(["rank-table", "--results", "rows.csv", "--weights", "ema"]) == 0
+    assert (tmp_path / "analysis_out" / "table1.csv").exists()
+    sweep = write_sweep(tmp_path / "multirun" / "2026-11-26" / "05-00-00", grid())
+    assert main(["rank-table"]) == 0
+    assert (sweep / "analysis" / "table1.md").exists()
+
+
+@pytest.mark.parametrize("bad", ["missing", "corrupt"])
+def test_cli_errors_are_one_line(tmp_path, capsys, bad):
+    path = tmp_path / "results.csv"
+    if bad == "corrupt":
+        path.write_bytes(b"variant,family,data")
+    assert main(["rank-table", "--results", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and str(path) in err
+
+
+def test_cli_correlate_as_module(tmp_path):
+    write_results(tmp_path / "a.csv", grid(seed=0))
+    write_results(tmp_path / "b.csv", grid(seed=0))
+    p = subprocess.run([sys.executable, "-m", "analysis", "correlate", str(tmp_path / "a.csv"),
+                        str(tmp_path / "b.csv")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "spearman rho = 1.000 over 9 common variants (column 'all')"
+
+
+def test_cli_no_sweep_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["rank-table"]) == 2
+    assert "multirun" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""Datasets and the data module.
+
+Every dataset item is either raw, `{"image": (3, H, W) in [-1, 1], "caption": str}`, encoded online by the
+autoencoder and conditioner, or pre-encoded, `{"latents": (C, h, w), "parts": [...]}` (see `precomputed`).
+Either way training consumes `rfsweep.types.Batch(latents, context, pooled)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from rfsweep.data.digits import Digits
+from rfsweep.data.shapes import Shapes
+
+EMBEDDED = {"digits": Digits, "shapes": Shapes}
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad data configuration: the message names the key and what is allowed."""
+
+
+def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:
+    """One split of a dataset by name: the embedded `digits` / `shapes`, or `precomputed` at `path`."""
+    if split not in SPLITS:
+        raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
+    if name in EMBEDDED:
+        return EMBEDDED[name](split=split, resolution=resolution, seed=seed)
+    if name == "precomputed":
+        from rfsweep.data.precomputed import PrecomputedDataset
+
+        if path is None or not Path(path).is_dir():
+            raise DataError(f"data.path={path!r} does not exist (allowed: a folder of pre-encoded shards)")
+        return PrecomputedDataset(path, split)
+    raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join([*EMBEDDED, 'precomputed'])})")

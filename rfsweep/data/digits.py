@@ -1,0 +1,47 @@
+"""`digits`: the UCI handwritten digits that scikit-learn ships, as a text-to-image set standing in for
+ImageNet (captioned "a photo of a <synonym>"). Nothing is downloaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from rfsweep.data.captions import DIGIT_SYNONYMS, class_caption, draw_synonym
+
+SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+
+
+class Digits(Dataset):
+    """Items: {"image": (3, H, W) in [-1, 1], "caption": str, "label": int}.
+
+    The 1797 8x8 images are split 80/10/10 by a permutation fixed by `split_seed`; "test" is held out for
+    evaluation (its captions are the evaluation prompts, its images the reference set).
+    """
+
+    def __init__(self, split: str = "train", resolution: int = 8, seed: int = 0, split_seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        order = np.random.default_rng(split_seed).permutation(len(data.images))
+        lo, hi = SPLIT_FRACTIONS[split]
+        idx = order[int(lo * len(order)) : int(hi * len(order))]
+        images = torch.from_numpy(data.images[idx]).float() / 16.0 * 2 - 1  # (N, 8, 8) in [-1, 1]
+        images = images[:, None].expand(-1, 3, -1, -1)
+        if resolution != 8:
+            images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+        self.images = images.contiguous()
+        self.labels = torch.from_numpy(data.target[idx]).long()
+        self.split, self.seed = split, seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def item(self, i: int, epoch: int = 0) -> dict:
+        """Item i with the synonym drawn for `epoch` (training redraws it every pass over the data)."""
+        name = draw_synonym(DIGIT_SYNONYMS[int(self.labels[i])], self.seed, i, epoch)
+        return {"image": self.images[i], "caption": class_caption(name), "label": int(self.labels[i])}
+
+    def __getitem__(self, i: int) -> dict:
+        return self.item(i)

@@ -1,0 +1,44 @@
+"""The LightningDataModule: a resumable training stream and a fixed validation set."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from rfsweep.data import build_dataset
+from rfsweep.data.stream import SampleStream, StreamSampler
+
+
+def collate(items: list[dict]) -> dict:
+    out: dict = {"caption": [it["caption"] for it in items]}
+    if "latents" in items[0]:
+        out["latents"] = torch.stack([it["latents"] for it in items])
+        out["parts"] = [(torch.stack([it["parts"][i][0] for it in items]),
+                         torch.stack([it["parts"][i][1] for it in items])) for i in range(len(items[0]["parts"]))]
+    else:
+        out["image"] = torch.stack([it["image"] for it in items])
+    return out
+
+
+class DataModule(L.LightningDataModule):
+    def __init__(self, name: str, batch_size: int, max_steps: int, resolution: int = 8, seed: int = 0,
+                 path: str | None = None, n_val: int = 256, num_workers: int = 0):
+        super().__init__()
+        self.name, self.batch_size, self.max_steps = name, batch_size, max_steps
+        self.resolution, self.seed, self.path, self.n_val, self.num_workers = resolution, seed, path, n_val, num_workers
+        self.train = build_dataset(name, "train", resolution, seed, path)
+        self.val = build_dataset(name, "val", resolution, seed, path)
+
+    def train_dataloader(self) -> DataLoader:
+        # The stream starts where the (possibly restored) trainer stands: data position = global step.
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return DataLoader(SampleStream(self.train, self.seed),
+                          batch_sampler=StreamSampler(self.batch_size, start, self.max_steps),
+                          collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        val = Subset(self.val, range(min(self.n_val, len(self.val))))
+        return DataLoader(val, batch_size=min(self.batch_size, 256), shuffle=False, collate_fn=collate,
+                          num_workers=0)

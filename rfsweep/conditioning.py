@@ -13,6 +13,9 @@ encoded online and parts read pre-encoded from disk.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -49,6 +52,30 @@ class Conditioner(nn.Module):
         rows = [self._cache[c] for c in captions]
         return [(torch.stack([r[i][0] for r in rows]), torch.stack([r[i][1] for r in rows]))
                 for i in range(len(self.encoders))]
+
+    def warm(self, captions: list[str], cache_file: str | Path | None = None, batch_size: int = 256) -> None:
+        """Fill the memo for a known caption vocabulary (the embedded datasets have a few hundred),
+        loading it from / saving it to `cache_file` so that the jobs of a sweep encode it once."""
+        if self._cache is None:
+            return
+        todo = sorted(set(captions) - set(self._cache))
+        if cache_file is not None and Path(cache_file).is_file():
+            try:
+                stored = torch.load(cache_file, weights_only=True)
+                self._cache.update({c: [tuple(p) for p in parts] for c, parts in stored.items()})
+                todo = [c for c in todo if c not in self._cache]
+            except Exception:  # a corrupt cache is only a cache: recompute and overwrite it
+                pass
+        if not todo:
+            return
+        for i in range(0, len(todo), batch_size):
+            self.encode(todo[i : i + batch_size])
+        if cache_file is not None:
+            path = Path(cache_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({c: [tuple(t.cpu() for t in p) for p in self._cache[c]] for c in set(captions)}, tmp)
+            os.replace(tmp, path)
 
     def drop_mask(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """(B, n_encoders) boolean: True where that encoder's output is kept."""

@@ -38,6 +38,10 @@ class Digits(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def captions(self) -> list[str]:
+        """Every caption the split can produce (all synonyms of its digits)."""
+        return sorted({class_caption(n) for y in set(self.labels.tolist()) for n in DIGIT_SYNONYMS[y]})
+
     def item(self, i: int, epoch: int = 0) -> dict:
         """Item i with the synonym drawn for `epoch` (training redraws it every pass over the data)."""
         name = draw_synonym(DIGIT_SYNONYMS[int(self.labels[i])], self.seed, i, epoch)

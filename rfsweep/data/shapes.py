@@ -74,6 +74,7 @@ class Shapes(Dataset):
     def __init__(self, split: str = "train", resolution: int = 8, seed: int = 0, size: int | None = None):
         self.split, self.resolution, self.seed = split, resolution, seed
         self.size = size or SPLIT_SIZES[split]
+        self._rendered: dict[int, torch.Tensor] = {}  # rendering is deterministic: memoise it
 
     def __len__(self) -> int:
         return self.size
@@ -86,9 +87,15 @@ class Shapes(Dataset):
         relation = None if n == 1 else str(rng.choice(list(RELATIONS)))
         return objects, relation
 
+    def captions(self) -> list[str]:
+        """Every caption of the split (cheap: no rendering)."""
+        return [caption(*self.scene(i)) for i in range(self.size)]
+
     def item(self, i: int, epoch: int = 0) -> dict:
         objects, relation = self.scene(i)
-        return {"image": render(objects, relation, self.resolution), "caption": caption(objects, relation)}
+        if i not in self._rendered:
+            self._rendered[i] = render(objects, relation, self.resolution)
+        return {"image": self._rendered[i], "caption": caption(objects, relation)}
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

@@ -1,0 +1,205 @@
+"""One job: validate, train (or resume), sample a grid, evaluate, write results. `python -m rfsweep`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rfsweep.config import ConfigError, validate
+from rfsweep.formulations import build_formulation
+from rfsweep.results import RESULTS_FILE, results_complete
+from rfsweep.sweep import variant_name
+from rfsweep.train.callbacks import BEST, LAST, read_status, write_status
+
+log = logging.getLogger("rfsweep")
+AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
+
+
+def build_conditioner(cfg: DictConfig):
+    from rfsweep.conditioning import Conditioner
+
+    c = cfg.conditioning
+    cond = Conditioner([instantiate(e) for e in c.encoders], drop_prob=c.drop_prob, cache=c.cache)
+    for key in ("context_dim", "pooled_dim"):
+        if getattr(cond, key) != c[key]:
+            raise ConfigError(f"config error: conditioning.{key}={c[key]} but its encoders give {getattr(cond, key)} "
+                              f"(allowed: {getattr(cond, key)})")
+    return cond
+
+
+def build_autoencoder(cfg: DictConfig):
+    node = OmegaConf.to_container(cfg.autoencoder, resolve=True)
+    return instantiate({k: v for k, v in node.items() if k not in AE_KEYS})
+
+
+def build_module(cfg: DictConfig, formulation=None):
+    """Everything a run needs, built from the config (encoders loaded, nothing trained)."""
+    import lightning as L
+
+    from rfsweep.data.module import DataModule
+    from rfsweep.train.module import DiffusionModule
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    formulation = formulation or build_formulation(_formulation_spec(cfg))
+    tr = cfg.trainer
+    data = DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
+                      tr.n_val, tr.num_workers)
+    net = instantiate(cfg.backbone)
+    side = cfg.data.resolution // cfg.autoencoder.downsample
+    meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
+            "backbone": cfg.backbone.name, "seed": int(cfg.seed),
+            "latent_shape": [int(cfg.autoencoder.latent_channels), side, side],
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+    optim = {k: tr[k] for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps")}
+    conditioner = build_conditioner(cfg)
+    warm_captions(cfg, conditioner, data)
+    module = DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optim, dict(tr.ema), cfg.seed, meta)
+    return module, data
+
+
+def warm_captions(cfg: DictConfig, conditioner, data) -> None:
+    """Encode an embedded dataset's whole caption vocabulary once (cached on disk, shared by a sweep)."""
+    if not (cfg.conditioning.cache and callable(getattr(data.train, "captions", None))):
+        return
+    from rfsweep.data import build_dataset
+
+    test = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.seed, cfg.data.path)
+    captions = sorted({*data.train.captions(), *data.val.captions(), *test.captions()})
+    enc = json.dumps(OmegaConf.to_container(cfg.conditioning.encoders, resolve=True), sort_keys=True)
+    key = hashlib.sha1(f"{enc}|{cfg.data.name}|{cfg.seed}".encode()).hexdigest()[:16]
+    conditioner.warm(captions, Path(cfg.paths.cache) / "embeddings" / f"{key}.pt")
+
+
+def _formulation_spec(cfg: DictConfig):
+    spec = OmegaConf.to_container(cfg.formulation, resolve=True)
+    return spec["variant"] if "variant" in spec else spec
+
+
+def _loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(str(run_dir), name="", version="")] if cfg.logger.csv else []
+    if cfg.logger.wandb:
+        from rfsweep.wandb_logger import make_wandb_logger
+
+        loggers.append(make_wandb_logger(cfg, run_dir, meta))
+    return loggers
+
+
+def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
+    """Fit, resuming from last.ckpt when present. Returns False if pre-empted (checkpoint written)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rfsweep.train.callbacks import FailureRecorder, PeriodicCheckpoint, Preemption
+    from rfsweep.train.checkpoint_io import AtomicCheckpointIO
+
+    tr, ckpt_dir = cfg.trainer, run_dir / "checkpoints"
+    periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every)
+    preemption = Preemption(periodic)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss_ema", mode="min", save_top_k=1,
+                           enable_version_counter=False, auto_insert_metric_name=False,
+                           save_on_train_epoch_end=False)
+    if tr.compile:
+        module.net.compile()
+    trainer = L.Trainer(
+        accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
+        val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
+        callbacks=[periodic, preemption, best, FailureRecorder(run_dir)], logger=_loggers(cfg, run_dir, module.meta),
+        default_root_dir=str(run_dir), deterministic=tr.deterministic, plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(50, tr.val_every),
+    )
+    last = ckpt_dir / LAST
+    write_status(run_dir, "running")
+    trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
+    if preemption.received:
+        write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received)
+        return False
+    write_status(run_dir, "trained", step=trainer.global_step, best_val_loss_ema=_score(best))
+    return True
+
+
+def _score(ckpt_cb) -> float | None:
+    s = ckpt_cb.best_model_score
+    return None if s is None else float(s)
+
+
+def load_weights(module, run_dir: Path) -> dict:
+    """Load the checkpoint with the lowest EMA validation loss (else the last one); returns its info."""
+    from rfsweep.train.checkpoint_io import load_checkpoint
+
+    ckpt_dir = run_dir / "checkpoints"
+    path = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    ckpt = load_checkpoint(path)
+    module.load_state_dict(ckpt["state_dict"])
+    score = None
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            score = float(state["best_model_score"])
+    return {"path": str(path), "step": int(ckpt["global_step"]), "val_loss": score}
+
+
+def run(cfg: DictConfig) -> int:
+    """The job. Returns a process exit code."""
+    if cfg.dry_run:
+        print(f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label}", flush=True)
+        return 0
+    validate(cfg)
+    formulation = build_formulation(_formulation_spec(cfg))
+    run_dir = Path(cfg.run_dir)
+    settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
+    expected = [(w, s, c) for w in cfg.eval.weights for s, c in settings]
+    if read_status(run_dir).get("state") == "done" and (not cfg.eval.enabled or
+                                                        results_complete(run_dir / RESULTS_FILE, expected)):
+        print(f"skip: {run_dir} is finished", flush=True)
+        return 0
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    module, data = build_module(cfg, formulation)
+    if read_status(run_dir).get("state") not in ("trained", "done"):
+        if not train(cfg, module, data, run_dir):
+            print(f"pre-empted: checkpoint written to {run_dir}/checkpoints/{LAST}; rerun the same command to resume",
+                  flush=True)
+            return 3
+    info = load_weights(module, run_dir)
+    module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
+    module.conditioner.to(module.device)
+    module.autoencoder.to(module.device)
+    from rfsweep.evaluate import evaluate_run, sample_grid
+
+    sample_grid(cfg, module, run_dir)
+    if cfg.eval.enabled:
+        evaluate_run(cfg, module, run_dir, info, settings)
+    write_status(run_dir, "done", step=info["step"])
+    print(f"done: {run_dir}", flush=True)
+    return 0
+
+
+def main(cfg: DictConfig) -> None:
+    from rfsweep.data import DataError
+    from rfsweep.formulations import VariantError
+    from rfsweep.results import ResultsError
+    from rfsweep.text_encoders import WeightsUnavailable
+    from rfsweep.train.checkpoint_io import CheckpointError
+    from rfsweep.train.module import NonFiniteLossError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        code = run(cfg)
+    except (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except NonFiniteLossError as e:
+        print(f"failed: {e}; recorded in {cfg.run_dir}/status.json", file=sys.stderr, flush=True)
+        code = 1
+    if code:
+        sys.exit(code)

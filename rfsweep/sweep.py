@@ -1,0 +1,98 @@
+"""Sweep plumbing: OmegaConf resolvers for run names and grids, and the Hydra callback that writes the
+sweep's manifest (the jobs it launched) so the analysis can name missing runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rfsweep.formulations import VariantError, build_formulation
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def variant_name(node) -> str:
+    """Canonical paper name of a formulation config node (`variant: <name>` or family + parameters)."""
+    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if isinstance(spec, dict) and "variant" in spec:
+        spec = spec["variant"]
+    return build_formulation(spec).name
+
+
+def slug(node) -> str:
+    """A file-system friendly name: rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00."""
+    try:
+        name = variant_name(node)
+    except VariantError:  # reported with its one-line message once the job starts
+        name = str(node.get("variant", "invalid") if OmegaConf.is_config(node) else node)
+    return name.replace("/", "-").replace("(", "_").replace(")", "").replace(", ", "_").replace(" ", "")
+
+
+def read_grid(name: str) -> dict:
+    """A study grid from sweeps/<name>.yaml (variants, datasets, ...)."""
+    path = SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"grid={name!r}: no {path} (allowed: {sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml'))})")
+    return yaml.safe_load(path.read_text())
+
+
+def grid_choice(name: str, key: str) -> str:
+    """Hydra sweep syntax `choice('a', 'b', ...)` over one list of a grid file."""
+    values = read_grid(name)[key]
+    return "choice(" + ", ".join("'" + str(v).replace("'", "\\'") + "'" for v in values) + ")"
+
+
+def register_resolvers() -> None:
+    for key, fn in (("rfsweep.slug", slug), ("rfsweep.grid_choice", grid_choice)):
+        if not OmegaConf.has_resolver(key):
+            OmegaConf.register_new_resolver(key, fn)
+
+
+def planned_jobs(config: DictConfig) -> list[dict]:
+    """Expand the sweep's parameters and command-line overrides into its jobs, as the basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = []
+    for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None):
+        for job in batch:
+            kv = dict(o.split("=", 1) for o in job)
+            variant = kv.get("formulation.variant", OmegaConf.select(config, "formulation.variant", default=None))
+            data = kv.get("data", OmegaConf.select(config, "hydra.runtime.choices.data", default=None))
+            jobs.append({"variant": variant, "data": data,
+                         "backbone": kv.get("backbone", OmegaConf.select(config, "hydra.runtime.choices.backbone")),
+                         "seed": int(kv.get("seed", config.seed))})
+    return jobs
+
+
+class ManifestCallback(Callback):
+    """Writes <sweep dir>/manifest.json at the start of a multirun (not for dry runs)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.get("dry_run"):
+            return
+        from hydra import compose
+
+        labels: dict[str, str] = {}
+        jobs = []
+        for job in planned_jobs(config):
+            if job["data"] not in labels:
+                labels[job["data"]] = compose(config_name="config", overrides=[f"data={job['data']}"]).data.label
+            variant = job["variant"] if job["variant"] else config.formulation
+            jobs.append({"variant": variant_name(variant),
+                         "dataset": labels[job["data"]], "backbone": job["backbone"], "seed": job["seed"]})
+        manifest = {"jobs": jobs, "settings": [list(s) for s in config.eval.settings],
+                    "weights": list(config.eval.weights)}
+        root = Path(config.hydra.sweep.dir)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, root / "manifest.json")

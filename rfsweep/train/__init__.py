@@ -1,0 +1,1 @@
+"""Training with Lightning: the module, EMA, callbacks and checkpoint I/O."""

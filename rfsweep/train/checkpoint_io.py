@@ -1,0 +1,39 @@
+"""Atomic checkpoints: written to a temporary file beside the target, fsynced, then renamed over it,
+so a kill at any moment leaves either the old checkpoint or the new one, never a truncated file.
+Checkpoints hold only tensors and plain containers: they load with `torch.load(weights_only=True)`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(path, map_location)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an rfsweep checkpoint ({type(e).__name__}: {e})") from e

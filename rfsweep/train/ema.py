@@ -1,0 +1,20 @@
+"""The paper's EMA (App. B.3): a copy of the weights updated every `every` training batches with `decay`."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def make_ema(net: nn.Module) -> nn.Module:
+    return copy.deepcopy(net).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, for parameters and floating buffers."""
+    e = [p for p in ema.parameters()] + [b for b in ema.buffers() if b.is_floating_point()]
+    n = [p for p in net.parameters()] + [b for b in net.buffers() if b.is_floating_point()]
+    torch._foreach_lerp_(e, [x.detach().to(y.dtype) for x, y in zip(n, e)], 1.0 - decay)

@@ -1,0 +1,150 @@
+"""The LightningModule: one formulation trains one backbone on batches of (latents, context, pooled).
+
+Randomness of a training step (timesteps, noise, conditioning dropout) comes from a generator seeded by
+(seed, global step), so a run resumed from a checkpoint repeats an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from rfsweep.formulations import VALIDATION_T
+from rfsweep.sampling import sample
+from rfsweep.train.ema import make_ema, update_ema
+from rfsweep.types import Batch, Cond
+
+VAL_NOISE_SEED = 20240305  # fixed across runs so validation losses of one run (and of a sweep) compare
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the run stops and records the failure."""
+
+
+class _Frozen:
+    """Holds a module outside the LightningModule's state dict (frozen encoders are not checkpointed)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(self, net: nn.Module, formulation, conditioner: nn.Module, autoencoder: nn.Module,
+                 optim: dict, ema: dict, seed: int = 0, meta: dict | None = None):
+        super().__init__()
+        self.net, self.ema_net = net, make_ema(net)
+        self.formulation = formulation
+        self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)
+        self.optim, self.ema_cfg, self.seed, self.meta = dict(optim), dict(ema), seed, dict(meta or {})
+
+    @property
+    def conditioner(self) -> nn.Module:
+        return self._cond.module
+
+    @property
+    def autoencoder(self) -> nn.Module:
+        return self._ae.module
+
+    def on_fit_start(self) -> None:
+        self.conditioner.to(self.device)
+        self.autoencoder.to(self.device)
+
+    # -- data -------------------------------------------------------------------------------------
+    def step_generator(self, step: int, stream: int = 0) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + step) * 4 + stream)
+        return g
+
+    @torch.no_grad()
+    def to_batch(self, batch: dict, drop: bool, generator: torch.Generator | None = None) -> Batch:
+        """Raw (images, captions) or pre-encoded (latents, parts) to Batch(latents, context, pooled)."""
+        if "latents" in batch:
+            latents = batch["latents"]
+            parts = [(t.to(self.device), p.to(self.device)) for t, p in batch["parts"]]
+        else:
+            latents = self.autoencoder.encode(batch["image"])
+            parts = self.conditioner.encode(batch["caption"])
+        keep = self.conditioner.drop_mask(latents.shape[0], generator, self.device) if drop else None
+        cond = self.conditioner.assemble(parts, keep)
+        return Batch(latents, cond.context.to(latents.dtype), cond.pooled.to(latents.dtype))
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        g = self.step_generator(self.global_step)
+        b = self.to_batch(batch, drop=True, generator=g)
+        loss = self.formulation.loss(self.net, b.latents, b.cond, generator=g).mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b.latents.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Sec. 5.1 / App. B.3: EMA updated every 100 batches with decay 0.99.
+        if self.global_step % self.ema_cfg["every"] == 0:
+            update_ema(self.ema_net, self.net, self.ema_cfg["decay"])
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.AdamW(self.net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                                weight_decay=o["weight_decay"])
+        warmup = max(int(o["warmup_steps"]), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- validation: stratified over eight t with fixed noise (Sec. 5.1) ---------------------------
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        b = self.to_batch(batch, drop=False)
+        g = torch.Generator(device="cpu").manual_seed(VAL_NOISE_SEED + batch_idx)
+        eps = torch.randn(b.latents.shape, generator=g).to(self.device, b.latents.dtype)
+        n = b.latents.shape[0]
+        for name, net in (("raw", self.net), ("ema", self.ema_net)):
+            losses = []
+            for i, t in enumerate(VALIDATION_T):
+                tt = torch.full((n,), float(t), device=self.device, dtype=b.latents.dtype)
+                li = self.formulation.loss(net, b.latents, b.cond, t=tt, eps=eps).mean()
+                self.log(f"val_t/{name}_t{i}", li, on_epoch=True, batch_size=n)
+                losses.append(li)
+            self.log(f"val/loss_{name}", torch.stack(losses).mean(), on_epoch=True, prog_bar=name == "ema",
+                     batch_size=n)
+
+    # -- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, captions: list[str], steps: int, cfg: float, shift: float = 1.0, seed: int = 0,
+                 weights: str = "ema", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for captions; noise fixed by `seed`."""
+        net = self.ema_net if weights == "ema" else self.net
+        net.eval()
+        cond = self.conditioner(list(captions))
+        cond = Cond(cond.context.to(self.device), cond.pooled.to(self.device))
+        uncond = self.conditioner.unconditional(len(captions), self.device) if cfg != 1.0 else None
+        shape = shape or tuple(self.meta["latent_shape"])
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((len(captions), *shape), generator=g).to(self.device)
+        z = sample(self.formulation, net, noise, cond, uncond, steps=steps, cfg=cfg, shift=shift)
+        return self.autoencoder.decode(z).clamp(-1, 1)
+
+    # -- checkpoint extras: RNG state and run metadata -----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        np_state = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+        }
+        checkpoint["rfsweep"] = self.meta
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            random.setstate((3, tuple(rng["python"]), None))
+            np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))

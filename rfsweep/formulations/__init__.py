@@ -1,0 +1,43 @@
+"""The 61 formulations of the paper's study (Sec. 5.1.1) behind one builder.
+
+``build_formulation("rf/lognorm(0.00, 1.00)")`` or ``build_formulation({"family": "rf", "density":
+"lognorm", "m": 0.0, "s": 1.0})`` returns a ``Formulation`` (see ``base`` for the contract with backbones
+and the sampler, ``variants`` for the naming grammar and mapping keys).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from rfsweep.formulations.base import VALIDATION_T, Formulation
+from rfsweep.formulations.edm import EDM
+from rfsweep.formulations.rf import RectifiedFlow
+from rfsweep.formulations.variants import (
+    ALL_VARIANTS,
+    VariantError,
+    VariantSpec,
+    format_variant,
+    parse_variant,
+    spec_from_mapping,
+)
+from rfsweep.formulations.vp import CosineVP, LinearVP
+
+__all__ = ["ALL_VARIANTS", "VALIDATION_T", "Formulation", "VariantError", "VariantSpec", "build_formulation",
+           "format_variant", "parse_variant"]
+
+
+def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:
+    """A paper name, a ``{family, density|schedule, **params}`` mapping, or a VariantSpec -> Formulation."""
+    if isinstance(spec, str):
+        spec = parse_variant(spec)
+    elif isinstance(spec, Mapping):
+        spec = spec_from_mapping(spec)
+    elif not isinstance(spec, VariantSpec):
+        raise VariantError(f"formulation spec {spec!r}: expected a name string, a mapping or a VariantSpec")
+    name, params = format_variant(spec), dict(zip(spec.param_names, spec.params))
+    if spec.family == "rf":
+        return RectifiedFlow(spec.scheme, name=name, **params)
+    if spec.family == "edm":
+        return EDM(spec.scheme, name=name, **params)
+    vp = LinearVP if spec.scheme == "linear" else CosineVP
+    return vp(spec.family, name=name)

@@ -37,7 +37,7 @@ class PeriodicCheckpoint(L.Callback):
         self.dirpath, self.every = Path(dirpath), every
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.dirpath / LAST)
+        trainer.save_checkpoint(self.dirpath / LAST, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:

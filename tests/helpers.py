@@ -1,0 +1,44 @@
+"""Shared test helpers: tiny configs, composing, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from rfsweep.sweep import register_resolvers
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+register_resolvers()
+
+
+def tiny(tmp: Path, steps: int = 8) -> list[str]:
+    """Overrides for a seconds-long CPU run with the weight-free text encoder."""
+    return [
+        "logger=csv", "conditioning=hash", "eval=none", f"trainer.max_steps={steps}", "trainer.val_every=4",
+        "trainer.ckpt_every=2", "trainer.n_val=16", "trainer.batch_size=8", "trainer.warmup_steps=2",
+        "trainer.threads=1", "sampler.n_grid=4", "sampler.steps=3", "backbone=mmdit", "backbone.depth=1",
+        "backbone.width=32", "backbone.heads=2", f"paths.runs={tmp}/runs", f"paths.sweeps={tmp}/multirun",
+        f"paths.cache={tmp}/cache",
+    ]
+
+
+def compose_cfg(overrides: list[str], run_dir: str = "/tmp/rfsweep-test-run"):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"run_dir={run_dir}"])
+
+
+def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def popen_cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

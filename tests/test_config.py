@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rfsweep.config import ConfigError, validate
+from tests.helpers import CONF, compose_cfg, run_cli, tiny
+
+GROUPS = ["formulation", "backbone", "data", "conditioning", "autoencoder", "trainer", "sampler", "eval", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_composes_and_validates(group):
+    assert options(group), group
+    for option in options(group):
+        extra = ["data.resolution=64"] if group == "autoencoder" and option != "identity" else []
+        cfg = compose_cfg([f"{group}={option}", *extra])
+        OmegaConf.to_container(cfg.get(group), resolve=True)
+        validate(cfg)
+
+
+def test_every_experiment_composes():
+    experiments = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+    assert {"formulation_grid", "backbone_comparison", "demo"} <= set(experiments)
+    for exp in experiments:
+        cfg = compose_cfg([f"+experiment={exp}"])
+        validate(cfg)
+        assert cfg.name == exp or cfg.name
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.lr=-1", "trainer.lr"),
+    ("trainer.ema.decay=1.5", "trainer.ema.decay"),
+    ("conditioning.drop_prob=1.2", "conditioning.drop_prob"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("sampler.shift=0", "sampler.shift"),
+    ("eval.weights=[ema,best]", "eval.weights"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("data.resolution=9", "data.resolution"),
+])
+def test_out_of_range_values_fail_with_one_line(override, key):
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    assert key in msg and "allowed" in msg and "\n" not in msg
+
+
+def test_cli_rejects_bad_values_before_compute(tmp_path):
+    for args, key in ((["trainer.lr=-1"], "trainer.lr"),
+                      (['formulation.variant="rf/mode(2.50)"'], "mode"),
+                      (['formulation.variant="rf/wobble"'], "rf/wobble"),
+                      (["data.name=imagenet1k"], "data.name")):
+        r = run_cli([*tiny(tmp_path), *args], timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], r.stderr
+        assert any(w in lines[0] for w in ("allowed", "outside", "expected"))  # says what is allowed
+        assert not list((tmp_path / "runs").rglob("*.ckpt"))

@@ -1,0 +1,81 @@
+import torch
+
+from rfsweep.data import DataError, build_dataset
+from rfsweep.data.captions import DIGIT_SYNONYMS
+from rfsweep.data.precomputed import PrecomputedDataset, precompute
+from rfsweep.data.shapes import COLOURS, SHAPES, Shapes
+from rfsweep.data.stream import SampleStream, StreamSampler
+
+
+def test_digits_splits_are_disjoint_and_captioned_with_synonyms():
+    splits = {s: build_dataset("digits", s) for s in ("train", "val", "test")}
+    assert sum(len(d) for d in splits.values()) == 1797
+    keys = [{tuple(d.images[i].flatten().tolist()) for i in range(len(d))} for d in splits.values()]
+    assert len(keys[0] & keys[2]) < 5  # the UCI set has a handful of duplicate images, nothing more
+    d = splits["train"]
+    names = {d.item(0, e)["caption"] for e in range(40)}
+    label = d[0]["label"]
+    assert names <= {f"a photo of a {n}" for n in DIGIT_SYNONYMS[label]} and len(names) > 1
+    x = d[0]["image"]
+    assert x.shape == (3, 8, 8) and x.min() >= -1 and x.max() <= 1
+
+
+def test_shapes_deterministic_and_caption_matches_content():
+    a, b = Shapes("train", seed=3), Shapes("train", seed=3)
+    for i in range(20):
+        assert a[i]["caption"] == b[i]["caption"] and torch.equal(a[i]["image"], b[i]["image"])
+    test = Shapes("test", seed=3)
+    assert {a[i]["caption"] for i in range(200)} != {test[i]["caption"] for i in range(200)}
+    for i in range(50):  # a one-object caption names the colour of the brightest pixel
+        objects, relation = a.scene(i)
+        if relation is None:
+            (colour, shape), = objects
+            img = Shapes("train", resolution=16, seed=3)[i]["image"]
+            centre = (img[:, 7:9, 7:9].mean((1, 2)) + 1) / 2
+            assert torch.allclose(centre, torch.tensor(COLOURS[colour]), atol=0.35), (colour, centre)
+            assert shape in SHAPES
+
+
+def test_stream_is_a_pure_function_of_position():
+    ds = build_dataset("digits", "train")
+    s1, s2 = SampleStream(ds, seed=1), SampleStream(ds, seed=1)
+    batches = list(StreamSampler(16, 0, 200))
+    resumed = list(StreamSampler(16, 120, 200))
+    assert batches[120:] == resumed
+    p = 16 * 150  # second pass over the data: new order, captions redrawn
+    assert s1[p]["caption"] == s2[p]["caption"] and torch.equal(s1[p]["image"], s2[p]["image"])
+    first_pass = [s1[i]["label"] for i in range(len(ds))]
+    assert sorted(first_pass) == sorted(ds.labels.tolist())
+
+
+def test_unknown_dataset_and_missing_path_fail_clearly():
+    for name, path, key in (("imagenet1k", None, "data.name"), ("precomputed", "/nonexistent", "data.path")):
+        try:
+            build_dataset(name, "train", path=path)
+        except DataError as e:
+            assert key in str(e) and "allowed" in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError("expected DataError")
+
+
+def test_precompute_roundtrip(tmp_path):
+    from rfsweep.autoencoders import IdentityAutoencoder
+    from rfsweep.conditioning import Conditioner
+    from rfsweep.text_encoders import HashTextEncoder
+
+    ds = Shapes("val", size=40)
+    cond = Conditioner([HashTextEncoder(16, 8), HashTextEncoder(24, 8, kind="t5", seed=1)], cache=False)
+    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", batch_size=16)
+    pre = PrecomputedDataset(tmp_path, "train")
+    assert len(pre) == 40 and pre[3]["caption"] == ds[3]["caption"]
+    assert torch.allclose(pre[3]["latents"], ds[3]["image"])
+    parts = cond.encode([ds[3]["caption"]])
+    for (t, p), (t2, p2) in zip(parts, pre[3]["parts"]):
+        assert torch.allclose(t[0], t2, atol=2e-3) and torch.allclose(p[0], p2, atol=2e-3)  # stored in fp16
+    (tmp_path / "train.safetensors").write_bytes(b"garbage")
+    try:
+        PrecomputedDataset(tmp_path, "train")
+    except ValueError as e:
+        assert "corrupt" in str(e)
+    else:
+        raise AssertionError("expected a corrupt-file error")

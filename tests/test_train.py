@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from rfsweep.app import build_module, train
+from rfsweep.train.callbacks import read_status
+from rfsweep.train.ema import make_ema, update_ema
+from rfsweep.train.module import NonFiniteLossError
+from tests.helpers import compose_cfg, run_cli, tiny
+
+
+def _fit(tmp_path, extra=(), steps=8):
+    cfg = compose_cfg([*tiny(tmp_path, steps), *extra], run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    assert train(cfg, module, data, tmp_path / "run")
+    return module, tmp_path / "run"
+
+
+def test_ema_update_rule():
+    net = torch.nn.Linear(3, 3)
+    ema = make_ema(net)
+    before = ema.weight.clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    update_ema(ema, net, decay=0.99)
+    assert torch.allclose(ema.weight, 0.99 * before + 0.01 * net.weight)
+
+
+def test_ema_every_k_batches(tmp_path):
+    # every=100 over 8 steps: never updated, so EMA still holds the initial weights; every=1, decay=0: a copy.
+    init = build_module(compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x")))[0].net.state_dict()
+    m, _ = _fit(tmp_path / "a", ["trainer.ema.every=100"])
+    for k, v in m.ema_net.state_dict().items():
+        assert torch.equal(v, init[k]), k
+    m, _ = _fit(tmp_path / "b", ["trainer.ema.every=1", "trainer.ema.decay=0.0"])
+    for k, v in m.ema_net.state_dict().items():
+        assert torch.equal(v, m.net.state_dict()[k]), k
+
+
+def test_checkpoint_contents_load_weights_only(tmp_path):
+    module, run = _fit(tmp_path)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 8
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("net.") for k in keys) and any(k.startswith("ema_net.") for k in keys)
+    assert not any("conditioner" in k or "encoder" in k for k in keys)  # frozen encoders are not saved
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["loops"]
+    assert {"torch", "python", "numpy"} <= set(ckpt["rng"])
+    assert ckpt["rfsweep"]["variant"] == "rf/lognorm(0.00, 1.00)"
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] in (4, 8)
+    assert read_status(run)["state"] == "trained"
+
+
+def test_validation_loss_is_reproducible(tmp_path):
+    module, run = _fit(tmp_path, steps=4)
+    import csv
+
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    vals = [r for r in rows if r.get("val/loss_ema")]
+    assert vals and all(r.get(f"val_t/ema_t{i}") for r in vals for i in range(8))
+    # Re-running validation on the same weights gives the same number: noise and t are fixed.
+    import lightning as L
+
+    dm = build_module(compose_cfg(tiny(tmp_path, 4), run_dir=str(run)))[1]
+    t = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    a = t.validate(module, dm, verbose=False)[0]["val/loss_ema"]
+    b = t.validate(module, dm, verbose=False)[0]["val/loss_ema"]
+    assert a == b and abs(a - float(vals[-1]["val/loss_ema"])) < 1e-5
+
+
+class _NaNAfter(torch.nn.Module):
+    def __init__(self, net, calls):
+        super().__init__()
+        self.net, self.calls = net, calls
+
+    def forward(self, x, t, context, pooled):
+        self.calls -= 1
+        out = self.net(x, t, context, pooled)
+        return out * float("nan") if self.calls < 0 else out
+
+
+def test_non_finite_loss_stops_and_is_recorded(tmp_path):
+    cfg = compose_cfg(tiny(tmp_path, 8), run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    module.net = _NaNAfter(module.net, calls=3)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        train(cfg, module, data, tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and "NonFiniteLossError" in status["reason"]
+
+
+def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
+    r = run_cli(tiny(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next((tmp_path / "runs").rglob("status.json")).parent
+    for f in ("samples.png", "samples.txt", "metrics.csv", ".hydra/config.yaml", "checkpoints/last.ckpt",
+              "checkpoints/best.ckpt"):
+        assert (run / f).is_file(), f
+    assert read_status(run)["state"] == "done"
+    r2 = run_cli(tiny(tmp_path))
+    assert r2.returncode == 0 and "skip:" in r2.stdout

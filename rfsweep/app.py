@@ -99,7 +99,7 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from rfsweep.train.callbacks import FailureRecorder, PeriodicCheckpoint, Preemption
+    from rfsweep.train.callbacks import EMAUpdate, FailureRecorder, PeriodicCheckpoint, Preemption
     from rfsweep.train.checkpoint_io import AtomicCheckpointIO
 
     tr, ckpt_dir = cfg.trainer, run_dir / "checkpoints"
@@ -113,7 +113,7 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
         val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
-        callbacks=[periodic, preemption, best, FailureRecorder(run_dir)], logger=_loggers(cfg, run_dir, module.meta),
+        callbacks=[EMAUpdate(), periodic, preemption, best, FailureRecorder(run_dir)], logger=_loggers(cfg, run_dir, module.meta),
         default_root_dir=str(run_dir), deterministic=tr.deterministic, plugins=[AtomicCheckpointIO()],
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(50, tr.val_every),
     )

@@ -32,7 +32,8 @@ class DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # The stream starts where the (possibly restored) trainer stands: data position = global step.
-        start = self.trainer.global_step if self.trainer is not None else 0
+        trainer = self.trainer
+        start = (lambda: trainer.global_step) if trainer is not None else 0
         return DataLoader(SampleStream(self.train, self.seed),
                           batch_sampler=StreamSampler(self.batch_size, start, self.max_steps),
                           collate_fn=collate, num_workers=self.num_workers,

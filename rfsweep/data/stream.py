@@ -8,6 +8,8 @@ data-loader workers or the checkpoint interval.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -36,15 +38,22 @@ class SampleStream(Dataset):
 
 
 class StreamSampler(Sampler):
-    """Yields batches of stream positions [start, end) in order, `batch_size` at a time."""
+    """Yields batches of stream positions for steps [start, end), `batch_size` at a time.
 
-    def __init__(self, batch_size: int, start_step: int, end_step: int):
+    `start_step` may be a callable read each time an iterator is made (the trainer's global step): Lightning
+    re-creates the iterator on a restart, and the stream must pick up at the step about to run.
+    """
+
+    def __init__(self, batch_size: int, start_step: int | Callable[[], int], end_step: int):
         self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
 
+    def _start(self) -> int:
+        return self.start_step() if callable(self.start_step) else self.start_step
+
     def __len__(self) -> int:
-        return max(self.end_step - self.start_step, 0)
+        return max(self.end_step - self._start(), 0)
 
     def __iter__(self):
         b = self.batch_size
-        for step in range(self.start_step, self.end_step):
+        for step in range(self._start(), self.end_step):
             yield list(range(step * b, (step + 1) * b))

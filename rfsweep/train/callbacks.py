@@ -30,6 +30,14 @@ def read_status(run_dir: str | Path) -> dict:
         return {}
 
 
+class EMAUpdate(L.Callback):
+    """Updates the module's EMA after each training batch. It must come first among the callbacks, so that
+    a checkpoint written at the same step already holds the updated EMA."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.update_ema()
+
+
 class PeriodicCheckpoint(L.Callback):
     """Writes `<dir>/last.ckpt` every `every` training steps and when training ends."""
 

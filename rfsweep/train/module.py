@@ -82,7 +82,7 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b.latents.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def update_ema(self) -> None:
         # Sec. 5.1 / App. B.3: EMA updated every 100 batches with decay 0.99.
         if self.global_step % self.ema_cfg["every"] == 0:
             update_ema(self.ema_net, self.net, self.ema_cfg["decay"])

@@ -1,0 +1,72 @@
+"""A run killed with SIGKILL and started again with the same command ends with the same weights as an
+uninterrupted run; SIGTERM / SIGUSR1 write a checkpoint and stop cleanly (SLURM pre-emption)."""
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rfsweep.train.callbacks import read_status
+from tests.helpers import popen_cli, run_cli, tiny
+
+STEPS = 150
+
+
+def _args(root: Path) -> list[str]:
+    return [*tiny(root, STEPS), "trainer.ckpt_every=10", "trainer.val_every=50", "trainer.deterministic=true"]
+
+
+def _last(root: Path) -> Path:
+    hits = list((root / "runs").rglob("last.ckpt"))
+    return hits[0] if hits else root / "missing"
+
+
+def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        path = _last(root)
+        if path.is_file():
+            s = torch.load(path, weights_only=True)["global_step"]
+            if s >= step:
+                return s
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run_cli(_args(a))
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = popen_cli(_args(b))
+    killed_at = _wait_for_step(proc, b, 20)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_at < STEPS and read_status(_last(b).parent.parent).get("state") == "running"
+    r = run_cli(_args(b))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ca, cb = (torch.load(_last(x), weights_only=True) for x in (a, b))
+    assert ca["global_step"] == cb["global_step"] == STEPS
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cb["state_dict"][k]), k
+    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_writes_checkpoint_and_resumes(tmp_path, sig):
+    proc = popen_cli(_args(tmp_path))
+    seen = _wait_for_step(proc, tmp_path, 10)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "pre-empted" in out, err[-3000:]
+    run = _last(tmp_path).parent.parent
+    status = read_status(run)
+    assert status["state"] == "preempted" and status["signal"] == sig.name
+    step = torch.load(_last(tmp_path), weights_only=True)["global_step"]
+    assert seen <= step == status["step"] < STEPS
+    r = run_cli(_args(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(_last(tmp_path), weights_only=True)["global_step"] == STEPS

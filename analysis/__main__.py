@@ -59,6 +59,19 @@ def correlate_cmd(args) -> int:
     return 0
 
 
+def fig4_cmd(args) -> int:
+    from analysis.curves import collect_curves, fig4
+
+    curves = collect_curves(args.sweep)
+    out = Path(args.out) if args.out else Path(args.sweep) / "analysis"
+    path = fig4(curves, out / "fig4.png")
+    last = curves.sort_values("step").groupby("backbone").tail(1).sort_values("value")
+    curves.to_csv(out / "fig4.csv", index=False)
+    print(last[["backbone", "step", "value"]].to_markdown(index=False))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -74,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--column", default="all", choices=["all", "5 steps", "50 steps"])
     c.add_argument("--weights", choices=WEIGHTS)
     c.set_defaults(func=correlate_cmd)
+    f = sub.add_parser("fig4", help="Fig. 4: validation-loss curves per backbone of a sweep")
+    f.add_argument("sweep", help="sweep directory (e.g. multirun/backbone_comparison)")
+    f.add_argument("--out", help="output directory (default <sweep>/analysis)")
+    f.set_defaults(func=fig4_cmd)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -1,5 +1,6 @@
 """`python -m rfsweep [overrides]`: the Hydra app (conf/config.yaml)."""
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,5 +19,12 @@ def _main(cfg: DictConfig) -> None:
     main(cfg)
 
 
+def _multirun_flag_first(argv: list[str]) -> list[str]:
+    """Hydra's argparse stops reading overrides at `-m`; accept it anywhere (`... -m dry_run=true`)."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return argv[:1] + flags + [a for a in argv[1:] if a not in ("-m", "--multirun")]
+
+
 if __name__ == "__main__":
+    sys.argv = _multirun_flag_first(sys.argv)
     _main()

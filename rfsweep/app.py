@@ -21,6 +21,7 @@ from rfsweep.train.callbacks import BEST, LAST, read_status, write_status
 
 log = logging.getLogger("rfsweep")
 AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
+BACKBONE_KEYS = ("label",)  # config-only keys of the backbone group
 
 
 def build_conditioner(cfg: DictConfig):
@@ -28,7 +29,7 @@ def build_conditioner(cfg: DictConfig):
 
     c = cfg.conditioning
     cond = Conditioner([instantiate(e) for e in c.encoders], drop_prob=c.drop_prob, cache=c.cache)
-    for key in ("context_dim", "pooled_dim"):
+    for key in ("context_dim", "pooled_dim", "clip_tokens"):
         if getattr(cond, key) != c[key]:
             raise ConfigError(f"config error: conditioning.{key}={c[key]} but its encoders give {getattr(cond, key)} "
                               f"(allowed: {getattr(cond, key)})")
@@ -52,10 +53,11 @@ def build_module(cfg: DictConfig, formulation=None):
     tr = cfg.trainer
     data = DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
                       tr.n_val, tr.num_workers)
-    net = instantiate(cfg.backbone)
+    node = OmegaConf.to_container(cfg.backbone, resolve=True)
+    net = instantiate({k: v for k, v in node.items() if k not in BACKBONE_KEYS})
     side = cfg.data.resolution // cfg.autoencoder.downsample
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
-            "backbone": cfg.backbone.name, "seed": int(cfg.seed),
+            "backbone": cfg.backbone.label, "seed": int(cfg.seed),
             "latent_shape": [int(cfg.autoencoder.latent_channels), side, side],
             "config": OmegaConf.to_container(cfg, resolve=True)}
     optim = {k: tr[k] for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps")}
@@ -150,7 +152,7 @@ def load_weights(module, run_dir: Path) -> dict:
 def run(cfg: DictConfig) -> int:
     """The job. Returns a process exit code."""
     if cfg.dry_run:
-        print(f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label}", flush=True)
+        print(f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.slot}", flush=True)
         return 0
     validate(cfg)
     formulation = build_formulation(_formulation_spec(cfg))

@@ -37,7 +37,8 @@ class Conditioner(nn.Module):
             raise ValueError("conditioning.encoders: all 'clip' encoders need one max_length")
         self.context_dim = max([sum(e.width for e in clip)] + [e.width for e in t5])
         self.pooled_dim = sum(e.pooled_width for e in clip)
-        self.context_len = (clip[0].max_length if clip else 0) + sum(e.max_length for e in t5)
+        self.clip_tokens = clip[0].max_length if clip else 0
+        self.context_len = self.clip_tokens + sum(e.max_length for e in t5)
         self._cache: dict[str, list[Part]] | None = {} if cache else None
 
     def encode(self, captions: list[str]) -> list[Part]:

@@ -38,8 +38,6 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
     e, meta = cfg.eval, module.meta
     args = OmegaConf.to_container(e.evaluator_args, resolve=True) if e.get("evaluator_args") else {}
     evaluator = build_evaluator(e.evaluator, device=module.device, **args)
-    if cfg.data.name == "precomputed":
-        raise NotImplementedError("evaluation of pre-encoded datasets needs their reference images (not built yet)")
     ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.seed,
                           cache_dir=Path(cfg.paths.cache))
     prompts = held_out_captions(cfg, e.n_samples)

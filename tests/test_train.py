@@ -101,3 +101,16 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
     assert read_status(run)["state"] == "done"
     r2 = run_cli(tiny(tmp_path))
     assert r2.returncode == 0 and "skip:" in r2.stdout
+
+
+def test_trains_on_pre_encoded_data(tmp_path):
+    from rfsweep.app import build_autoencoder, build_conditioner
+    from rfsweep.data import build_dataset
+    from rfsweep.data.precomputed import precompute
+
+    cfg = compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x"))
+    for split in ("train", "val"):
+        ds = torch.utils.data.Subset(build_dataset("digits", split), range(64))
+        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split)
+    module, run = _fit(tmp_path, ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"], steps=4)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

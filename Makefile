@@ -1,0 +1,53 @@
+# rfsweep — every target installs what it needs first (`make install` creates .venv).
+PY      ?= .venv/bin/python
+STAMP   := .venv/.installed
+RESULTS ?=
+OUT     ?=
+ARGS    ?=
+
+.PHONY: install test test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+
+test-slow: $(STAMP)                ## tests marked slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m slow
+
+test-all: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not gpu'
+
+run: $(STAMP)                      ## one run on the embedded default (a few minutes on a CPU)
+	$(PY) -m rfsweep $(ARGS)
+
+demo: $(STAMP)                     ## the 122-job formulation grid on digits + shapes, then Tables 1-2
+	OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo -m $(ARGS)
+	$(PY) -m analysis rank-table --results multirun/demo $(if $(OUT),--out $(OUT),)
+
+demo-mmdit: $(STAMP)               ## the same grid with a tiny MM-DiT (slower; reports its time)
+	OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo_mmdit -m $(ARGS)
+	$(PY) -m analysis rank-table --results multirun/demo_mmdit $(if $(OUT),--out $(OUT),)
+
+rank-table: $(STAMP)               ## Tables 1-2 and Fig. 3: make rank-table RESULTS=<sweep dir or csv> OUT=<dir>
+	$(PY) -m analysis rank-table $(if $(RESULTS),--results $(RESULTS),) $(if $(OUT),--out $(OUT),) $(ARGS)
+
+bench: $(STAMP)                    ## rfsweep MM-DiT vs diffusers SD3Transformer2DModel, one training step
+	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_backbones.py $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check rfsweep analysis tests benchmarks
+
+gpu-check:                         ## on a CUDA machine: GPU tests and the GPU benchmark in one go
+	bash scripts/gpu_check.sh
+
+train-clip: $(STAMP)               ## retrain the embedded CLIP evaluator shipped in rfsweep/assets
+	$(PY) -m rfsweep.evaluation.train_clip $(ARGS)
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

@@ -1,0 +1,52 @@
+"""Fig. 4: validation loss against training steps, one line per backbone (pure function over saved
+`metrics.csv` files; the backbone and variant come from each run's `.hydra/config.yaml`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+
+def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFrame:
+    """Rows (run, backbone, variant, dataset, step, value) for every run under `sweep` that logged `metric`."""
+    rows = []
+    for metrics in sorted(Path(sweep).rglob("metrics.csv")):
+        run = metrics.parent
+        cfg_file = run / ".hydra" / "config.yaml"
+        if not cfg_file.is_file():
+            continue
+        cfg = yaml.safe_load(cfg_file.read_text())
+        df = pd.read_csv(metrics)
+        if metric not in df.columns:
+            continue
+        df = df[["step", metric]].dropna()
+        for step, value in zip(df["step"], df[metric]):
+            rows.append({"run": str(run), "backbone": cfg["backbone"].get("label", cfg["backbone"]["name"]),
+                         "variant": str(cfg["formulation"].get("variant", "")), "dataset": cfg["data"]["label"],
+                         "step": int(step), "value": float(value)})
+    if not rows:
+        raise ValueError(f"{sweep}: no run with {metric!r} in its metrics.csv")
+    return pd.DataFrame(rows)
+
+
+def fig4(curves: pd.DataFrame, path: str | Path, metric: str = "validation loss (EMA)") -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for backbone, g in curves.groupby("backbone"):
+        g = g.groupby("step", as_index=False)["value"].mean()
+        ax.plot(g["step"], g["value"], marker="o", ms=3, label=backbone)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

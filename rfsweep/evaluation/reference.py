@@ -1,0 +1,99 @@
+"""Reference statistics of the held-out images, computed once per (evaluator, data set, split, resolution,
+n, seed) and cached; and the real-data row, the floor under which FID differences mean nothing.
+
+The paper takes prompts and reference images from COCO-2014 val (Sec. 5.1); rfsweep takes them from the
+held-out `test` split. A cache file that cannot be read or does not match its key is recomputed with a
+warning (writes are atomic, so such a file was damaged from outside, never half-written by us).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfsweep.data import build_dataset
+from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
+
+
+@dataclass
+class ReferenceStats:
+    mu: np.ndarray  # (d,)
+    sigma: np.ndarray  # (d, d)
+    clip_score: float  # of the reference images with their own captions
+    n: int  # images used (n requested, capped by the split's size)
+    evaluator_id: str
+    key: str
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
+
+
+def split_items(dataset: str, split: str, resolution: int, n: int, seed: int = 0):
+    """The first min(n, len) items of a split: images (N, 3, H, W) in [-1, 1] and captions."""
+    ds = build_dataset(dataset, split, resolution=resolution, seed=seed)
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+
+
+def compute_stats(evaluator, images: torch.Tensor, captions: list[str], key: str = "") -> ReferenceStats:
+    feats = evaluator.encode_images(images)
+    mu, sigma = feature_stats(feats)
+    cs = clip_score(feats, evaluator.encode_texts(captions))
+    return ReferenceStats(mu, sigma, cs, len(images), evaluator.id, key)
+
+
+def _save(path: Path, stats: ReferenceStats) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **asdict(stats))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _load(path: Path, key: str, dim: int) -> ReferenceStats | None:
+    try:
+        with np.load(path) as z:
+            stats = ReferenceStats(z["mu"], z["sigma"], float(z["clip_score"]), int(z["n"]),
+                                   str(z["evaluator_id"]), str(z["key"]))
+    except Exception as e:  # truncated, not an npz, missing fields
+        warnings.warn(f"reference cache {path} is unreadable ({type(e).__name__}: {e}); recomputing", stacklevel=3)
+        return None
+    if stats.key != key or stats.mu.shape != (dim,) or stats.sigma.shape != (dim, dim):
+        warnings.warn(f"reference cache {path} does not match key {key!r} / dim {dim}; recomputing", stacklevel=3)
+        return None
+    return stats
+
+
+def reference_stats(evaluator, dataset: str, split: str = "test", resolution: int = 8, n: int = 1000,
+                    seed: int = 0, cache_dir: str | Path | None = None) -> ReferenceStats:
+    """Feature statistics of the first n images of `split`, from the cache or computed and cached."""
+    key = f"{evaluator.id}|{dataset}|{split}|r{resolution}|n{n}|s{seed}"
+    path = Path(cache_dir or default_cache_dir()) / "reference" / (re.sub(r"[^\w.=-]+", "_", key) + ".npz")
+    if path.is_file() and (stats := _load(path, key, evaluator.dim)) is not None:
+        return stats
+    stats = compute_stats(evaluator, *split_items(dataset, split, resolution, n, seed), key=key)
+    _save(path, stats)
+    return stats
+
+
+def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution: int = 8, n: int = 1000,
+                       seed: int = 0, split: str = "val") -> dict:
+    """FID and CLIP score of n held-out real images (`val`) against the reference (`test`) statistics:
+    what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
+    images, captions = split_items(dataset, split, resolution, n, seed)
+    real = compute_stats(evaluator, images, captions)
+    fid = frechet_distance(real.mu, real.sigma, ref.mu, ref.sigma)
+    return {"weights": "real", "steps": 0, "cfg": 0.0, "clip_score": real.clip_score, "fid": fid,
+            "n_samples": real.n}

@@ -1,0 +1,64 @@
+"""Evaluate one trained run: sample each (weights, steps, cfg) setting, score CLIP and FID (Sec. 5.1).
+
+`sample_fn(weights, steps, cfg, captions, seed) -> (B, 3, H, W) in [-1, 1]` is the caller's: it hides
+formulation, backbone and sampler. Batch b of every setting is drawn with seed `seed + b`, so all settings
+and all variants see the same prompts and the same initial noise (common random numbers).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
+from rfsweep.evaluation.reference import ReferenceStats
+
+# Sec. 5.1: 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0. Euler always.
+PAPER_SETTINGS = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
+
+
+def eval_prompts(captions: list[str], n: int) -> list[str]:
+    """The first n held-out captions, cycled if there are fewer."""
+    return list(itertools.islice(itertools.cycle(captions), n))
+
+
+def sample_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save images (B, 3, H, W) in [-1, 1] as one PNG grid; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=1)
+    return path
+
+
+@torch.no_grad()
+def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=PAPER_SETTINGS,
+             weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
+             grid_dir: str | Path | None = None, grid_size: int = 64) -> list[dict]:
+    """One row per (weights, steps, cfg): {weights, steps, cfg, clip_score, fid, n_samples}.
+
+    prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
+    saved as `<weights>_steps<steps>_cfg<cfg>.png`.
+    """
+    if ref_stats.evaluator_id != evaluator.id:
+        raise ValueError(f"reference statistics were computed with {ref_stats.evaluator_id!r}, "
+                         f"not with the evaluator {evaluator.id!r}")
+    prompts = eval_prompts(prompts, n_samples)
+    text = evaluator.encode_texts(prompts)  # (N, d)
+    rows = []
+    for w, (steps, cfg) in itertools.product(weights, settings):
+        feats, shown = [], []
+        for b, i in enumerate(range(0, n_samples, batch_size)):
+            images = sample_fn(w, steps, cfg, prompts[i : i + batch_size], seed + b)
+            feats.append(evaluator.encode_images(images).cpu())
+            if grid_dir is not None and sum(len(s) for s in shown) < grid_size:
+                shown.append(images[: grid_size - sum(len(s) for s in shown)].cpu())
+        feats = torch.cat(feats)
+        mu, sigma = feature_stats(feats)
+        rows.append({"weights": w, "steps": steps, "cfg": cfg, "clip_score": clip_score(feats, text),
+                     "fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma), "n_samples": n_samples})
+        if grid_dir is not None:
+            sample_grid(torch.cat(shown), Path(grid_dir) / f"{w}_steps{steps}_cfg{cfg:g}.png")
+    return rows

@@ -32,10 +32,11 @@ def test_sd3_layout(sd3_layout):
     assert out.context.shape == (2, 16, 80) and out.pooled.shape == (2, 64)
     parts = c.encode(["a red circle"])
     # CLIP states side by side in the first 7 tokens, zero-padded; T5 states appended along the sequence.
-    assert torch.allclose(out.context[0, :7, :32], parts[0][0][0])
-    assert torch.allclose(out.context[0, :7, 32:80], parts[1][0][0])
-    assert torch.allclose(out.context[0, 7:, :64], parts[2][0][0]) and out.context[0, 7:, 64:].abs().sum() == 0
-    assert torch.allclose(out.pooled[0], torch.cat([parts[0][1][0], parts[1][1][0]]))
+    close = lambda a, b: torch.allclose(a, b, atol=1e-5)  # noqa: E731  (batch-size-dependent matmul rounding)
+    assert close(out.context[0, :7, :32], parts[0][0][0])
+    assert close(out.context[0, :7, 32:80], parts[1][0][0])
+    assert close(out.context[0, 7:, :64], parts[2][0][0]) and out.context[0, 7:, 64:].abs().sum() == 0
+    assert close(out.pooled[0], torch.cat([parts[0][1][0], parts[1][1][0]]))
 
 
 def test_dropout_is_independent_per_encoder(sd3_layout):

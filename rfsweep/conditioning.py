@@ -40,6 +40,7 @@ class Conditioner(nn.Module):
         self.clip_tokens = clip[0].max_length if clip else 0
         self.context_len = self.clip_tokens + sum(e.max_length for e in t5)
         self._cache: dict[str, list[Part]] | None = {} if cache else None
+        self._table: list[Part] | None = None
 
     def encode(self, captions: list[str]) -> list[Part]:
         """Per-encoder parts for a list of captions; memoised per caption when `cache` is on."""
@@ -50,9 +51,14 @@ class Conditioner(nn.Module):
             outs = [enc(todo) for enc in self.encoders]
             for j, c in enumerate(todo):
                 self._cache[c] = [(t[j], p[j]) for t, p in outs]
-        rows = [self._cache[c] for c in captions]
-        return [(torch.stack([r[i][0] for r in rows]), torch.stack([r[i][1] for r in rows]))
-                for i in range(len(self.encoders))]
+            self._table = None
+        if self._table is None:  # one stacked table per encoder, so a batch is a single gather
+            names = list(self._cache)
+            self._row = {c: i for i, c in enumerate(names)}
+            self._table = [(torch.stack([self._cache[c][k][0] for c in names]),
+                            torch.stack([self._cache[c][k][1] for c in names])) for k in range(len(self.encoders))]
+        idx = torch.tensor([self._row[c] for c in captions])
+        return [(t.index_select(0, idx.to(t.device)), p.index_select(0, idx.to(p.device))) for t, p in self._table]
 
     def warm(self, captions: list[str], cache_file: str | Path | None = None, batch_size: int = 256) -> None:
         """Fill the memo for a known caption vocabulary (the embedded datasets have a few hundred),
@@ -64,6 +70,7 @@ class Conditioner(nn.Module):
             try:
                 stored = torch.load(cache_file, weights_only=True)
                 self._cache.update({c: [tuple(p) for p in parts] for c, parts in stored.items()})
+                self._table = None
                 todo = [c for c in todo if c not in self._cache]
             except Exception:  # a corrupt cache is only a cache: recompute and overwrite it
                 pass

@@ -74,7 +74,7 @@ class Shapes(Dataset):
     def __init__(self, split: str = "train", resolution: int = 8, seed: int = 0, size: int | None = None):
         self.split, self.resolution, self.seed = split, resolution, seed
         self.size = size or SPLIT_SIZES[split]
-        self._rendered: dict[int, torch.Tensor] = {}  # rendering is deterministic: memoise it
+        self._items: dict[int, dict] = {}  # items are deterministic: memoise them
 
     def __len__(self) -> int:
         return self.size
@@ -92,10 +92,10 @@ class Shapes(Dataset):
         return [caption(*self.scene(i)) for i in range(self.size)]
 
     def item(self, i: int, epoch: int = 0) -> dict:
-        objects, relation = self.scene(i)
-        if i not in self._rendered:
-            self._rendered[i] = render(objects, relation, self.resolution)
-        return {"image": self._rendered[i], "caption": caption(objects, relation)}
+        if i not in self._items:
+            objects, relation = self.scene(i)
+            self._items[i] = {"image": render(objects, relation, self.resolution), "caption": caption(objects, relation)}
+        return dict(self._items[i])
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

@@ -27,11 +27,13 @@ run: $(STAMP)                      ## one run on the embedded default (a few min
 	$(PY) -m rfsweep $(ARGS)
 
 demo: $(STAMP)                     ## the 122-job formulation grid on digits + shapes, then Tables 1-2
-	OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo -m $(ARGS)
+	@start=$$(date +%s); OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo -m $(ARGS) && \
+	  echo "demo grid: $$(( $$(date +%s) - start )) s"
 	$(PY) -m analysis rank-table --results multirun/demo $(if $(OUT),--out $(OUT),)
 
 demo-mmdit: $(STAMP)               ## the same grid with a tiny MM-DiT (slower; reports its time)
-	OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo_mmdit -m $(ARGS)
+	@start=$$(date +%s); OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo_mmdit -m $(ARGS) && \
+	  echo "demo-mmdit grid: $$(( $$(date +%s) - start )) s"
 	$(PY) -m analysis rank-table --results multirun/demo_mmdit $(if $(OUT),--out $(OUT),)
 
 rank-table: $(STAMP)               ## Tables 1-2 and Fig. 3: make rank-table RESULTS=<sweep dir or csv> OUT=<dir>

@@ -52,7 +52,7 @@ def build_module(cfg: DictConfig, formulation=None):
     formulation = formulation or build_formulation(_formulation_spec(cfg))
     tr = cfg.trainer
     data = DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
-                      tr.n_val, tr.num_workers)
+                      tr.n_val, tr.num_workers, cfg.data.seed)
     node = OmegaConf.to_container(cfg.backbone, resolve=True)
     net = instantiate({k: v for k, v in node.items() if k not in BACKBONE_KEYS})
     side = cfg.data.resolution // cfg.autoencoder.downsample
@@ -73,10 +73,10 @@ def warm_captions(cfg: DictConfig, conditioner, data) -> None:
         return
     from rfsweep.data import build_dataset
 
-    test = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.seed, cfg.data.path)
+    test = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.data.seed, cfg.data.path)
     captions = sorted({*data.train.captions(), *data.val.captions(), *test.captions()})
     enc = json.dumps(OmegaConf.to_container(cfg.conditioning.encoders, resolve=True), sort_keys=True)
-    key = hashlib.sha1(f"{enc}|{cfg.data.name}|{cfg.seed}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{enc}|{cfg.data.name}|{cfg.data.seed}".encode()).hexdigest()[:16]
     conditioner.warm(captions, Path(cfg.paths.cache) / "embeddings" / f"{key}.pt")
 
 

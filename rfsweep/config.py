@@ -45,6 +45,7 @@ RULES: dict[str, tuple] = {
     "trainer.num_workers": (_nonneg_int, "an integer >= 0"),
     "conditioning.drop_prob": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1] (paper: 0.464)"),
     "data.resolution": (_positive_int, "an integer > 0"),
+    "data.seed": (_nonneg_int, "an integer >= 0"),
     "sampler.steps": (_positive_int, "an integer > 0"),
     "sampler.cfg": (lambda v: _num(v) and v >= 0, "a number >= 0 (1.0 = no guidance)"),
     "sampler.shift": (lambda v: _num(v) and v > 0, "a number > 0 (1.0 = no shift; paper: 3.0 at 1024^2)"),

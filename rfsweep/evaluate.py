@@ -17,7 +17,7 @@ from rfsweep.results import RESULTS_FILE, write_results
 
 
 def held_out_captions(cfg: DictConfig, n: int) -> list[str]:
-    ds = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.seed, cfg.data.path)
+    ds = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.data.seed, cfg.data.path)
     return [ds[i]["caption"] for i in range(min(n, len(ds)))]
 
 
@@ -38,7 +38,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
     e, meta = cfg.eval, module.meta
     args = OmegaConf.to_container(e.evaluator_args, resolve=True) if e.get("evaluator_args") else {}
     evaluator = build_evaluator(e.evaluator, device=module.device, **args)
-    ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.seed,
+    ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.data.seed,
                           cache_dir=Path(cfg.paths.cache))
     prompts = held_out_captions(cfg, e.n_samples)
     shift = cfg.sampler.shift
@@ -52,7 +52,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
               "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
               "seed": meta["seed"], "run_dir": str(run_dir)}
     rows = [{**common, **r} for r in rows]
-    real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.seed)
+    real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed)
     rows.append({**common, **real, "variant": "real images", "family": "real", "ckpt_step": 0, "val_loss": None})
     write_results(run_dir / RESULTS_FILE, rows)
     _log_wandb(module, rows, run_dir)

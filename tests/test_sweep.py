@@ -1,0 +1,45 @@
+"""The formulation grid as a Hydra multirun: 122 jobs, dry run, manifest, evaluation rows, skip on rerun."""
+
+import json
+
+import pandas as pd
+
+from analysis.__main__ import main as analysis_main
+from rfsweep.formulations import ALL_VARIANTS
+from rfsweep.results import COLUMNS, SETTINGS
+from tests.helpers import run_cli, tiny
+
+
+def test_formulation_grid_dry_run_lists_122_jobs(tmp_path):
+    r = run_cli(["+experiment=formulation_grid", "-m", "dry_run=true", f"paths.sweeps={tmp_path}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("dry-run: ")]
+    assert len(lines) == 122 == len(set(lines))
+    expected = {f"dry-run: variant={v} dataset={d}" for v in ALL_VARIANTS for d in ("imagenet", "cc12m")}
+    assert set(lines) == expected
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))
+
+
+def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
+    args = [*tiny(tmp_path, steps=6), "-m", "eval=embedded", "eval.n_samples=16", "eval.batch_size=16",
+            "eval.weights=[ema]", "eval.settings=[[5,5.0],[10,5.0]]", 'formulation.variant=rf,"edm/rf"', "name=grid"]
+    r = run_cli(args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "grid"
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert [j["variant"] for j in manifest["jobs"]] == ["rf", "edm/rf"]
+    assert manifest["settings"] == [[5, 5.0], [10, 5.0]] and manifest["weights"] == ["ema"]
+    files = sorted(sweep.rglob("results.csv"))
+    assert len(files) == 2
+    df = pd.read_csv(files[0])
+    assert list(df.columns) == list(COLUMNS)
+    assert set(zip(df.weights, df.steps, df.cfg)) == {("ema", 5, 5.0), ("ema", 10, 5.0), ("real", 0, 0.0)}
+    assert df.fid.ge(0).all() and df.clip_score.between(-1, 1).all() and (df.n_samples == 16).all()
+    stamp = [f.stat().st_mtime_ns for f in files]
+    r2 = run_cli(args, timeout=600)
+    assert r2.returncode == 0 and r2.stdout.count("skip:") == 2, r2.stdout[-2000:]
+    assert [f.stat().st_mtime_ns for f in files] == stamp  # finished work is not redone
+    out = tmp_path / "tables"
+    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
+    assert (out / "table1.csv").is_file() and (out / "table2.csv").is_file()
+    assert set(SETTINGS) >= {(5, 5.0), (10, 5.0)}

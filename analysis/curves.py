@@ -22,10 +22,12 @@ def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFr
         if not cfg_file.is_file():
             continue
         cfg = yaml.safe_load(cfg_file.read_text())
-        df = pd.read_csv(metrics)
-        if metric not in df.columns:
+        # a resumed run keeps earlier rows in metrics-part<k>.csv; later rows win for a repeated step
+        parts = [pd.read_csv(p) for p in [*sorted(run.glob("metrics-part*.csv")), metrics]]
+        parts = [p for p in parts if metric in p.columns]
+        if not parts:
             continue
-        df = df[["step", metric]].dropna()
+        df = pd.concat([p[["step", metric]].dropna() for p in parts]).drop_duplicates("step", keep="last")
         for step, value in zip(df["step"], df[metric]):
             rows.append({"run": str(run), "backbone": cfg["backbone"].get("label", cfg["backbone"]["name"]),
                          "variant": str(cfg["formulation"].get("variant", "")), "dataset": cfg["data"]["label"],

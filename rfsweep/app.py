@@ -85,10 +85,22 @@ def _formulation_spec(cfg: DictConfig):
     return spec["variant"] if "variant" in spec else spec
 
 
+def keep_previous_metrics(run_dir: Path) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh; a resumed run keeps the earlier rows in
+    metrics-part<k>.csv (the analysis reads all parts)."""
+    current = run_dir / "metrics.csv"
+    if current.is_file():
+        k = len(list(run_dir.glob("metrics-part*.csv")))
+        os.replace(current, run_dir / f"metrics-part{k}.csv")
+
+
 def _loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers = [CSVLogger(str(run_dir), name="", version="")] if cfg.logger.csv else []
+    loggers = []
+    if cfg.logger.csv:
+        keep_previous_metrics(run_dir)
+        loggers.append(CSVLogger(str(run_dir), name="", version=""))
     if cfg.logger.wandb:
         from rfsweep.wandb_logger import make_wandb_logger
 

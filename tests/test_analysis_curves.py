@@ -27,3 +27,12 @@ def test_fig4_collects_validation_curves(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.index("mmdit") < out.index("dit ")  # sorted by final loss, best first
     assert main(["fig4", str(tmp_path / "empty")]) == 2
+
+
+def test_resumed_run_curve_joins_its_parts(tmp_path):
+    _run(tmp_path, "uvit", [0.9, 0.8])  # steps 99, 199
+    run = tmp_path / "shapes" / "uvit"
+    (run / "metrics.csv").rename(run / "metrics-part0.csv")
+    (run / "metrics.csv").write_text("epoch,step,val/loss_ema\n0,199,0.79\n0,299,0.7\n")
+    curve = collect_curves(tmp_path).sort_values("step")
+    assert curve["step"].tolist() == [99, 199, 299] and curve["value"].tolist() == [0.9, 0.79, 0.7]

@@ -114,3 +114,19 @@ def test_trains_on_pre_encoded_data(tmp_path):
         precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split)
     module, run = _fit(tmp_path, ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"], steps=4)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_corrupt_checkpoint_fails_with_one_line_and_keeps_files(tmp_path):
+    r = run_cli([*tiny(tmp_path, steps=4), "trainer.ckpt_every=2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = next((tmp_path / "runs").rglob("status.json")).parent
+    (run / "status.json").unlink()  # not finished: the rerun resumes from last.ckpt
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    before = sorted(p.name for p in run.rglob("*"))
+    r = run_cli([*tiny(tmp_path, steps=8), "trainer.ckpt_every=2"])
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "last.ckpt" in lines[0] and "corrupt" in lines[0], r.stderr[-2000:]
+    after = {p.name for p in run.rglob("*")}
+    assert set(before) - {"metrics.csv"} <= after and "metrics-part0.csv" in after  # nothing lost

@@ -60,11 +60,11 @@ def planned_jobs(config: DictConfig) -> list[dict]:
 
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parser = OverridesParser.create()
     jobs = []
-    for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None):
+    for batch in BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None):
         for job in batch:
-            kv = dict(o.split("=", 1) for o in job)
+            kv = {o.key_or_group: str(o.value()) for o in parser.parse_overrides(job)}  # values unquoted
             variant = kv.get("formulation.variant", OmegaConf.select(config, "formulation.variant", default=None))
             data = kv.get("data", OmegaConf.select(config, "hydra.runtime.choices.data", default=None))
             jobs.append({"variant": variant, "data": data,

@@ -22,18 +22,18 @@ def test_formulation_grid_dry_run_lists_122_jobs(tmp_path):
 
 def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     args = [*tiny(tmp_path, steps=6), "-m", "eval=embedded", "eval.n_samples=16", "eval.batch_size=16",
-            "eval.weights=[ema]", "eval.settings=[[5,5.0],[10,5.0]]", 'formulation.variant=rf,"edm/rf"', "name=grid"]
+            "eval.weights=[ema]", "eval.settings=[[5,5.0],[25,5.0]]", 'formulation.variant=rf,"edm/rf"', "name=grid"]
     r = run_cli(args, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "multirun" / "grid"
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert [j["variant"] for j in manifest["jobs"]] == ["rf", "edm/rf"]
-    assert manifest["settings"] == [[5, 5.0], [10, 5.0]] and manifest["weights"] == ["ema"]
+    assert manifest["settings"] == [[5, 5.0], [25, 5.0]] and manifest["weights"] == ["ema"]
     files = sorted(sweep.rglob("results.csv"))
     assert len(files) == 2
     df = pd.read_csv(files[0])
     assert list(df.columns) == list(COLUMNS)
-    assert set(zip(df.weights, df.steps, df.cfg)) == {("ema", 5, 5.0), ("ema", 10, 5.0), ("real", 0, 0.0)}
+    assert set(zip(df.weights, df.steps, df.cfg)) == {("ema", 5, 5.0), ("ema", 25, 5.0), ("real", 0, 0.0)}
     assert df.fid.ge(0).all() and df.clip_score.between(-1, 1).all() and (df.n_samples == 16).all()
     stamp = [f.stat().st_mtime_ns for f in files]
     r2 = run_cli(args, timeout=600)
@@ -42,4 +42,4 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     out = tmp_path / "tables"
     assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
     assert (out / "table1.csv").is_file() and (out / "table2.csv").is_file()
-    assert set(SETTINGS) >= {(5, 5.0), (10, 5.0)}
+    assert set(SETTINGS) >= {(5, 5.0), (25, 5.0)}

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from analysis.figures import save_figure  # noqa: E402
+
 
 def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFrame:
     """Rows (run, backbone, variant, dataset, step, value) for every run under `sweep` that logged `metric`."""
@@ -46,9 +48,4 @@ def fig4(curves: pd.DataFrame, path: str | Path, metric: str = "validation loss 
     ax.set_ylabel(metric)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

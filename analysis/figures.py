@@ -48,6 +48,11 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
             ax.set_ylabel(label)
             ax.set_title(f"{ds}: {label} (cfg {cfg:g}, {weights} weights)", fontsize=9)
     axes[0][0].legend(title="family (median bold)", fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG (creating the folder) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

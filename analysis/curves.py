@@ -46,6 +46,7 @@ def fig4(curves: pd.DataFrame, path: str | Path, metric: str = "validation loss 
         ax.plot(g["step"], g["value"], marker="o", ms=3, label=backbone)
     ax.set_xlabel("training step")
     ax.set_ylabel(metric)
+    ax.set_yscale("log")  # losses fall by orders of magnitude; differences show late
     ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -4,7 +4,8 @@
 #   2. an end-to-end bf16 run of `python -m rfsweep` on the GPU (train, validate, sample, evaluate);
 #   3. the training-step benchmark, rfsweep MM-DiT vs diffusers SD3Transformer2DModel (BENCH=0 skips it).
 # Packages the GPU image lacks (hydra, omegaconf, antlr4, open_clip, ftfy, wcwidth, diffusers) travel as pure-Python
-# folders in ./.carry (copied from a local venv), put on PYTHONPATH. Results go to $OUT (default ./gpu_out).
+# folders in ./.carry (scripts/build_carry.sh copies them from .venv), put on PYTHONPATH. Results go to $OUT
+# (default ./gpu_out). Device call: command "OUT=$OUT bash scripts/gpu_check.sh", carry [".carry"].
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"

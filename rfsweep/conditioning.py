@@ -57,8 +57,18 @@ class Conditioner(nn.Module):
             self._row = {c: i for i, c in enumerate(names)}
             self._table = [(torch.stack([self._cache[c][k][0] for c in names]),
                             torch.stack([self._cache[c][k][1] for c in names])) for k in range(len(self.encoders))]
-        idx = torch.tensor([self._row[c] for c in captions])
-        return [(t.index_select(0, idx.to(t.device)), p.index_select(0, idx.to(p.device))) for t, p in self._table]
+        device = self.device
+        if self._table[0][0].device != device:  # the conditioner was moved (e.g. to the GPU) after warming
+            self._table = [(t.to(device), p.to(device)) for t, p in self._table]
+        idx = torch.tensor([self._row[c] for c in captions], device=device)
+        return [(t.index_select(0, idx), p.index_select(0, idx)) for t, p in self._table]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoders live (their first parameter or buffer)."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     def warm(self, captions: list[str], cache_file: str | Path | None = None, batch_size: int = 256) -> None:
         """Fill the memo for a known caption vocabulary (the embedded datasets have a few hundred),

@@ -16,7 +16,7 @@ STEPS=${STEPS:-300}
 $PY -c "import torch, lightning, diffusers, hydra, open_clip; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 
 echo "== 1. CUDA tests"
-$PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" tests/test_backbones_gpu.py tests/test_formulations_gpu.py 2>&1 | tail -n 15
+$PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" tests/test_backbones_gpu.py tests/test_formulations_gpu.py tests/test_conditioning.py 2>&1 | tail -n 15
 
 echo "== 2. end-to-end bf16 run on the GPU"
 start=$(date +%s)

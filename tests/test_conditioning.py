@@ -97,3 +97,23 @@ def test_autoencoders_shift_scale_roundtrip():
     raw = vae.vae.encode(x).latent_dist.mode()
     assert z.shape == (2, 4, 8, 8) and vae.downsample == 2 and torch.allclose(z, (raw - 0.06) * 1.5, atol=1e-6)
     assert vae.decode(z).shape == x.shape
+
+
+def test_cached_table_lives_with_the_encoders():
+    c = Conditioner([HashTextEncoder(16, 8)], cache=True)
+    c.warm(["a red circle", "a blue square"])
+    tok, pool = c.encode(["a blue square", "a red circle"])[0]
+    assert tok.device == pool.device == c.device
+    assert torch.allclose(pool[0], HashTextEncoder(16, 8)(["a blue square"])[1][0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_table_warmed_on_cpu_follows_the_conditioner_to_the_gpu():
+    c = Conditioner([HashTextEncoder(16, 8)], cache=True)
+    c.warm(["a red circle", "a blue square"])  # warmed on the CPU, as rfsweep.app does before fitting
+    c.to("cuda")
+    tok, pool = c.encode(["a blue square"])[0]
+    assert tok.is_cuda and pool.is_cuda
+    out = c(["a red circle"], drop=True, generator=torch.Generator("cuda").manual_seed(0))
+    assert out.context.is_cuda and out.pooled.is_cuda

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,12 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 from rfsweep.config import ConfigError, validate
 from rfsweep.formulations import build_formulation
 from rfsweep.results import RESULTS_FILE, results_complete
-from rfsweep.sweep import variant_name
+from rfsweep.sweep import formulation_spec, variant_name
 from rfsweep.train.callbacks import BEST, LAST, read_status, write_status
 
-log = logging.getLogger("rfsweep")
 AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
 BACKBONE_KEYS = ("label",)  # config-only keys of the backbone group
+
+
+def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
+    """`instantiate` a group's node without the keys that only other config entries read."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return instantiate({k: v for k, v in values.items() if k not in config_only})
 
 
 def build_conditioner(cfg: DictConfig):
@@ -37,8 +41,7 @@ def build_conditioner(cfg: DictConfig):
 
 
 def build_autoencoder(cfg: DictConfig):
-    node = OmegaConf.to_container(cfg.autoencoder, resolve=True)
-    return instantiate({k: v for k, v in node.items() if k not in AE_KEYS})
+    return _instantiate(cfg.autoencoder, AE_KEYS)
 
 
 def build_module(cfg: DictConfig, formulation=None):
@@ -49,12 +52,11 @@ def build_module(cfg: DictConfig, formulation=None):
     from rfsweep.train.module import DiffusionModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    formulation = formulation or build_formulation(_formulation_spec(cfg))
+    formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
     tr = cfg.trainer
     data = DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
                       tr.n_val, tr.num_workers, cfg.data.seed)
-    node = OmegaConf.to_container(cfg.backbone, resolve=True)
-    net = instantiate({k: v for k, v in node.items() if k not in BACKBONE_KEYS})
+    net = _instantiate(cfg.backbone, BACKBONE_KEYS)
     side = cfg.data.resolution // cfg.autoencoder.downsample
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
             "backbone": cfg.backbone.label, "seed": int(cfg.seed),
@@ -78,11 +80,6 @@ def warm_captions(cfg: DictConfig, conditioner, data) -> None:
     enc = json.dumps(OmegaConf.to_container(cfg.conditioning.encoders, resolve=True), sort_keys=True)
     key = hashlib.sha1(f"{enc}|{cfg.data.name}|{cfg.data.seed}".encode()).hexdigest()[:16]
     conditioner.warm(captions, Path(cfg.paths.cache) / "embeddings" / f"{key}.pt")
-
-
-def _formulation_spec(cfg: DictConfig):
-    spec = OmegaConf.to_container(cfg.formulation, resolve=True)
-    return spec["variant"] if "variant" in spec else spec
 
 
 def keep_previous_metrics(run_dir: Path) -> None:
@@ -167,26 +164,25 @@ def run(cfg: DictConfig) -> int:
         print(f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.slot}", flush=True)
         return 0
     validate(cfg)
-    formulation = build_formulation(_formulation_spec(cfg))
+    formulation = build_formulation(formulation_spec(cfg.formulation))
     run_dir = Path(cfg.run_dir)
     settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
     expected = [(w, s, c) for w in cfg.eval.weights for s, c in settings]
-    if read_status(run_dir).get("state") == "done" and (not cfg.eval.enabled or
-                                                        results_complete(run_dir / RESULTS_FILE, expected)):
+    state = read_status(run_dir).get("state")
+    if state == "done" and (not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected)):
         print(f"skip: {run_dir} is finished", flush=True)
         return 0
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     module, data = build_module(cfg, formulation)
-    if read_status(run_dir).get("state") not in ("trained", "done"):
+    if state not in ("trained", "done"):
         if not train(cfg, module, data, run_dir):
             print(f"pre-empted: checkpoint written to {run_dir}/checkpoints/{LAST}; rerun the same command to resume",
                   flush=True)
             return 3
     info = load_weights(module, run_dir)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
-    module.conditioner.to(module.device)
-    module.autoencoder.to(module.device)
+    module.place_frozen()
     from rfsweep.evaluate import evaluate_run, sample_grid
 
     sample_grid(cfg, module, run_dir)

@@ -13,6 +13,7 @@ encoded online and parts read pre-encoded from disk.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -46,12 +47,7 @@ class Conditioner(nn.Module):
         """Per-encoder parts for a list of captions; memoised per caption when `cache` is on."""
         if self._cache is None:
             return [enc(captions) for enc in self.encoders]
-        todo = sorted({c for c in captions if c not in self._cache})
-        if todo:
-            outs = [enc(todo) for enc in self.encoders]
-            for j, c in enumerate(todo):
-                self._cache[c] = [(t[j], p[j]) for t, p in outs]
-            self._table = None
+        self._memoise(captions)
         if self._table is None:  # one stacked table per encoder, so a batch is a single gather
             names = list(self._cache)
             self._row = {c: i for i, c in enumerate(names)}
@@ -63,12 +59,20 @@ class Conditioner(nn.Module):
         idx = torch.tensor([self._row[c] for c in captions], device=device)
         return [(t.index_select(0, idx), p.index_select(0, idx)) for t, p in self._table]
 
+    def _memoise(self, captions: list[str]) -> None:
+        """Encode the captions not in the memo yet (one batch) and invalidate the stacked table."""
+        todo = sorted({c for c in captions if c not in self._cache})
+        if todo:
+            outs = [enc(todo) for enc in self.encoders]
+            for j, c in enumerate(todo):
+                self._cache[c] = [(t[j], p[j]) for t, p in outs]
+            self._table = None
+
     @property
     def device(self) -> torch.device:
         """Where the encoders live (their first parameter or buffer)."""
-        for t in (*self.parameters(), *self.buffers()):
-            return t.device
-        return torch.device("cpu")
+        first = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
 
     def warm(self, captions: list[str], cache_file: str | Path | None = None, batch_size: int = 256) -> None:
         """Fill the memo for a known caption vocabulary (the embedded datasets have a few hundred),
@@ -87,7 +91,7 @@ class Conditioner(nn.Module):
         if not todo:
             return
         for i in range(0, len(todo), batch_size):
-            self.encode(todo[i : i + batch_size])
+            self._memoise(todo[i : i + batch_size])
         if cache_file is not None:
             path = Path(cache_file)
             path.parent.mkdir(parents=True, exist_ok=True)

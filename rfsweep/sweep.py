@@ -16,12 +16,15 @@ from rfsweep.formulations import VariantError, build_formulation
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
 
-def variant_name(node) -> str:
-    """Canonical paper name of a formulation config node (`variant: <name>` or family + parameters)."""
+def formulation_spec(node):
+    """What `build_formulation` takes, from a formulation config node (`variant: <name>` or family + parameters)."""
     spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    if isinstance(spec, dict) and "variant" in spec:
-        spec = spec["variant"]
-    return build_formulation(spec).name
+    return spec["variant"] if isinstance(spec, dict) and "variant" in spec else spec
+
+
+def variant_name(node) -> str:
+    """Canonical paper name of a formulation config node."""
+    return build_formulation(formulation_spec(node)).name
 
 
 def slug(node) -> str:

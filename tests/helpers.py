@@ -32,13 +32,15 @@ def compose_cfg(overrides: list[str], run_dir: str = "/tmp/rfsweep-test-run"):
         return compose("config", overrides=[*overrides, f"run_dir={run_dir}"])
 
 
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
 def popen_cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -33,8 +33,7 @@ class SampleStream(Dataset):
     def __getitem__(self, p: int) -> dict:
         epoch, offset = divmod(int(p), len(self.base))
         i = int(self._permutation(epoch)[offset])
-        item = self.base.item(i, epoch) if hasattr(self.base, "item") else self.base[i]
-        return item
+        return self.base.item(i, epoch) if hasattr(self.base, "item") else self.base[i]
 
 
 class StreamSampler(Sampler):

@@ -14,12 +14,12 @@ encoded online and parts read pre-encoded from disk.
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rfsweep.atomic import atomic_write
 from rfsweep.types import Cond
 
 Part = tuple[torch.Tensor, torch.Tensor]  # (tokens (B, L_i, D_i), pooled (B, P_i)) of one encoder
@@ -93,11 +93,8 @@ class Conditioner(nn.Module):
         for i in range(0, len(todo), batch_size):
             self._memoise(todo[i : i + batch_size])
         if cache_file is not None:
-            path = Path(cache_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save({c: [tuple(t.cpu() for t in p) for p in self._cache[c]] for c in set(captions)}, tmp)
-            os.replace(tmp, path)
+            with atomic_write(cache_file) as f:
+                torch.save({c: [tuple(t.cpu() for t in p) for p in self._cache[c]] for c in set(captions)}, f)
 
     def drop_mask(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """(B, n_encoders) boolean: True where that encoder's output is kept."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
+
+from rfsweep.atomic import atomic_write
 
 RESULTS_FILE = "results.csv"
 MANIFEST_FILE = "manifest.json"
@@ -81,17 +82,8 @@ def write_results(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping
     """Validate and write rows atomically: a reader sees the old file or the new one, never a torn one."""
     path = Path(path)
     df = validate_rows(_frame(rows))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        df.to_csv(f, index=False)
     return path
 
 

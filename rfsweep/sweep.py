@@ -4,14 +4,15 @@ sweep's manifest (the jobs it launched) so the analysis can name missing runs.""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep.atomic import atomic_write
 from rfsweep.formulations import VariantError, build_formulation
+from rfsweep.results import MANIFEST_FILE
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -94,8 +95,5 @@ class ManifestCallback(Callback):
                          "dataset": labels[job["data"]], "backbone": job["backbone"], "seed": job["seed"]})
         manifest = {"jobs": jobs, "settings": [list(s) for s in config.eval.settings],
                     "weights": list(config.eval.weights)}
-        root = Path(config.hydra.sweep.dir)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / "manifest.json")
+        with atomic_write(Path(config.hydra.sweep.dir) / MANIFEST_FILE, "w") as f:
+            f.write(json.dumps(manifest, indent=1))

@@ -8,12 +8,13 @@ the conditioner assembles and drops parts exactly as for captions encoded online
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch.utils.data import Dataset
+
+from rfsweep.atomic import atomic_write
 
 
 class PrecomputedDataset(Dataset):
@@ -56,9 +57,7 @@ def precompute(dataset: Dataset, autoencoder, conditioner, root: str | Path, spl
     for i, chunks in enumerate(parts):
         tensors[f"tokens_{i}"] = torch.cat([c[0] for c in chunks]).half().contiguous()
         tensors[f"pooled_{i}"] = torch.cat([c[1] for c in chunks]).half().contiguous()
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{split}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, root / f"{split}.safetensors")
-    (root / f"{split}.captions.txt").write_text("\n".join(caps) + "\n")
+    with atomic_write(Path(root) / f"{split}.safetensors") as f:
+        f.write(save(tensors))
+    with atomic_write(Path(root) / f"{split}.captions.txt", "w") as f:
+        f.write("\n".join(caps) + "\n")

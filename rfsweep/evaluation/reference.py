@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset
 from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
 
@@ -51,15 +51,8 @@ def compute_stats(evaluator, images: torch.Tensor, captions: list[str], key: str
 
 
 def _save(path: Path, stats: ReferenceStats) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **asdict(stats))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **asdict(stats))
 
 
 def _load(path: Path, key: str, dim: int) -> ReferenceStats | None:

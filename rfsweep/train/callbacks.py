@@ -4,23 +4,21 @@ sends one before killing a job), and a recorded failure when training breaks (e.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
 
 import lightning as L
 
+from rfsweep.atomic import atomic_write
+
 LAST, BEST = "last.ckpt", "best.ckpt"
 
 
 def write_status(run_dir: str | Path, state: str, **extra) -> None:
     """Atomically record the run's state ("running", "trained", "preempted", "failed", "done")."""
-    path = Path(run_dir) / "status.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".status.json.tmp")
-    tmp.write_text(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(Path(run_dir) / "status.json", "w") as f:
+        f.write(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
 
 
 def read_status(run_dir: str | Path) -> dict:

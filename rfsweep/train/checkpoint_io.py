@@ -4,11 +4,10 @@ Checkpoints hold only tensors and plain containers: they load with `torch.load(w
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from rfsweep.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -17,14 +16,8 @@ class CheckpointError(ValueError):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(path, map_location)

@@ -37,6 +37,10 @@ RULES: dict[str, tuple] = {
     "trainer.warmup_steps": (_nonneg_int, "an integer >= 0 (paper: 1000)"),
     "trainer.grad_clip": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
     "trainer.precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "trainer.accelerator": (lambda v: v in ("cpu", "gpu"), "cpu or gpu"),
+    # More than one device would start DDP with every rank reading the same batches and noise: refused until
+    # the data stream and the per-step generator are sharded by rank.
+    "trainer.devices": (lambda v: v == 1, "1 (multi-device DDP / FSDP training is not wired yet)"),
     "trainer.val_every": (_positive_int, "an integer > 0"),
     "trainer.n_val": (_positive_int, "an integer > 0"),
     "trainer.ckpt_every": (_positive_int, "an integer > 0"),

@@ -20,6 +20,7 @@ GPU anchor (d=24, 256^2): python benchmarks/bench_backbones.py --preset sd3-gpu 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -27,8 +28,17 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rfsweep.backbones.mmdit import from_diffusers
+
+SDPA = {
+    "auto": None,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 PRESETS = {
     "sd3-gpu": dict(
@@ -71,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--impls", default="diffusers,rfsweep")
+    p.add_argument("--sdpa", choices=sorted(SDPA), default="auto",
+                   help="restrict scaled_dot_product_attention to one kernel (all impls); auto: torch's choice")
     p.add_argument(
         "--profile", type=int, default=0, help="print the N most costly kernels of 2 profiled steps"
     )
@@ -142,7 +154,8 @@ def time_training(name: str, model, a: argparse.Namespace) -> dict:
     pooled = torch.randn(a.batch, a.pooled_dim, device=dev, generator=g)
 
     def step():
-        with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+        kernels = sdpa_kernel([SDPA[a.sdpa]]) if SDPA[a.sdpa] else contextlib.nullcontext()
+        with kernels, torch.autocast(dev.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             if name == "diffusers":
                 out = fn(
                     hidden_states=x,
@@ -228,7 +241,7 @@ def main(argv=None) -> dict:
         )
         print(
             f"rfsweep / diffusers = {out['ratio_rfsweep_over_diffusers']:.3f}x "
-            f"(compile={a.compile}, dtype={a.dtype}, device={a.device})"
+            f"(compile={a.compile}, dtype={a.dtype}, device={a.device}, sdpa={a.sdpa})"
         )
     if a.json:
         with open(a.json, "w") as f:

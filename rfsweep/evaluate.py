@@ -55,18 +55,27 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
     real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed)
     rows.append({**common, **real, "variant": "real images", "family": "real", "ckpt_step": 0, "val_loss": None})
     write_results(run_dir / RESULTS_FILE, rows)
-    _log_wandb(module, rows, run_dir)
+    _log_wandb(cfg, module, rows, run_dir)
     return rows
 
 
-def _log_wandb(module, rows: list[dict], run_dir: Path) -> None:
-    """Log metrics and the sample grid to the run's W&B logger, when there is one."""
+def _log_wandb(cfg: DictConfig, module, rows: list[dict], run_dir: Path) -> None:
+    """Log metrics and the sample grid to the run's W&B run: the trainer's logger when training ran in this
+    process, else (a rerun that only evaluates, e.g. after a pre-emption) the same run reopened by its stable id."""
     trainer = getattr(module, "_trainer", None)
-    for lg in (trainer.loggers if trainer is not None else []):
-        if type(lg).__name__ == "WandbLogger":
-            import wandb
+    loggers = [lg for lg in (trainer.loggers if trainer is not None else []) if type(lg).__name__ == "WandbLogger"]
+    own = None
+    if not loggers and cfg.logger.wandb:
+        from rfsweep.wandb_logger import make_wandb_logger
 
-            for r in rows:
-                key = f"eval/{r['weights']}_steps{r['steps']}_cfg{r['cfg']:g}"
-                lg.experiment.log({f"{key}/clip_score": r["clip_score"], f"{key}/fid": r["fid"]})
-            lg.experiment.log({"samples": wandb.Image(str(run_dir / "samples.png"))})
+        own = make_wandb_logger(cfg, run_dir, module.meta)
+        loggers = [own]
+    for lg in loggers:
+        import wandb
+
+        for r in rows:
+            key = f"eval/{r['weights']}_steps{r['steps']}_cfg{r['cfg']:g}"
+            lg.experiment.log({f"{key}/clip_score": r["clip_score"], f"{key}/fid": r["fid"]})
+        lg.experiment.log({"samples": wandb.Image(str(run_dir / "samples.png"))})
+    if own is not None:
+        own.experiment.finish()

@@ -164,6 +164,10 @@ def run(cfg: DictConfig) -> int:
         print(f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.slot}", flush=True)
         return 0
     validate(cfg)
+    if cfg.data.name == "precomputed" and cfg.eval.enabled:
+        from rfsweep.data.precomputed import check_reference_images
+
+        check_reference_images(cfg.data.path)  # before training: evaluation would fail only at the end
     formulation = build_formulation(formulation_spec(cfg.formulation))
     run_dir = Path(cfg.run_dir)
     settings = [(int(s), float(c)) for s, c in cfg.eval.settings]

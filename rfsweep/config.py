@@ -76,9 +76,6 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"config error: {key}={value!r} is out of range (allowed: {allowed})")
-    if cfg.data.name == "precomputed" and cfg.eval.enabled:
-        raise ConfigError("config error: eval.enabled=true with data.name=precomputed: pre-encoded data holds no "
-                          "reference images yet (allowed: eval=none)")
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1
     if (res // ds) % patch:

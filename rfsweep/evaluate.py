@@ -39,7 +39,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
     args = OmegaConf.to_container(e.evaluator_args, resolve=True) if e.get("evaluator_args") else {}
     evaluator = build_evaluator(e.evaluator, device=module.device, **args)
     ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.data.seed,
-                          cache_dir=Path(cfg.paths.cache))
+                          cache_dir=Path(cfg.paths.cache), data_path=cfg.data.path)
     prompts = held_out_captions(cfg, e.n_samples)
     shift = cfg.sampler.shift
 
@@ -52,7 +52,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
               "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
               "seed": meta["seed"], "run_dir": str(run_dir)}
     rows = [{**common, **r} for r in rows]
-    real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed)
+    real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
+                              data_path=cfg.data.path)
     rows.append({**common, **real, "variant": "real images", "family": "real", "ckpt_step": 0, "val_loss": None})
     write_results(run_dir / RESULTS_FILE, rows)
     _log_wandb(cfg, module, rows, run_dir)

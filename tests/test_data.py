@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from rfsweep.data import DataError, build_dataset
 from rfsweep.data.captions import DIGIT_SYNONYMS
-from rfsweep.data.precomputed import PrecomputedDataset, precompute
+from rfsweep.data.precomputed import PrecomputedDataset, check_reference_images, precompute
 from rfsweep.data.shapes import COLOURS, SHAPES, Shapes
 from rfsweep.data.stream import SampleStream, StreamSampler
 
@@ -72,6 +73,15 @@ def test_precompute_roundtrip(tmp_path):
     parts = cond.encode([ds[3]["caption"]])
     for (t, p), (t2, p2) in zip(parts, pre[3]["parts"]):
         assert torch.allclose(t[0], t2, atol=2e-3) and torch.allclose(p[0], p2, atol=2e-3)  # stored in fp16
+    assert pre.images is None and "image" not in pre[3]  # the training split keeps no images
+    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "test", batch_size=16)  # evaluation splits do
+    test = PrecomputedDataset(tmp_path, "test")
+    assert test.images.dtype == torch.uint8 and (test[3]["image"] - ds[3]["image"]).abs().max() <= 1 / 127.5
+    check_reference_images(tmp_path, ("test",))
+    with pytest.raises(DataError, match="train.safetensors holds no reference images"):
+        check_reference_images(tmp_path, ("train",))
+    with pytest.raises(DataError, match="val.safetensors cannot be read"):
+        check_reference_images(tmp_path, ("val",))
     (tmp_path / "train.safetensors").write_bytes(b"garbage")
     try:
         PrecomputedDataset(tmp_path, "train")

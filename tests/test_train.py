@@ -1,3 +1,5 @@
+import csv
+import hashlib
 import json
 
 import pytest
@@ -103,17 +105,51 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
     assert r2.returncode == 0 and "skip:" in r2.stdout
 
 
-def test_trains_on_pre_encoded_data(tmp_path):
+def _pre_encode(tmp_path, splits=("train", "val", "test"), keep_images=None):
     from rfsweep.app import build_autoencoder, build_conditioner
     from rfsweep.data import build_dataset
     from rfsweep.data.precomputed import precompute
 
     cfg = compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x"))
-    for split in ("train", "val"):
-        ds = torch.utils.data.Subset(build_dataset("digits", split), range(64))
-        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split)
-    module, run = _fit(tmp_path, ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"], steps=4)
+    for split in splits:
+        ds = torch.utils.data.Subset(build_dataset("shapes", split), range(64))
+        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split,
+                   keep_images=keep_images)
+    return ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"]
+
+
+def test_trains_on_pre_encoded_data(tmp_path):
+    module, run = _fit(tmp_path, _pre_encode(tmp_path, ("train", "val")), steps=4)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_evaluates_on_pre_encoded_data(tmp_path):
+    """Train and evaluate from a pre-encoded folder: prompts from its test captions, FID and CLIP score against
+    its kept test images, the real-images floor from its val images; the reference cache is keyed by the folder."""
+    data = _pre_encode(tmp_path)
+    ev = ["eval=embedded", "eval.n_samples=32", "eval.batch_size=32", "eval.settings=[[2,1.0]]", "eval.weights=[ema]"]
+    r = run_cli([*tiny(tmp_path, steps=4), *data, *ev])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(next((tmp_path / "runs").rglob("results.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["weights"] for r in rows] == ["ema", "real"] and rows[1]["variant"] == "real images"
+    assert all(int(r["n_samples"]) == 32 for r in rows)
+    real_fid = float(rows[1]["fid"])
+    assert 0 <= real_fid < 1 and float(rows[0]["fid"]) > real_fid  # 4 training steps: far from real
+    cached = [p.name for p in (tmp_path / "cache" / "reference").iterdir()]
+    digest = hashlib.sha1(str((tmp_path / "pre").resolve()).encode()).hexdigest()[:12]
+    assert len(cached) == 1 and "precomputed" in cached[0] and digest in cached[0]
+
+
+def test_pre_encoded_data_without_reference_images_is_refused_before_training(tmp_path):
+    data = _pre_encode(tmp_path, keep_images=False)
+    r = run_cli([*tiny(tmp_path, steps=4), *data, "eval=embedded"])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "data.path=" in lines[0] and "val.safetensors holds no reference images" in lines[0]
+    assert "allowed" in lines[0] and not list((tmp_path / "runs").rglob("*.ckpt"))
+    r = run_cli([*tiny(tmp_path, steps=4), *data])  # eval=none: trains
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_corrupt_checkpoint_fails_with_one_line_and_keeps_files(tmp_path):

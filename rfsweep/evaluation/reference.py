@@ -8,6 +8,7 @@ warning (writes are atomic, so such a file was damaged from outside, never half-
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -36,9 +37,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
 
 
-def split_items(dataset: str, split: str, resolution: int, n: int, seed: int = 0):
+def split_items(dataset: str, split: str, resolution: int, n: int, seed: int = 0, data_path: str | None = None):
     """The first min(n, len) items of a split: images (N, 3, H, W) in [-1, 1] and captions."""
-    ds = build_dataset(dataset, split, resolution=resolution, seed=seed)
+    ds = build_dataset(dataset, split, resolution=resolution, seed=seed, path=data_path)
     items = [ds[i] for i in range(min(n, len(ds)))]
     return torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
 
@@ -70,22 +71,27 @@ def _load(path: Path, key: str, dim: int) -> ReferenceStats | None:
 
 
 def reference_stats(evaluator, dataset: str, split: str = "test", resolution: int = 8, n: int = 1000,
-                    seed: int = 0, cache_dir: str | Path | None = None) -> ReferenceStats:
-    """Feature statistics of the first n images of `split`, from the cache or computed and cached."""
-    key = f"{evaluator.id}|{dataset}|{split}|r{resolution}|n{n}|s{seed}"
-    path = Path(cache_dir or default_cache_dir()) / "reference" / (re.sub(r"[^\w.=-]+", "_", key) + ".npz")
+                    seed: int = 0, cache_dir: str | Path | None = None,
+                    data_path: str | None = None) -> ReferenceStats:
+    """Feature statistics of the first n images of `split`, from the cache or computed and cached.
+    `data_path`: the folder of a pre-encoded data set, part of the key (a digest of it in the file name)."""
+    key = name = f"{evaluator.id}|{dataset}|{split}|r{resolution}|n{n}|s{seed}"
+    if data_path is not None:
+        folder = str(Path(data_path).resolve())
+        key, name = f"{key}|{folder}", f"{name}|{hashlib.sha1(folder.encode()).hexdigest()[:12]}"
+    path = Path(cache_dir or default_cache_dir()) / "reference" / (re.sub(r"[^\w.=-]+", "_", name) + ".npz")
     if path.is_file() and (stats := _load(path, key, evaluator.dim)) is not None:
         return stats
-    stats = compute_stats(evaluator, *split_items(dataset, split, resolution, n, seed), key=key)
+    stats = compute_stats(evaluator, *split_items(dataset, split, resolution, n, seed, data_path), key=key)
     _save(path, stats)
     return stats
 
 
 def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution: int = 8, n: int = 1000,
-                       seed: int = 0, split: str = "val") -> dict:
+                       seed: int = 0, split: str = "val", data_path: str | None = None) -> dict:
     """FID and CLIP score of n held-out real images (`val`) against the reference (`test`) statistics:
     what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
-    images, captions = split_items(dataset, split, resolution, n, seed)
+    images, captions = split_items(dataset, split, resolution, n, seed, data_path)
     real = compute_stats(evaluator, images, captions)
     fid = frechet_distance(real.mu, real.sigma, ref.mu, ref.sigma)
     return {"weights": "real", "steps": 0, "cfg": 0.0, "clip_score": real.clip_score, "fid": fid,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +21,15 @@ from rfsweep.train.callbacks import BEST, LAST, read_status, write_status
 
 AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
 BACKBONE_KEYS = ("label",)  # config-only keys of the backbone group
+# Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
+# position is the global step, which Lightning restores); the modules in eval mode are the EMA copy (test
+# `test_only_frozen_modules_are_in_eval_mode_while_training`); the run folder holds the run's other files, and an
+# earlier metrics.csv has been kept as metrics-part<k>.csv (`keep_previous_metrics`).
+LIGHTNING_FALSE_ALARMS = (
+    "You're resuming from a checkpoint that ended before the epoch",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"Experiment logs directory .* exists and is not empty",
+)
 
 
 def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
@@ -130,7 +140,10 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
     )
     last = ckpt_dir / LAST
     write_status(run_dir, "running")
-    trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
+    with warnings.catch_warnings():
+        for message in LIGHTNING_FALSE_ALARMS:
+            warnings.filterwarnings("ignore", message=message)
+        trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
     if preemption.received:
         write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received)
         return False

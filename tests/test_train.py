@@ -166,3 +166,22 @@ def test_corrupt_checkpoint_fails_with_one_line_and_keeps_files(tmp_path):
     assert len(lines) == 1 and "last.ckpt" in lines[0] and "corrupt" in lines[0], r.stderr[-2000:]
     after = {p.name for p in run.rglob("*")}
     assert set(before) - {"metrics.csv"} <= after and "metrics-part0.csv" in after  # nothing lost
+
+
+def test_only_frozen_modules_are_in_eval_mode_while_training(tmp_path):
+    """The warning Lightning gives for modules in eval mode is silenced in `train`: it must stay a false alarm."""
+    import lightning as L
+
+    seen = []
+
+    class Check(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            evals = [m for m in module.modules() if not m.training]
+            seen.append(module.net.training and evals
+                        and not any(p.requires_grad for m in evals for p in m.parameters(recurse=False)))
+
+    cfg = compose_cfg(tiny(tmp_path, 3), run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    L.Trainer(accelerator="cpu", max_steps=3, logger=False, callbacks=[Check()], enable_checkpointing=False,
+              enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
+    assert seen == [True] * 3

@@ -218,11 +218,17 @@ def main(cfg: DictConfig) -> None:
     from rfsweep.train.checkpoint_io import CheckpointError
     from rfsweep.train.module import NonFiniteLossError
 
+    from hydra.errors import InstantiationException
+
+    bad_input = (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
+                 FileNotFoundError)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        code = run(cfg)
-    except (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
-            FileNotFoundError) as e:
+        try:
+            code = run(cfg)
+        except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
+            raise e.__cause__ if isinstance(e.__cause__, bad_input) else e
+    except bad_input as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 2
     except NonFiniteLossError as e:

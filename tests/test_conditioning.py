@@ -117,3 +117,16 @@ def test_table_warmed_on_cpu_follows_the_conditioner_to_the_gpu():
     assert tok.is_cuda and pool.is_cuda
     out = c(["a red circle"], drop=True, generator=torch.Generator("cuda").manual_seed(0))
     assert out.context.is_cuda and out.pooled.is_cuda
+
+
+@pytest.mark.parametrize("group,name", [("conditioning=sd3", "openai/clip-vit-large-patch14"),
+                                        ("autoencoder=sd3_vae", "stabilityai/stable-diffusion-3-medium-diffusers")])
+def test_cli_missing_weights_is_one_line(tmp_path, group, name):
+    """Through the CLI too (hydra wraps what a configured class raises): one line naming what to download."""
+    from tests.helpers import run_cli, tiny
+
+    overrides = [o for o in tiny(tmp_path) if not o.startswith("conditioning=")]
+    r = run_cli([*overrides, group, "data.resolution=16"], timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1 and name in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

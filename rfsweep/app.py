@@ -106,7 +106,8 @@ def _loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
 
     loggers = []
     if cfg.logger.csv:
-        keep_previous_metrics(run_dir)
+        if process_rank() == 0:
+            keep_previous_metrics(run_dir)
         loggers.append(CSVLogger(str(run_dir), name="", version=""))
     if cfg.logger.wandb:
         from rfsweep.wandb_logger import make_wandb_logger
@@ -115,8 +116,28 @@ def _loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
     return loggers
 
 
+def process_rank() -> int:
+    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0)
+
+
+def check_multi_device(cfg: DictConfig) -> None:
+    """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
+    sweep in each. Under SLURM each task is one rank, started by the scheduler."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.trainer.devices > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN \
+            and "SLURM_NTASKS" not in os.environ:
+        raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
+                          f"or several with hydra/launcher=slurm, one task per device, or a single run)")
+
+
 def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
-    """Fit, resuming from last.ckpt when present. Returns False if pre-empted (checkpoint written)."""
+    """Fit, resuming from last.ckpt when present. Returns False if pre-empted (checkpoint written).
+    With several devices every rank runs this; only rank 0 writes the run's files."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -137,17 +158,21 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
         callbacks=[EMAUpdate(), periodic, preemption, best, FailureRecorder(run_dir)], logger=_loggers(cfg, run_dir, module.meta),
         default_root_dir=str(run_dir), deterministic=tr.deterministic, plugins=[AtomicCheckpointIO()],
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(50, tr.val_every),
+        use_distributed_sampler=False,  # the data module shards the training stream itself, by rank
     )
     last = ckpt_dir / LAST
-    write_status(run_dir, "running")
+    if process_rank() == 0:
+        write_status(run_dir, "running")
     with warnings.catch_warnings():
         for message in LIGHTNING_FALSE_ALARMS:
             warnings.filterwarnings("ignore", message=message)
         trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
     if preemption.received:
-        write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received)
+        if trainer.is_global_zero:
+            write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received)
         return False
-    write_status(run_dir, "trained", step=trainer.global_step, best_val_loss_ema=_score(best))
+    if trainer.is_global_zero:
+        write_status(run_dir, "trained", step=trainer.global_step, best_val_loss_ema=_score(best))
     return True
 
 
@@ -189,11 +214,15 @@ def run(cfg: DictConfig) -> int:
     if state == "done" and (not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected)):
         print(f"skip: {run_dir} is finished", flush=True)
         return 0
+    check_multi_device(cfg)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     module, data = build_module(cfg, formulation)
     if state not in ("trained", "done"):
-        if not train(cfg, module, data, run_dir):
+        completed = train(cfg, module, data, run_dir)
+        if process_rank() != 0:  # the other ranks of a multi-device run end with training; rank 0 reports
+            return 0
+        if not completed:
             print(f"pre-empted: checkpoint written to {run_dir}/checkpoints/{LAST}; rerun the same command to resume",
                   flush=True)
             return 3
@@ -211,14 +240,14 @@ def run(cfg: DictConfig) -> int:
 
 
 def main(cfg: DictConfig) -> None:
+    from hydra.errors import InstantiationException
+
     from rfsweep.data import DataError
     from rfsweep.formulations import VariantError
     from rfsweep.results import ResultsError
     from rfsweep.text_encoders import WeightsUnavailable
     from rfsweep.train.checkpoint_io import CheckpointError
     from rfsweep.train.module import NonFiniteLossError
-
-    from hydra.errors import InstantiationException
 
     bad_input = (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
                  FileNotFoundError)
@@ -227,7 +256,9 @@ def main(cfg: DictConfig) -> None:
         try:
             code = run(cfg)
         except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
-            raise e.__cause__ if isinstance(e.__cause__, bad_input) else e
+            if isinstance(e.__cause__, bad_input):
+                raise e.__cause__ from None
+            raise
     except bad_input as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 2

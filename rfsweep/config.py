@@ -38,9 +38,7 @@ RULES: dict[str, tuple] = {
     "trainer.grad_clip": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
     "trainer.precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "trainer.accelerator": (lambda v: v in ("cpu", "gpu"), "cpu or gpu"),
-    # More than one device would start DDP with every rank reading the same batches and noise: refused until
-    # the data stream and the per-step generator are sharded by rank.
-    "trainer.devices": (lambda v: v == 1, "1 (multi-device DDP / FSDP training is not wired yet)"),
+    "trainer.devices": (_positive_int, "an integer > 0 (more than 1: DDP, the global batch split over devices)"),
     "trainer.val_every": (_positive_int, "an integer > 0"),
     "trainer.n_val": (_positive_int, "an integer > 0"),
     "trainer.ckpt_every": (_positive_int, "an integer > 0"),
@@ -76,6 +74,10 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"config error: {key}={value!r} is out of range (allowed: {allowed})")
+    tr = cfg.trainer
+    if tr.batch_size % tr.devices:
+        raise ConfigError(f"config error: trainer.batch_size={tr.batch_size} does not split over "
+                          f"trainer.devices={tr.devices} (allowed: a multiple of {tr.devices}; the batch is global)")
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1
     if (res // ds) % patch:

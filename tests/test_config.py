@@ -41,7 +41,8 @@ def test_every_experiment_composes():
     ("eval.weights=[ema,best]", "eval.weights"),
     ("trainer.max_steps=0", "trainer.max_steps"),
     ("data.resolution=9", "data.resolution"),
-    ("trainer.devices=2", "trainer.devices"),
+    ("trainer.devices=0", "trainer.devices"),
+    ("trainer.devices=3", "trainer.batch_size"),
     ("trainer.accelerator=tpu", "trainer.accelerator"),
 ])
 def test_out_of_range_values_fail_with_one_line(override, key):

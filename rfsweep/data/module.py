@@ -34,14 +34,18 @@ class DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # The stream starts where the (possibly restored) trainer stands: data position = global step.
+        # With several processes each reads its rank's shard of the global batch (`batch_size` is global).
         trainer = self.trainer
         start = (lambda: trainer.global_step) if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(SampleStream(self.train, self.seed),
-                          batch_sampler=StreamSampler(self.batch_size, start, self.max_steps),
+                          batch_sampler=StreamSampler(self.batch_size, start, self.max_steps, rank, world),
                           collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
+        # Every rank validates on the whole set (same batches, same fixed noise): the validation loss is the
+        # single-device one exactly, whatever the number of devices (validation is a few % of training time).
         val = Subset(self.val, range(min(self.n_val, len(self.val))))
         return DataLoader(val, batch_size=min(self.batch_size, 256), shuffle=False, collate_fn=collate,
                           num_workers=0)

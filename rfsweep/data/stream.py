@@ -3,7 +3,9 @@
 Training position is one integer, the number of samples drawn so far (`global_step * batch_size`).
 Sample p of the stream is item `perm_e[p mod N]` of pass `e = p // N`, with `perm_e` a permutation fixed by
 (seed, e); so a run resumed at step k reads exactly the batches an uninterrupted run reads, whatever the
-data-loader workers or the checkpoint interval.
+data-loader workers or the checkpoint interval. With several processes (DDP), step k's global batch is the same
+`batch_size` positions, split into equal contiguous shards by rank: the data a run sees does not depend on how
+many devices train it.
 """
 
 from __future__ import annotations
@@ -37,14 +39,18 @@ class SampleStream(Dataset):
 
 
 class StreamSampler(Sampler):
-    """Yields batches of stream positions for steps [start, end), `batch_size` at a time.
+    """Yields, for steps [start, end), this rank's shard of each global batch of `batch_size` stream positions.
 
     `start_step` may be a callable read each time an iterator is made (the trainer's global step): Lightning
     re-creates the iterator on a restart, and the stream must pick up at the step about to run.
     """
 
-    def __init__(self, batch_size: int, start_step: int | Callable[[], int], end_step: int):
+    def __init__(self, batch_size: int, start_step: int | Callable[[], int], end_step: int, rank: int = 0,
+                 world: int = 1):
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world={world} (rank={rank})")
         self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
+        self.shard, self.rank = batch_size // world, rank
 
     def _start(self) -> int:
         return self.start_step() if callable(self.start_step) else self.start_step
@@ -53,6 +59,6 @@ class StreamSampler(Sampler):
         return max(self.end_step - self._start(), 0)
 
     def __iter__(self):
-        b = self.batch_size
         for step in range(self._start(), self.end_step):
-            yield list(range(step * b, (step + 1) * b))
+            first = step * self.batch_size + self.rank * self.shard
+            yield list(range(first, first + self.shard))

@@ -69,7 +69,11 @@ class Preemption(L.Callback):
         self.received = signal.Signals(signum).name
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # a signal to any rank stops all at the same step (the save is collective)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            self.received = self.received or ("peer" if stop else None)
+        if stop:
             self.checkpoint.save(trainer)
             trainer.should_stop = True
 
@@ -85,5 +89,7 @@ class FailureRecorder(L.Callback):
         self.run_dir = run_dir
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not trainer.is_global_zero:
+            return
         write_status(self.run_dir, "failed", step=trainer.global_step,
                      reason=f"{type(exception).__name__}: {exception}")

@@ -64,26 +64,44 @@ class DiffusionModule(L.LightningModule):
         return g
 
     @torch.no_grad()
-    def to_batch(self, batch: dict, drop: bool, generator: torch.Generator | None = None) -> Batch:
-        """Raw (images, captions) or pre-encoded (latents, parts) to Batch(latents, context, pooled)."""
+    def to_batch(self, batch: dict, keep: torch.Tensor | None = None) -> Batch:
+        """Raw (images, captions) or pre-encoded (latents, parts) to Batch(latents, context, pooled);
+        `keep` (B, n_encoders): which encoders' outputs survive caption dropping (None: all)."""
         if "latents" in batch:
             latents = batch["latents"]
             parts = [(t.to(self.device), p.to(self.device)) for t, p in batch["parts"]]
         else:
             latents = self.autoencoder.encode(batch["image"])
             parts = self.conditioner.encode(batch["caption"])
-        keep = self.conditioner.drop_mask(latents.shape[0], generator, self.device) if drop else None
         cond = self.conditioner.assemble(parts, keep)
         return Batch(latents, cond.context.to(latents.dtype), cond.pooled.to(latents.dtype))
 
     # -- training ---------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Every random draw of the step (caption drop, t, noise) is made for the whole global batch from the
+        # step's generator, in that order, and this rank keeps its shard: a run's draws do not depend on the
+        # number of devices (with one device this is the plain draw).
+        rank, world = self._rank_world()
         g = self.step_generator(self.global_step)
-        b = self.to_batch(batch, drop=True, generator=g)
-        loss = self.formulation.loss(self.net, b.latents, b.cond, generator=g).mean()
-        if not torch.isfinite(loss):
+        n = len(batch["caption"])
+        mine = slice(rank * n, (rank + 1) * n)
+        keep = self.conditioner.drop_mask(n * world, g, self.device)[mine]
+        b = self.to_batch(batch, keep)
+        x0 = b.latents
+        t = self.formulation.sample_t(n * world, generator=g, device=x0.device, dtype=x0.dtype)[mine]
+        eps = torch.randn((n * world, *x0.shape[1:]), generator=g, device=x0.device, dtype=x0.dtype)[mine]
+        loss = self.formulation.loss(self.net, x0, b.cond, t=t, eps=eps).mean()
+        finite = torch.isfinite(loss).item()
+        if world > 1:  # all ranks stop together, or the others would wait for this one forever
+            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if not finite:
             raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b.latents.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0],
+                 sync_dist=world > 1)  # the global batch's loss
         return loss
 
     def update_ema(self) -> None:
@@ -102,7 +120,7 @@ class DiffusionModule(L.LightningModule):
     # -- validation: stratified over eight t with fixed noise (Sec. 5.1) ---------------------------
     @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        b = self.to_batch(batch, drop=False)
+        b = self.to_batch(batch)
         g = torch.Generator(device="cpu").manual_seed(VAL_NOISE_SEED + batch_idx)
         eps = torch.randn(b.latents.shape, generator=g).to(self.device, b.latents.dtype)
         n = b.latents.shape[0]
@@ -111,10 +129,11 @@ class DiffusionModule(L.LightningModule):
             for i, t in enumerate(VALIDATION_T):
                 tt = torch.full((n,), float(t), device=self.device, dtype=b.latents.dtype)
                 li = self.formulation.loss(net, b.latents, b.cond, t=tt, eps=eps).mean()
-                self.log(f"val_t/{name}_t{i}", li, on_epoch=True, batch_size=n)
+                self.log(f"val_t/{name}_t{i}", li, on_epoch=True, batch_size=n, sync_dist=True)
                 losses.append(li)
+            # every rank validates on the whole set (DataModule): sync_dist averages identical values
             self.log(f"val/loss_{name}", torch.stack(losses).mean(), on_epoch=True, prog_bar=name == "ema",
-                     batch_size=n)
+                     batch_size=n, sync_dist=True)
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()

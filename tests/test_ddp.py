@@ -1,0 +1,87 @@
+"""Several devices (DDP, here two CPU processes over gloo): `trainer.batch_size` is the global batch, each rank
+reads its shard of the stream and of the step's random draws, so two processes train the weights one process
+trains; only rank 0 writes the run's files; a pre-emption signal to one rank stops all at the same step."""
+
+import csv
+import signal
+
+import pytest
+import torch
+
+from rfsweep.data.stream import StreamSampler
+from rfsweep.train.callbacks import read_status
+from tests.helpers import popen_cli, run_cli, tiny
+from tests.test_resume import _last, _wait_for_step
+
+
+def test_rank_shards_partition_each_global_batch():
+    one = list(StreamSampler(8, 3, 6))
+    two = [list(StreamSampler(8, 3, 6, rank=r, world=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*two)] == one and len(one) == 3
+    with pytest.raises(ValueError, match="split evenly"):
+        StreamSampler(8, 0, 1, rank=0, world=3)
+
+
+def _args(root, steps=8, devices=1):
+    return [*tiny(root, steps), "formulation=edm", "trainer.ckpt_every=2", f"trainer.devices={devices}"]
+
+
+def _ckpt(root):
+    return torch.load(_last(root), weights_only=True)
+
+
+def _same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
+    for k, v in a["state_dict"].items():
+        err = ((v - b["state_dict"][k]).abs().max() / (v.abs().max() + 1e-12)).item()
+        assert err < tol, (k, err)  # gloo's gradient average rounds differently from one process's mean
+
+
+def test_two_processes_train_the_weights_of_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root, devices in ((one, 1), (two, 2)):
+        r = run_cli(_args(root, devices=devices))
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _ckpt(one), _ckpt(two)
+    assert a["global_step"] == b["global_step"] == 8
+    _same_weights(a, b)
+    run_one, run_two = (_last(x).parent.parent for x in (one, two))
+    logs = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (run_one, run_two)]
+    for col in ("train/loss", "val/loss_ema"):  # the global batch's loss; the whole validation set on each rank
+        va, vb = ([float(r[col]) for r in log if r.get(col)] for log in logs)
+        assert len(va) == len(vb) > 0 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-4, col
+    assert read_status(run_two)["state"] == "done" and (run_two / "samples.png").is_file()
+    assert not list(run_two.glob("metrics-part*.csv"))
+
+
+def test_preemption_of_one_rank_stops_both_and_resumes(tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    r = run_cli([*_args(ref, steps=60), "trainer.ckpt_every=10"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = popen_cli([*_args(run, steps=60, devices=2), "trainer.ckpt_every=10"])
+    _wait_for_step(proc, run, 10)
+    proc.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it through the collective decision
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "pre-empted" in out, err[-3000:]
+    status = read_status(_last(run).parent.parent)
+    assert status["state"] == "preempted" and 10 <= status["step"] < 60
+    r = run_cli([*_args(run, steps=60, devices=2), "trainer.ckpt_every=10"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _ckpt(ref), _ckpt(run)
+    assert a["global_step"] == b["global_step"] == 60
+    _same_weights(a, b)
+
+
+def test_several_devices_refused_in_a_local_multirun(tmp_path):
+    r = run_cli([*_args(tmp_path, devices=2), "-m", "seed=0,1"])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode != 0 and lines and "trainer.devices=2" in lines[0] and "multirun" in lines[0], r.stderr[-2000:]
+    assert not list((tmp_path / "multirun").rglob("*.ckpt"))
+
+
+def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):
+    r = run_cli([*_args(tmp_path, devices=2), "trainer.lr=1e30", "trainer.warmup_steps=0", "trainer.grad_clip=null"],
+                timeout=180)
+    assert r.returncode == 1 and "failed: training loss is" in r.stderr, r.stderr[-3000:]
+    status = read_status(_last(tmp_path).parent.parent if _last(tmp_path).is_file()
+                         else next((tmp_path / "runs").rglob("status.json")).parent)
+    assert status["state"] == "failed" and "NonFiniteLossError" in status["reason"]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``) and ``correlate``."""
+"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``status``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def fig4_cmd(args) -> int:
     return 0
 
 
+def status_cmd(args) -> int:
+    from analysis.status import summary, sweep_status
+
+    src = Path(args.sweep) if args.sweep else latest_sweep()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: not a sweep directory")
+    df = sweep_status(src)
+    if df.empty:
+        print(f"{src}: no runs and no manifest.json below it")
+        return 0
+    shown = df if args.all else df[df["state"] != "done"]
+    if len(shown):
+        print(shown.to_markdown(index=False, floatfmt=".1f"))
+    print(f"{src}: {summary(df)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -91,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("sweep", help="sweep directory (e.g. multirun/backbone_comparison)")
     f.add_argument("--out", help="output directory (default <sweep>/analysis)")
     f.set_defaults(func=fig4_cmd)
+    st = sub.add_parser("status", help="state of every run of a sweep (done, running, pre-empted, failed, ...)")
+    st.add_argument("sweep", nargs="?", help="sweep directory (default: latest sweep under multirun/)")
+    st.add_argument("--all", action="store_true", help="list finished runs too")
+    st.set_defaults(func=status_cmd)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -34,6 +34,11 @@ def slug(node) -> str:
         name = variant_name(node)
     except VariantError:  # reported with its one-line message once the job starts
         name = str(node.get("variant", "invalid") if OmegaConf.is_config(node) else node)
+    return name_slug(name)
+
+
+def name_slug(name: str) -> str:
+    """rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00 (the run folder's variant part)."""
     return name.replace("/", "-").replace("(", "_").replace(")", "").replace(", ", "_").replace(" ", "")
 
 

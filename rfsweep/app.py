@@ -59,13 +59,20 @@ def build_module(cfg: DictConfig, formulation=None):
     import lightning as L
 
     from rfsweep.data.module import DataModule
-    from rfsweep.train.module import DiffusionModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
     tr = cfg.trainer
     data = DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
                       tr.n_val, tr.num_workers, cfg.data.seed)
+    return build_model(cfg, formulation, warm=lambda conditioner: warm_captions(cfg, conditioner, data)), data
+
+
+def build_model(cfg: DictConfig, formulation=None, warm=None):
+    """The DiffusionModule of a config without its data (e.g. to sample from a finished run's checkpoint)."""
+    from rfsweep.train.module import DiffusionModule
+
+    formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
+    tr = cfg.trainer
     net = _instantiate(cfg.backbone, BACKBONE_KEYS)
     side = cfg.data.resolution // cfg.autoencoder.downsample
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
@@ -74,9 +81,9 @@ def build_module(cfg: DictConfig, formulation=None):
             "config": OmegaConf.to_container(cfg, resolve=True)}
     optim = {k: tr[k] for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps")}
     conditioner = build_conditioner(cfg)
-    warm_captions(cfg, conditioner, data)
-    module = DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optim, dict(tr.ema), cfg.seed, meta)
-    return module, data
+    if warm is not None:
+        warm(conditioner)
+    return DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optim, dict(tr.ema), cfg.seed, meta)
 
 
 def warm_captions(cfg: DictConfig, conditioner, data) -> None:

@@ -1,0 +1,43 @@
+"""`python -m rfsweep.generate`: images for new prompts from a finished run's checkpoint alone."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rfsweep.generate import main
+from tests.helpers import run_cli, tiny
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    r = run_cli(tiny(root, steps=4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return next((root / "runs").rglob("best.ckpt")).parent.parent
+
+
+def test_grid_of_prompts_is_written_and_reproducible(run_dir, tmp_path, capsys):
+    args = [str(run_dir), "a red circle", "two blue squares", "--n", "3", "--steps", "3", "--cfg", "2"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "a.png")
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f)) for f in ("a.png", "b.png"))
+    assert a.shape[:2] == (2 * 9 + 1, 3 * 9 + 1)  # 2 prompts x 3 images of 8x8, 1-pixel padding
+    assert np.array_equal(a, b)
+    assert main([*args, "--seed", "1", "--out", str(tmp_path / "c.png")]) == 0
+    assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "c.png")))
+
+
+def test_bad_run_folder_or_checkpoint_is_one_line(run_dir, tmp_path, capsys):
+    assert main([str(tmp_path / "nothing"), "x"]) == 2
+    assert "no checkpoints/best.ckpt" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    del ckpt["rfsweep"]
+    torch.save(ckpt, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert main([str(tmp_path / "run"), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "holds no run config" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "x", "--steps", "0"])

@@ -95,11 +95,11 @@ class DiffusionModule(L.LightningModule):
         t = self.formulation.sample_t(n * world, generator=g, device=x0.device, dtype=x0.dtype)[mine]
         eps = torch.randn((n * world, *x0.shape[1:]), generator=g, device=x0.device, dtype=x0.dtype)[mine]
         loss = self.formulation.loss(self.net, x0, b.cond, t=t, eps=eps).mean()
-        finite = torch.isfinite(loss).item()
-        if world > 1:  # all ranks stop together, or the others would wait for this one forever
-            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
-        if not finite:
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        here = torch.isfinite(loss).item()
+        everywhere = here if world == 1 else not self.trainer.strategy.reduce_boolean_decision(not here, all=False)
+        if not everywhere:  # all ranks stop together, or the others would wait for the failed one forever
+            where = f"{loss.item()}" if not here else "not finite on another rank"
+            raise NonFiniteLossError(f"training loss is {where} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0],
                  sync_dist=world > 1)  # the global batch's loss
         return loss

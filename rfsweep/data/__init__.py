@@ -22,16 +22,34 @@ class DataError(ValueError):
     """Bad data configuration: the message names the key and what is allowed."""
 
 
+def _raw(name: str):
+    if name == "imagenet":
+        from rfsweep.data.imagenet import ImageNet
+
+        return ImageNet
+    from rfsweep.data.coco import COCO
+
+    return COCO
+
+
+RAW = ("imagenet", "coco")  # readers of image files at data.path
+
+
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:
-    """One split of a dataset by name: the embedded `digits` / `shapes`, or `precomputed` at `path`."""
+    """One split of a dataset by name: the embedded `digits` / `shapes`, raw `imagenet` / `coco` image folders at
+    `path`, or `precomputed` (pre-encoded) at `path`."""
     if split not in SPLITS:
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
     if name in EMBEDDED:
         return EMBEDDED[name](split=split, resolution=resolution, seed=seed)
+    if name in (*RAW, "precomputed"):
+        if path is None or not Path(path).is_dir():
+            kind = "a folder of pre-encoded shards" if name == "precomputed" else f"the {name} folder"
+            raise DataError(f"data.path={path!r} does not exist (allowed: {kind})")
+    if name in RAW:
+        return _raw(name)(path, split=split, resolution=resolution, seed=seed)
     if name == "precomputed":
         from rfsweep.data.precomputed import PrecomputedDataset
 
-        if path is None or not Path(path).is_dir():
-            raise DataError(f"data.path={path!r} does not exist (allowed: a folder of pre-encoded shards)")
         return PrecomputedDataset(path, split)
-    raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join([*EMBEDDED, 'precomputed'])})")
+    raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join([*EMBEDDED, *RAW, 'precomputed'])})")

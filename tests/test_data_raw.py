@@ -104,3 +104,47 @@ def test_imagenet_training_with_coco_evaluation_end_to_end(imagenet, coco, tmp_p
     results = next((tmp_path / "runs").rglob("results.csv")).read_text()
     assert "imagenet" in results and "real images" in results
     assert (next((tmp_path / "runs").rglob("samples.txt"))).read_text().splitlines()[0] == "image 5 caption 0"
+
+
+def _shards(root, n_shards=3, per_shard=4):
+    import io
+    import tarfile
+
+    root.mkdir(parents=True)
+    for s in range(n_shards):
+        with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard + 1):
+                key = f"{s:05d}{i:04d}"
+                files = {f"{key}.json": b"{}"}
+                if i < per_shard:  # the last sample has no caption: skipped
+                    files[f"{key}.txt"] = f"caption of {key}\n".encode()
+                buf = io.BytesIO()
+                Image.fromarray(np.full((10, 14, 3), 20 * i, np.uint8)).save(buf, format="JPEG")
+                files[f"{key}.jpg"] = buf.getvalue()
+                for name, data in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def test_cc12m_shards_are_read_by_index_and_the_index_cached(tmp_path, monkeypatch):
+    import tarfile
+
+    root = _shards(tmp_path / "cc12m")
+    monkeypatch.setenv("RFSWEEP_CACHE", str(tmp_path / "cache"))
+    train, val, test = (build_dataset("cc12m", s, 8, 0, str(root)) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (8, 2, 2)
+    assert train[5]["caption"] == "caption of 000010001" and train[5]["image"].shape == (3, 8, 8)
+    assert [test[i]["caption"] for i in range(2)] == ["caption of 000020001", "caption of 000020003"]
+    assert len(list((tmp_path / "cache" / "cc12m-index").iterdir())) == 3
+    with monkeypatch.context() as m:
+        m.setattr(tarfile, "open", lambda *a, **k: 1 / 0)  # indexes come from the cache now
+        assert len(build_dataset("cc12m", "train", 8, 0, str(root))) == 8
+    (root / "00000.tar").write_bytes(b"\0" * 100 + b"garbage")
+    with pytest.raises(DataError, match="00000.tar cannot be read"):
+        build_dataset("cc12m", "train", 8, 0, str(root))
+    for p in list(root.glob("*.tar"))[1:]:
+        p.unlink()
+    with pytest.raises(DataError, match="at least two"):
+        build_dataset("cc12m", "val", 8, 0, str(root))

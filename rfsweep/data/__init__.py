@@ -7,6 +7,7 @@ Either way training consumes `rfsweep.types.Batch(latents, context, pooled)`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -18,6 +19,12 @@ EMBEDDED = {"digits": Digits, "shapes": Shapes}
 SPLITS = ("train", "val", "test")
 
 
+def default_cache_dir() -> Path:
+    """rfsweep's cache (reference statistics, caption embeddings, shard indexes): $RFSWEEP_CACHE or ~/.cache/rfsweep,
+    as conf/config.yaml's paths.cache."""
+    return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
+
+
 class DataError(ValueError):
     """Bad data configuration: the message names the key and what is allowed."""
 
@@ -27,16 +34,20 @@ def _raw(name: str):
         from rfsweep.data.imagenet import ImageNet
 
         return ImageNet
+    if name == "cc12m":
+        from rfsweep.data.cc12m import CC12M
+
+        return CC12M
     from rfsweep.data.coco import COCO
 
     return COCO
 
 
-RAW = ("imagenet", "coco")  # readers of image files at data.path
+RAW = ("imagenet", "cc12m", "coco")  # readers of image files at data.path
 
 
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:
-    """One split of a dataset by name: the embedded `digits` / `shapes`, raw `imagenet` / `coco` image folders at
+    """One split of a dataset by name: the embedded `digits` / `shapes`, raw `imagenet` / `cc12m` / `coco` files at
     `path`, or `precomputed` (pre-encoded) at `path`."""
     if split not in SPLITS:
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")

@@ -9,7 +9,6 @@ warning (writes are atomic, so such a file was damaged from outside, never half-
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from rfsweep.atomic import atomic_write
-from rfsweep.data import build_dataset
+from rfsweep.data import build_dataset, default_cache_dir
 from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
 
 
@@ -31,10 +30,6 @@ class ReferenceStats:
     n: int  # images used (n requested, capped by the split's size)
     evaluator_id: str
     key: str
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
 
 
 def split_items(dataset: str, split: str, resolution: int, n: int, seed: int = 0, data_path: str | None = None):

@@ -176,7 +176,13 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
         trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
     if preemption.received:
         if trainer.is_global_zero:
-            write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received)
+            from rfsweep.train.slurm import requeue, slurm_job_id
+
+            job = slurm_job_id() if preemption.received == "SIGUSR1" and tr.requeue else None
+            extra = {"requeue": requeue(job)} if job else {}
+            write_status(run_dir, "preempted", step=trainer.global_step, signal=preemption.received, **extra)
+            if job:
+                print(f"pre-empted: {extra['requeue']}", flush=True)
         return False
     if trainer.is_global_zero:
         write_status(run_dir, "trained", step=trainer.global_step, best_val_loss_ema=_score(best))

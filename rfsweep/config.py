@@ -45,6 +45,7 @@ RULES: dict[str, tuple] = {
     "trainer.ema.every": (_positive_int, "an integer > 0 (paper: 100)"),
     "trainer.ema.decay": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (paper: 0.99)"),
     "trainer.num_workers": (_nonneg_int, "an integer >= 0"),
+    "trainer.requeue": (lambda v: isinstance(v, bool), "true or false"),
     "conditioning.drop_prob": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1] (paper: 0.464)"),
     "data.resolution": (_positive_int, "an integer > 0"),
     "data.seed": (_nonneg_int, "an integer >= 0"),

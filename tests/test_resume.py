@@ -1,6 +1,7 @@
 """A run killed with SIGKILL and started again with the same command ends with the same weights as an
 uninterrupted run; SIGTERM / SIGUSR1 write a checkpoint and stop cleanly (SLURM pre-emption)."""
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -70,3 +71,28 @@ def test_preemption_signal_writes_checkpoint_and_resumes(tmp_path, sig):
     r = run_cli(_args(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     assert torch.load(_last(tmp_path), weights_only=True)["global_step"] == STEPS
+
+
+@pytest.mark.parametrize("sig,requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_slurm_time_limit_signal_requeues_the_job(tmp_path, monkeypatch, sig, requeued):
+    """Under SLURM (a fake `scontrol` on PATH records its arguments), SIGUSR1 checkpoints and requeues the array
+    task; SIGTERM (scancel, or a pre-emption SLURM requeues itself) only checkpoints."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    proc = popen_cli(_args(tmp_path))
+    _wait_for_step(proc, tmp_path, 10)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    status = read_status(_last(tmp_path).parent.parent)
+    log = tmp_path / "scontrol.log"
+    if requeued:
+        assert log.read_text() == "requeue 4242_7\n" and status["requeue"] == "requeued 4242_7"
+        assert "pre-empted: requeued 4242_7" in out
+    else:
+        assert not log.exists() and "requeue" not in status

@@ -185,3 +185,18 @@ def test_only_frozen_modules_are_in_eval_mode_while_training(tmp_path):
     L.Trainer(accelerator="cpu", max_steps=3, logger=False, callbacks=[Check()], enable_checkpointing=False,
               enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
     assert seen == [True] * 3
+
+
+def test_signal_handlers_are_restored_after_training(tmp_path):
+    """Pre-emption handlers live only while training: the ones before (e.g. submitit's) come back afterwards."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGUSR1, mine)
+    try:
+        _fit(tmp_path, steps=2)
+        assert signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        signal.signal(signal.SIGUSR1, old)

@@ -62,8 +62,8 @@ class Preemption(L.Callback):
         self.checkpoint, self.received = checkpoint, None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        for s in self.SIGNALS:  # replaces Lightning's own handlers, which would stop without a checkpoint
-            signal.signal(s, self._handle)
+        # replaces the handlers in place (Lightning's would stop without a checkpoint), restored at the end
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
@@ -78,8 +78,8 @@ class Preemption(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        for s in self.SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
+        for s, handler in getattr(self, "previous", {}).items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class FailureRecorder(L.Callback):

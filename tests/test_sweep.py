@@ -43,3 +43,18 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
     assert (out / "table1.csv").is_file() and (out / "table2.csv").is_file()
     assert set(SETTINGS) >= {(5, 5.0), (25, 5.0)}
+
+
+def test_sweep_through_submitit_as_on_slurm(tmp_path):
+    """The SLURM path without SLURM: hydra-submitit-launcher's local executor pickles each job the way
+    `hydra/launcher=slurm` does, runs it in its own process; the manifest, the runs and their status land."""
+    from analysis.status import sweep_status
+    from tests.helpers import compose_cfg
+
+    slurm = compose_cfg(["hydra/launcher=slurm"])  # the cluster config composes with the plugin's schema
+    assert slurm.trainer.requeue is True
+    r = run_cli([*tiny(tmp_path, steps=4), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                 "seed=0,1", "name=sub"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    status = sweep_status(tmp_path / "multirun" / "sub")
+    assert list(status["state"]) == ["done", "done"] and len(status) == 2

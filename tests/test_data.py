@@ -60,32 +60,45 @@ def test_unknown_dataset_and_missing_path_fail_clearly():
 
 
 def test_precompute_roundtrip(tmp_path):
+    import pickle
+
     from rfsweep.autoencoders import IdentityAutoencoder
     from rfsweep.conditioning import Conditioner
     from rfsweep.text_encoders import HashTextEncoder
 
     ds = Shapes("val", size=40)
     cond = Conditioner([HashTextEncoder(16, 8), HashTextEncoder(24, 8, kind="t5", seed=1)], cache=False)
-    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", batch_size=16)
+    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", batch_size=16, shard_size=12)
+    assert sorted(p.name for p in tmp_path.glob("train-*.safetensors")) == [f"train-0000{k}.safetensors"
+                                                                         for k in range(4)]  # 12 + 12 + 12 + 4
     pre = PrecomputedDataset(tmp_path, "train")
-    assert len(pre) == 40 and pre[3]["caption"] == ds[3]["caption"]
-    assert torch.allclose(pre[3]["latents"], ds[3]["image"])
-    parts = cond.encode([ds[3]["caption"]])
-    for (t, p), (t2, p2) in zip(parts, pre[3]["parts"]):
+    assert len(pre) == 40 and [pre[i]["caption"] for i in range(40)] == [ds[i]["caption"] for i in range(40)]
+    for i in (0, 11, 12, 23, 36, 39):  # across shard boundaries
+        assert torch.allclose(pre[i]["latents"], ds[i]["image"])
+    parts = cond.encode([ds[13]["caption"]])
+    for (t, p), (t2, p2) in zip(parts, pre[13]["parts"]):
         assert torch.allclose(t[0], t2, atol=2e-3) and torch.allclose(p[0], p2, atol=2e-3)  # stored in fp16
-    assert pre.images is None and "image" not in pre[3]  # the training split keeps no images
+    assert torch.equal(pickle.loads(pickle.dumps(pre))[13]["latents"], pre[13]["latents"])  # data-loader workers
+    assert not pre.has_images and "image" not in pre[3]  # the training split keeps no images
     precompute(ds, IdentityAutoencoder(), cond, tmp_path, "test", batch_size=16)  # evaluation splits do
     test = PrecomputedDataset(tmp_path, "test")
-    assert test.images.dtype == torch.uint8 and (test[3]["image"] - ds[3]["image"]).abs().max() <= 1 / 127.5
+    assert test.has_images and (test[3]["image"] - ds[3]["image"]).abs().max() <= 1 / 127.5
     check_reference_images(tmp_path, ("test",))
-    with pytest.raises(DataError, match="train.safetensors holds no reference images"):
+    with pytest.raises(DataError, match="the train shards hold no reference images"):
         check_reference_images(tmp_path, ("train",))
-    with pytest.raises(DataError, match="val.safetensors cannot be read"):
+    with pytest.raises(DataError, match="no val shards"):
         check_reference_images(tmp_path, ("val",))
-    (tmp_path / "train.safetensors").write_bytes(b"garbage")
-    try:
+    precompute(Shapes("val", size=5), IdentityAutoencoder(), cond, tmp_path, "train", shard_size=12)
+    assert len(PrecomputedDataset(tmp_path, "train")) == 5  # a rerun replaces the split whole
+    (tmp_path / "train-00000.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="train-00000.safetensors is corrupt"):
         PrecomputedDataset(tmp_path, "train")
-    except ValueError as e:
-        assert "corrupt" in str(e)
-    else:
-        raise AssertionError("expected a corrupt-file error")
+
+
+def test_first_layout_single_file_is_read(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"latents": torch.ones(3, 2, 4, 4), "tokens_0": torch.zeros(3, 5, 8).half(),
+               "pooled_0": torch.zeros(3, 8).half()}, str(tmp_path / "val.safetensors"))
+    pre = PrecomputedDataset(tmp_path, "val")
+    assert len(pre) == 3 and pre[2]["latents"].shape == (2, 4, 4) and pre[2]["caption"] == ""

@@ -92,8 +92,8 @@ def test_imagenet_training_with_coco_evaluation_end_to_end(imagenet, coco, tmp_p
         r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", splits, *data, *enc],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test.safetensors", "train.safetensors",
-                                                                   "val.safetensors"]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test-00000.safetensors", "train-00000.safetensors",
+                                                                   "val-00000.safetensors"]
     r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", "train,dev"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.strip().startswith("error: --splits") and "allowed" in r.stderr

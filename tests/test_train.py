@@ -146,7 +146,7 @@ def test_pre_encoded_data_without_reference_images_is_refused_before_training(tm
     r = run_cli([*tiny(tmp_path, steps=4), *data, "eval=embedded"])
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
-    assert "data.path=" in lines[0] and "val.safetensors holds no reference images" in lines[0]
+    assert "data.path=" in lines[0] and "the val shards hold no reference images" in lines[0]
     assert "allowed" in lines[0] and not list((tmp_path / "runs").rglob("*.ckpt"))
     r = run_cli([*tiny(tmp_path, steps=4), *data])  # eval=none: trains
     assert r.returncode == 0, r.stderr[-2000:]

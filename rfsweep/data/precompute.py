@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     for split, ds in datasets.items():
         precompute(ds, ae, cond, out, split)
-        print(f"{split}: {len(ds)} items -> {out}/{split}.safetensors", flush=True)
+        print(f"{split}: {len(ds)} items -> {out}/{split}-*.safetensors", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``status``."""
+"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``, ``status``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,19 @@ def fig4_cmd(args) -> int:
     return 0
 
 
+def scaling_cmd(args) -> int:
+    from analysis.scaling import collect_scaling, final_points, scaling_figure
+
+    curves = collect_scaling(args.sweep)
+    out = Path(args.out) if args.out else Path(args.sweep) / "analysis"
+    path, (a, b) = scaling_figure(curves, out / "scaling.png")
+    curves.to_csv(out / "scaling.csv", index=False)
+    print(final_points(curves).to_markdown(index=False, floatfmt=".4g"))
+    print(f"power law of final validation loss: L = {a:.4g} * C^{b:.4f}")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def status_cmd(args) -> int:
     from analysis.status import summary, sweep_status
 
@@ -108,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("sweep", help="sweep directory (e.g. multirun/backbone_comparison)")
     f.add_argument("--out", help="output directory (default <sweep>/analysis)")
     f.set_defaults(func=fig4_cmd)
+    sc = sub.add_parser("scaling", help="scaling study: validation loss against training FLOPs, power-law fit")
+    sc.add_argument("sweep", help="sweep directory (e.g. multirun/scaling)")
+    sc.add_argument("--out", help="output directory (default <sweep>/analysis)")
+    sc.set_defaults(func=scaling_cmd)
     st = sub.add_parser("status", help="state of every run of a sweep (done, running, pre-empted, failed, ...)")
     st.add_argument("sweep", nargs="?", help="sweep directory (default: latest sweep under multirun/)")
     st.add_argument("--all", action="store_true", help="list finished runs too")

@@ -21,8 +21,8 @@ STATES = ("done", "trained", "running", "preempted", "failed", "not started")
 
 
 def run_folder(job: dict) -> str:
-    """A manifest job's folder below the sweep (conf/config.yaml's job_name)."""
-    return f"{job['dataset']}/{name_slug(job['variant'])}/{job['backbone']}/seed{job['seed']}"
+    """A manifest job's folder below the sweep: recorded by the manifest, else conf/config.yaml's job_name."""
+    return job.get("run") or f"{job['dataset']}/{name_slug(job['variant'])}/{job['backbone']}/seed{job['seed']}"
 
 
 def sweep_status(sweep: str | Path, now: float | None = None) -> pd.DataFrame:

@@ -3,14 +3,9 @@
 One step = forward, MSE loss, backward, AdamW step. Both models run in one process, one after the other
 (built, warmed up, timed, freed), for `--rounds` rounds; the best round of each is reported.
 
-Model FLOPs per image (training = 3 x forward, the usual 2 FLOPs per MAC forward and 4 backward):
-    6 * sum_m(params_m * tokens_m)  +  3 * sum_blocks(4 * Lq * Lk * D)
-where m runs over the token-wise matmuls (patch embedding, context embedding, per-stream QKV / output /
-MLP, output layer) with the tokens each applies to, and the attention term counts QK^T and AV
-(Lk = image + text tokens; Lq = Lk, but image tokens only in the last block whose context stream is
-pre-only). Per-sample matmuls (modulation, timestep / pooled MLPs) are left out. The same model FLOPs are
-used for both implementations, so MFU compares like with like. MFU = FLOP/s / peak; the assumed peak is
-989 TFLOP/s (bf16 dense, H100 / H200 SXM), `--peak-tflops` to change it.
+Model FLOPs per image: `rfsweep.backbones.flops` (training = 3 x forward; token-wise matmuls and attention).
+The same model FLOPs are used for both implementations, so MFU compares like with like. MFU = FLOP/s / peak;
+the assumed peak is 989 TFLOP/s (bf16 dense, H100 / H200 SXM), `--peak-tflops` to change it.
 
 CPU (default, tiny):     python benchmarks/bench_backbones.py
 GPU anchor (d=24, 256^2): python benchmarks/bench_backbones.py --preset sd3-gpu [--compile]
@@ -30,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from rfsweep.backbones.flops import mmdit_train_flops
 from rfsweep.backbones.mmdit import from_diffusers
 
 SDPA = {
@@ -124,15 +120,9 @@ def diffusers_model(a: argparse.Namespace):
 
 
 def model_flops_per_image(a: argparse.Namespace, p: int = 2) -> float:
-    """Training FLOPs per image (module docstring)."""
-    d, D, n_img, n_txt = a.width, a.width, (a.resolution // 8 // p) ** 2, a.text_tokens
-    stream = (4 + 2 * 4) * D * D  # QKV 3D^2 + out D^2 + MLP 8D^2 (mlp_ratio 4)
-    macs = n_img * (p * p * a.channels * D) * 2 + n_txt * a.context_dim * D  # patch in + out, context
-    macs += (
-        (a.depth - 1) * stream * (n_img + n_txt) + stream * n_img + 2 * D * D * n_txt
-    )  # last: context K, V
-    attn = (a.depth - 1) * 4 * (n_img + n_txt) ** 2 * d + 4 * n_img * (n_img + n_txt) * d
-    return 6 * macs + 3 * attn
+    """Training FLOPs per image (`rfsweep.backbones.flops`)."""
+    return mmdit_train_flops(a.depth, a.width, a.channels, p, a.context_dim, (a.resolution // 8 // p) ** 2,
+                             a.text_tokens)
 
 
 def sync(device: str) -> None:

@@ -142,6 +142,21 @@ def check_multi_device(cfg: DictConfig) -> None:
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
 
 
+def write_model_info(module, run_dir: Path, batch_size: int) -> None:
+    """`model.json`: what the compute axis of the scaling study needs (parameters, training FLOPs per sample,
+    global batch), written before training."""
+    from rfsweep.atomic import atomic_write
+    from rfsweep.backbones.flops import train_flops_per_sample
+
+    net = module.net
+    info = {"backbone": module.meta["backbone"], "depth": len(getattr(net, "blocks", [])) or None,
+            "params": sum(p.numel() for p in net.parameters()), "batch_size": int(batch_size),
+            "train_flops_per_sample": train_flops_per_sample(net, tuple(module.meta["latent_shape"]),
+                                                             module.conditioner.context_len)}
+    with atomic_write(run_dir / "model.json", "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
     """Fit, resuming from last.ckpt when present. Returns False if pre-empted (checkpoint written).
     With several devices every rank runs this; only rank 0 writes the run's files."""
@@ -170,6 +185,7 @@ def train(cfg: DictConfig, module, data, run_dir: Path) -> bool:
     last = ckpt_dir / LAST
     if process_rank() == 0:
         write_status(run_dir, "running")
+        write_model_info(module, run_dir, tr.batch_size)
     with warnings.catch_warnings():
         for message in LIGHTNING_FALSE_ALARMS:
             warnings.filterwarnings("ignore", message=message)

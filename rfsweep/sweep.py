@@ -4,6 +4,7 @@ sweep's manifest (the jobs it launched) so the analysis can name missing runs.""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -62,42 +63,40 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(key, fn)
 
 
-def planned_jobs(config: DictConfig) -> list[dict]:
-    """Expand the sweep's parameters and command-line overrides into its jobs, as the basic sweeper does."""
+def planned_jobs(config: DictConfig) -> list[list[str]]:
+    """The sweep's jobs, each as its list of overrides, expanded from the sweep's parameters and the command-line
+    overrides as the basic sweeper does."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     parser = OverridesParser.create()
-    jobs = []
-    for batch in BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None):
-        for job in batch:
-            kv = {o.key_or_group: str(o.value()) for o in parser.parse_overrides(job)}  # values unquoted
-            variant = kv.get("formulation.variant", OmegaConf.select(config, "formulation.variant", default=None))
-            data = kv.get("data", OmegaConf.select(config, "hydra.runtime.choices.data", default=None))
-            jobs.append({"variant": variant, "data": data,
-                         "backbone": kv.get("backbone", OmegaConf.select(config, "hydra.runtime.choices.backbone")),
-                         "seed": int(kv.get("seed", config.seed))})
-    return jobs
+    return [list(job) for batch in BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
+            for job in batch]
 
 
 class ManifestCallback(Callback):
-    """Writes <sweep dir>/manifest.json at the start of a multirun (not for dry runs)."""
+    """Writes <sweep dir>/manifest.json at the start of a multirun (not for dry runs): every planned job's variant,
+    dataset and backbone labels, seed and run folder. Two jobs that would share a run folder (a swept key the folder
+    name does not show, e.g. backbone.depth without a label per depth) stop the sweep before any job runs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.get("dry_run"):
             return
         from hydra import compose
 
-        labels: dict[str, str] = {}
-        jobs = []
-        for job in planned_jobs(config):
-            if job["data"] not in labels:
-                labels[job["data"]] = compose(config_name="config", overrides=[f"data={job['data']}"]).data.label
-            variant = job["variant"] if job["variant"] else config.formulation
-            jobs.append({"variant": variant_name(variant),
-                         "dataset": labels[job["data"]], "backbone": job["backbone"], "seed": job["seed"]})
+        jobs, seen = [], {}
+        for overrides in planned_jobs(config):
+            cfg = compose(config_name="config", overrides=overrides)
+            folder = str(cfg.job_name)
+            if folder in seen:
+                sys.exit(f"error: sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run "
+                         f"folder {folder} (allowed: swept keys that change the folder: formulation, data, seed, "
+                         f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
+            seen[folder] = overrides
+            jobs.append({"variant": variant_name(cfg.formulation), "dataset": str(cfg.data.label),
+                         "backbone": str(cfg.backbone.label), "seed": int(cfg.seed), "run": folder})
         manifest = {"jobs": jobs, "settings": [list(s) for s in config.eval.settings],
                     "weights": list(config.eval.weights)}
         with atomic_write(Path(config.hydra.sweep.dir) / MANIFEST_FILE, "w") as f:

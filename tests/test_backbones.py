@@ -211,3 +211,24 @@ def test_compile_fullgraph(name, backend):
     out.square().mean().backward()
     assert all(p.grad is not None for p in net.parameters())
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,weight_sets", [("mmdit", 2), ("mmdit", 3), ("dit", 1)])
+def test_train_flops_formula_matches_counted_flops(name, weight_sets):
+    """`rfsweep.backbones.flops` against torch's FLOP counter on a real forward (attention through the math
+    kernel, so its matmuls are counted): equal up to the per-sample matmuls the formula leaves out (< 1.5%)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rfsweep.backbones.flops import train_flops_per_sample
+
+    extra = {"clip_tokens": 6} if name == "mmdit" else {}
+    net = build_backbone(name, in_channels=4, context_dim=CTX, pooled_dim=VEC, depth=2, width=64, heads=2,
+                         weight_sets=weight_sets, **extra)
+    x, t, c, v = inputs(n=1, shape=(32, 24), tokens=16)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
+        net(x, t, c, v)
+    formula = train_flops_per_sample(net, (4, 32, 24), 16)
+    assert 0 < 3 * counter.get_total_flops() - formula < 0.015 * formula
+    assert train_flops_per_sample(build_backbone("uvit", in_channels=4, context_dim=CTX, pooled_dim=VEC, depth=1,
+                                                 width=32, heads=2), (4, 8, 8), 6) is None

@@ -15,6 +15,16 @@ import yaml  # noqa: E402
 from analysis.figures import save_figure  # noqa: E402
 
 
+def run_metric(run: Path, metric: str) -> pd.DataFrame | None:
+    """(step, metric) of one run folder, None if it never logged `metric`. A resumed run keeps its earlier rows in
+    metrics-part<k>.csv (`rfsweep.app.keep_previous_metrics`); later rows win for a repeated step."""
+    files = [*sorted(run.glob("metrics-part*.csv")), run / "metrics.csv"]
+    parts = [p for p in (pd.read_csv(f) for f in files if f.is_file()) if metric in p.columns]
+    if not parts:
+        return None
+    return pd.concat([p[["step", metric]].dropna() for p in parts]).drop_duplicates("step", keep="last")
+
+
 def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFrame:
     """Rows (run, backbone, variant, dataset, step, value) for every run under `sweep` that logged `metric`."""
     rows = []
@@ -24,12 +34,9 @@ def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFr
         if not cfg_file.is_file():
             continue
         cfg = yaml.safe_load(cfg_file.read_text())
-        # a resumed run keeps earlier rows in metrics-part<k>.csv; later rows win for a repeated step
-        parts = [pd.read_csv(p) for p in [*sorted(run.glob("metrics-part*.csv")), metrics]]
-        parts = [p for p in parts if metric in p.columns]
-        if not parts:
+        df = run_metric(run, metric)
+        if df is None:
             continue
-        df = pd.concat([p[["step", metric]].dropna() for p in parts]).drop_duplicates("step", keep="last")
         for step, value in zip(df["step"], df[metric]):
             rows.append({"run": str(run), "backbone": cfg["backbone"].get("label", cfg["backbone"]["name"]),
                          "variant": str(cfg["formulation"].get("variant", "")), "dataset": cfg["data"]["label"],

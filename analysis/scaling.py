@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.curves import run_metric  # noqa: E402
 from analysis.figures import save_figure  # noqa: E402
 
 
@@ -28,11 +29,9 @@ def collect_scaling(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataF
         run, info = info_file.parent, json.loads(info_file.read_text())
         if not info.get("train_flops_per_sample"):
             continue  # not an MM-DiT: no compute axis
-        parts = [pd.read_csv(p) for p in [*sorted(run.glob("metrics-part*.csv")), run / "metrics.csv"] if p.is_file()]
-        parts = [p[["step", metric]].dropna() for p in parts if metric in p.columns]
-        if not parts:
+        df = run_metric(run, metric)
+        if df is None:
             continue
-        df = pd.concat(parts).drop_duplicates("step", keep="last")
         per_step = info["batch_size"] * info["train_flops_per_sample"]
         rows += [{"run": str(run), "depth": info["depth"], "params": info["params"], "step": int(s),
                   "compute": int(s) * per_step, "value": float(v)} for s, v in zip(df["step"], df[metric])]

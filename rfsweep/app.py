@@ -210,12 +210,17 @@ def _score(ckpt_cb) -> float | None:
     return None if s is None else float(s)
 
 
+def evaluated_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint evaluation uses: the lowest EMA validation loss, else the last one."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+
+
 def load_weights(module, run_dir: Path) -> dict:
-    """Load the checkpoint with the lowest EMA validation loss (else the last one); returns its info."""
+    """Load `evaluated_checkpoint`; returns its info."""
     from rfsweep.train.checkpoint_io import load_checkpoint
 
-    ckpt_dir = run_dir / "checkpoints"
-    path = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    path = evaluated_checkpoint(run_dir)
     ckpt = load_checkpoint(path)
     module.load_state_dict(ckpt["state_dict"])
     score = None

@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from rfsweep.app import build_model
+    from rfsweep.app import build_model, evaluated_checkpoint
     from rfsweep.evaluation.run import sample_grid
     from rfsweep.sweep import register_resolvers
     from rfsweep.text_encoders import WeightsUnavailable
@@ -46,10 +46,9 @@ def main(argv=None) -> int:
     from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
 
     a = parse_args(argv)
-    ckpts = a.run_dir / "checkpoints"
-    path = next((ckpts / n for n in (BEST, LAST) if (ckpts / n).is_file()), None)
+    path = evaluated_checkpoint(a.run_dir)
     try:
-        if path is None:
+        if not path.is_file():
             raise CheckpointError(f"{a.run_dir}: no checkpoints/{BEST} or checkpoints/{LAST} (allowed: a run folder "
                                   f"written by python -m rfsweep)")
         ckpt = load_checkpoint(path)

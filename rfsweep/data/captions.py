@@ -24,5 +24,6 @@ def class_caption(name: str) -> str:
     return f"a photo of a {name}"
 
 
-def draw_synonym(synonyms: tuple[str, ...], seed: int, index: int, epoch: int = 0) -> str:
-    return random.Random(f"{seed}/{epoch}/{index}").choice(synonyms)
+def draw(choices: tuple[str, ...], seed: int, index: int, epoch: int = 0) -> str:
+    """One of an item's alternatives (a class's synonyms, an image's captions) for a pass over the data."""
+    return random.Random(f"{seed}/{epoch}/{index}").choice(choices)

@@ -10,12 +10,12 @@ held-out splits always use the first (lowest annotation id), so prompts and refe
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from rfsweep.data import DataError
+from rfsweep.data.captions import draw
 from rfsweep.data.images import halves, load_image
 
 
@@ -47,7 +47,7 @@ class COCO(Dataset):
 
     def item(self, i: int, epoch: int = 0) -> dict:
         path, captions = self.items[i]
-        caption = captions[0] if self.split != "train" else random.Random(f"{self.seed}/{epoch}/{i}").choice(captions)
+        caption = captions[0] if self.split != "train" else draw(captions, self.seed, i, epoch)
         return {"image": load_image(path, self.resolution), "caption": caption}
 
     def __getitem__(self, i: int) -> dict:

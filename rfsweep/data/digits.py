@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from rfsweep.data.captions import DIGIT_SYNONYMS, class_caption, draw_synonym
+from rfsweep.data.captions import DIGIT_SYNONYMS, class_caption, draw
 
 SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 
@@ -44,7 +44,7 @@ class Digits(Dataset):
 
     def item(self, i: int, epoch: int = 0) -> dict:
         """Item i with the synonym drawn for `epoch` (training redraws it every pass over the data)."""
-        name = draw_synonym(DIGIT_SYNONYMS[int(self.labels[i])], self.seed, i, epoch)
+        name = draw(DIGIT_SYNONYMS[int(self.labels[i])], self.seed, i, epoch)
         return {"image": self.images[i], "caption": class_caption(name), "label": int(self.labels[i])}
 
     def __getitem__(self, i: int) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from rfsweep.data import DataError
-from rfsweep.data.captions import class_caption, draw_synonym
+from rfsweep.data.captions import class_caption, draw
 from rfsweep.data.images import halves, load_image
 
 SYNSETS = "LOC_synset_mapping.txt"
@@ -60,7 +60,7 @@ class ImageNet(Dataset):
 
     def item(self, i: int, epoch: int = 0) -> dict:
         path, label = self.files[i]
-        name = draw_synonym(self.synonyms[self.wnids[label]], self.seed, i, epoch)
+        name = draw(self.synonyms[self.wnids[label]], self.seed, i, epoch)
         return {"image": load_image(path, self.resolution), "caption": class_caption(name), "label": label}
 
     def __getitem__(self, i: int) -> dict:

@@ -90,6 +90,9 @@ def test_precompute_roundtrip(tmp_path):
         check_reference_images(tmp_path, ("val",))
     precompute(Shapes("val", size=5), IdentityAutoencoder(), cond, tmp_path, "train", shard_size=12)
     assert len(PrecomputedDataset(tmp_path, "train")) == 5  # a rerun replaces the split whole
+    (tmp_path / "train-00001.safetensors").write_bytes((tmp_path / "train-00000.safetensors").read_bytes())
+    with pytest.raises(DataError, match="the train split is incomplete"):  # shards and captions disagree
+        PrecomputedDataset(tmp_path, "train")
     (tmp_path / "train-00000.safetensors").write_bytes(b"garbage")
     with pytest.raises(DataError, match="train-00000.safetensors is corrupt"):
         PrecomputedDataset(tmp_path, "train")
@@ -100,5 +103,6 @@ def test_first_layout_single_file_is_read(tmp_path):
 
     save_file({"latents": torch.ones(3, 2, 4, 4), "tokens_0": torch.zeros(3, 5, 8).half(),
                "pooled_0": torch.zeros(3, 8).half()}, str(tmp_path / "val.safetensors"))
+    (tmp_path / "val.captions.txt").write_text("a\nb\nc\n")
     pre = PrecomputedDataset(tmp_path, "val")
-    assert len(pre) == 3 and pre[2]["latents"].shape == (2, 4, 4) and pre[2]["caption"] == ""
+    assert len(pre) == 3 and pre[2]["latents"].shape == (2, 4, 4) and pre[2]["caption"] == "c"

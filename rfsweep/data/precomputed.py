@@ -2,7 +2,8 @@
 
 Layout of a folder: shards `<split>-<k:05d>.safetensors` of up to `SHARD_SIZE` items, each with `latents`
 (n, C, h, w) and, for each encoder i, `tokens_i` (n, L_i, D_i) and `pooled_i` (n, P_i) stored in half precision;
-plus `<split>.captions.txt` (one caption per line, all shards in order). The evaluation splits (`val`, `test`) also
+plus `<split>.captions.txt` (one caption per line, all shards in order; written last, it marks the split complete:
+a split whose shards and captions disagree, e.g. after an interrupted precompute, is refused). The evaluation splits (`val`, `test`) also
 keep their `images` (n, 3, H, W) as uint8: the reference images of FID and CLIP score and the real-images floor
 (Sec. 5.1), which latents cannot stand in for. A single `<split>.safetensors` (the first layout) is read too.
 
@@ -56,8 +57,11 @@ class PrecomputedDataset(Dataset):
         for _, n in info:
             self.starts.append(self.starts[-1] + n)
         self.n_enc = sum(k.startswith("tokens_") for k in self.keys)
-        cap = self.root / f"{split}.captions.txt"
-        self.captions = cap.read_text().splitlines() if cap.is_file() else [""] * len(self)
+        cap = self.root / f"{split}.captions.txt"  # written last: it marks the split complete
+        self.captions = cap.read_text().splitlines() if cap.is_file() else []
+        if len(self.captions) != len(self):
+            raise DataError(f"data.path={root}: the {split} split is incomplete ({len(self)} items in its shards, "
+                            f"{len(self.captions)} captions) (allowed: {ALLOWED} that ran to the end)")
         self._open: dict[int, object] = {}  # shard -> safe_open handle, per process (handles do not pickle)
 
     @property
@@ -111,6 +115,7 @@ class _ShardWriter:
     def __init__(self, root: Path, split: str, size: int):
         self.root, self.split, self.size, self.k = root, split, size, 0
         self.pending: dict[str, list[torch.Tensor]] = {}
+        (root / f"{split}.captions.txt").unlink(missing_ok=True)  # until rewritten at the end: incomplete
         for old in shard_paths(root, split):  # a rerun replaces the split whole
             old.unlink()
 

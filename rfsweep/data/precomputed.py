@@ -2,10 +2,11 @@
 
 Layout of a folder: shards `<split>-<k:05d>.safetensors` of up to `SHARD_SIZE` items, each with `latents`
 (n, C, h, w) and, for each encoder i, `tokens_i` (n, L_i, D_i) and `pooled_i` (n, P_i) stored in half precision;
-plus `<split>.captions.txt` (one caption per line, all shards in order; written last, it marks the split complete:
-a split whose shards and captions disagree, e.g. after an interrupted precompute, is refused). The evaluation splits (`val`, `test`) also
-keep their `images` (n, 3, H, W) as uint8: the reference images of FID and CLIP score and the real-images floor
-(Sec. 5.1), which latents cannot stand in for. A single `<split>.safetensors` (the first layout) is read too.
+plus `<split>.captions.txt` (one caption per line, all shards in order; written last, it marks the split
+complete: a split whose shards and captions disagree, e.g. after an interrupted precompute, is refused). The
+evaluation splits (`val`, `test`) also keep their `images` (n, 3, H, W) as uint8: the reference images of FID and
+CLIP score and the real-images floor (Sec. 5.1), which latents cannot stand in for. A single `<split>.safetensors`
+(the first layout) is read too.
 
 Shards are written as they fill (memory stays one shard) and read item by item through memory maps (a split
 larger than memory trains), so the format holds ImageNet or CC12M at SD3's ~1 MB per item.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rfsweep.text_encoders import WeightsUnavailable
+from rfsweep.text_encoders import from_local
 
 
 class IdentityAutoencoder(nn.Module):
@@ -37,12 +37,8 @@ class DiffusersVAE(nn.Module):
         if config is not None:
             vae = AutoencoderKL(**config)
         else:
-            try:
-                vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder, local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise WeightsUnavailable(
-                    f"autoencoder.name={name!r}: weights are not in the local Hugging Face cache and cannot be "
-                    f"downloaded here; fetch them on a machine with internet or use autoencoder=identity") from e
+            vae = from_local(AutoencoderKL.from_pretrained, name, "autoencoder.name", "autoencoder=identity",
+                             subfolder=subfolder)
         self.vae = vae.eval().requires_grad_(False)
         self.latent_channels = vae.config.latent_channels
         self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)

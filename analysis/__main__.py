@@ -86,7 +86,10 @@ def scaling_cmd(args) -> int:
 
 
 def status_cmd(args) -> int:
-    from analysis.status import summary, sweep_status
+    import shlex
+    import subprocess
+
+    from analysis.status import resubmit_command, summary, sweep_status
 
     src = Path(args.sweep) if args.sweep else latest_sweep()
     if not src.is_dir():
@@ -97,9 +100,19 @@ def status_cmd(args) -> int:
         return 0
     shown = df if args.all else df[df["state"] != "done"]
     if len(shown):
+        shown = shown.dropna(axis=1, how="all")
         print(shown.to_markdown(index=False, floatfmt=".1f"))
     print(f"{src}: {summary(df)}")
-    return 0
+    if not args.resubmit:
+        return 0
+    left = df[~df["state"].isin(["done", "running"])]
+    if left.empty:
+        print("nothing to resubmit: every run is done or running")
+        return 0
+    cmd, cwd = resubmit_command(src)
+    print(f"resubmitting {len(left)} runs ({', '.join(sorted(set(left['state'])))}); finished and running runs are "
+          f"skipped:\n  (cd {shlex.quote(cwd)} && {shlex.join(cmd)})", flush=True)
+    return subprocess.run(cmd, cwd=cwd).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="state of every run of a sweep (done, running, pre-empted, failed, ...)")
     st.add_argument("sweep", nargs="?", help="sweep directory (default: latest sweep under multirun/)")
     st.add_argument("--all", action="store_true", help="list finished runs too")
+    st.add_argument("--resubmit", action="store_true",
+                    help="launch the sweep's command again: only runs that are not done and not running start")
     st.set_defaults(func=status_cmd)
     args = p.parse_args(argv)
     try:

@@ -1,5 +1,5 @@
 """Fig. 4: validation loss against training steps, one line per backbone (pure function over saved
-`metrics.csv` files; the backbone and variant come from each run's `.hydra/config.yaml`)."""
+`metrics.csv` files; the backbone and variant come from each run's `config.json`)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 from analysis.figures import save_figure  # noqa: E402
+from rfsweep.runfolder import read_config  # noqa: E402
 
 
 def run_metric(run: Path, metric: str) -> pd.DataFrame | None:
     """(step, metric) of one run folder, None if it never logged `metric`. A resumed run keeps its earlier rows in
-    metrics-part<k>.csv (`rfsweep.app.keep_previous_metrics`); later rows win for a repeated step."""
-    files = [*sorted(run.glob("metrics-part*.csv")), run / "metrics.csv"]
+    metrics-part<k>.csv (`rfsweep.runfolder.keep_previous_metrics`); later rows win for a repeated step."""
+    from rfsweep.runfolder import metrics_files
+
+    files = metrics_files(run)
     parts = [p for p in (pd.read_csv(f) for f in files if f.is_file()) if metric in p.columns]
     if not parts:
         return None
@@ -30,10 +32,9 @@ def collect_curves(sweep: str | Path, metric: str = "val/loss_ema") -> pd.DataFr
     rows = []
     for metrics in sorted(Path(sweep).rglob("metrics.csv")):
         run = metrics.parent
-        cfg_file = run / ".hydra" / "config.yaml"
-        if not cfg_file.is_file():
+        cfg = read_config(run)
+        if cfg is None:
             continue
-        cfg = yaml.safe_load(cfg_file.read_text())
         df = run_metric(run, metric)
         if df is None:
             continue

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.data import build_dataset
+from rfsweep.evaluation.run import EvaluationStopped  # noqa: F401 (re-exported)
 from rfsweep.evaluation.run import sample_grid as save_grid
 from rfsweep.results import RESULTS_FILE, write_results
 
@@ -30,7 +31,8 @@ def sample_grid(cfg: DictConfig, module, run_dir: Path) -> Path:
     return save_grid(images, run_dir / "samples.png", nrow=8)
 
 
-def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -> list[dict]:
+def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, stop=None) -> list[dict]:
+    """Evaluate and write results.csv; `stop()` is asked after each setting (EvaluationStopped ends early)."""
     from rfsweep.evaluation.evaluators import build_evaluator
     from rfsweep.evaluation.reference import real_reference_row, reference_stats
     from rfsweep.evaluation.run import evaluate
@@ -47,7 +49,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings) -
         return module.generate(captions, steps=steps, cfg=guidance, shift=shift, seed=seed, weights=weights)
 
     rows = evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights),
-                    n_samples=e.n_samples, batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples")
+                    n_samples=e.n_samples, batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples",
+                    stop=stop)
     common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
               "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
               "seed": meta["seed"], "run_dir": str(run_dir)}

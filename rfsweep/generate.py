@@ -38,12 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from rfsweep.app import build_model, evaluated_checkpoint
+    from rfsweep.builders import build_model
     from rfsweep.evaluation.run import sample_grid
+    from rfsweep.runfolder import BEST, LAST
     from rfsweep.sweep import register_resolvers
     from rfsweep.text_encoders import WeightsUnavailable
-    from rfsweep.train.callbacks import BEST, LAST
     from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
+    from rfsweep.train.fit import evaluated_checkpoint
 
     a = parse_args(argv)
     path = evaluated_checkpoint(a.run_dir)

@@ -4,6 +4,7 @@ sweep's manifest (the jobs it launched) so the analysis can name missing runs.""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(key, fn)
 
 
+def _raw(node) -> list[str]:
+    """Command-line overrides as typed (an interpolation such as backbone.label=d${backbone.depth} stays one)."""
+    return list(OmegaConf.to_container(node, resolve=False))
+
+
 def planned_jobs(config: DictConfig) -> list[list[str]]:
     """The sweep's jobs, each as its list of overrides, expanded from the sweep's parameters and the command-line
     overrides as the basic sweeper does."""
@@ -70,34 +76,51 @@ def planned_jobs(config: DictConfig) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = [f"{k}={v}" for k, v in params.items()] + _raw(config.hydra.overrides.task)
     parser = OverridesParser.create()
     return [list(job) for batch in BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
             for job in batch]
 
 
+def _refuse(message: str) -> None:
+    """Stop a sweep before any job starts: one line, exit status 2 (bad input)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 class ManifestCallback(Callback):
     """Writes <sweep dir>/manifest.json at the start of a multirun (not for dry runs): every planned job's variant,
-    dataset and backbone labels, seed and run folder. Two jobs that would share a run folder (a swept key the folder
-    name does not show, e.g. backbone.depth without a label per depth) stop the sweep before any job runs."""
+    dataset and backbone labels, seed and run folder. Every job's config is checked first: a bad value in any job (an
+    unknown variant, a value out of range) or two jobs that would share a run folder (a swept key the folder name does
+    not show, e.g. backbone.depth without a label per depth) stop the sweep with one line before any job runs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.get("dry_run"):
             return
         from hydra import compose
 
+        from rfsweep.config import ConfigError, validate
+
         jobs, seen = [], {}
         for overrides in planned_jobs(config):
             cfg = compose(config_name="config", overrides=overrides)
+            try:
+                validate(cfg)
+                variant = variant_name(cfg.formulation)
+            except (ConfigError, VariantError) as e:
+                _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
             folder = str(cfg.job_name)
             if folder in seen:
-                sys.exit(f"error: sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run "
-                         f"folder {folder} (allowed: swept keys that change the folder: formulation, data, seed, "
-                         f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
+                _refuse(f"sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run folder "
+                        f"{folder} (allowed: swept keys that change the folder: formulation, data, seed, "
+                        f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
             seen[folder] = overrides
-            jobs.append({"variant": variant_name(cfg.formulation), "dataset": str(cfg.data.label),
+            jobs.append({"variant": variant, "dataset": str(cfg.data.label),
                          "backbone": str(cfg.backbone.label), "seed": int(cfg.seed), "run": folder})
         manifest = {"jobs": jobs, "settings": [list(s) for s in config.eval.settings],
-                    "weights": list(config.eval.weights)}
+                    "weights": list(config.eval.weights),
+                    # the launch command, so `python -m analysis status --resubmit` can launch it again
+                    "command": {"task": _raw(config.hydra.overrides.task),
+                                "hydra": _raw(config.hydra.overrides.hydra)}, "cwd": os.getcwd()}
         with atomic_write(Path(config.hydra.sweep.dir) / MANIFEST_FILE, "w") as f:
             f.write(json.dumps(manifest, indent=1))

@@ -41,6 +41,7 @@ def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.Completed
                           text=True, timeout=timeout, **kw)
 
 
-def popen_cli(args: list[str]) -> subprocess.Popen:
+def popen_cli(args: list[str], nice: int = 0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)

@@ -1,4 +1,4 @@
-import yaml
+import json
 
 from analysis.__main__ import main
 from analysis.curves import collect_curves
@@ -6,10 +6,10 @@ from analysis.curves import collect_curves
 
 def _run(root, backbone, losses):
     run = root / "shapes" / backbone
-    (run / ".hydra").mkdir(parents=True)
+    run.mkdir(parents=True)
     cfg = {"backbone": {"name": backbone, "label": backbone}, "formulation": {"variant": "rf/lognorm(0.00, 1.00)"},
            "data": {"label": "shapes"}}
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "config.json").write_text(json.dumps(cfg))
     lines = ["epoch,step,train/loss,val/loss_ema"]
     for i, v in enumerate(losses):
         lines += [f"0,{100 * i + 50},1.0,", f"0,{100 * (i + 1) - 1},,{v}"]

@@ -2,9 +2,11 @@
 
 import json
 
+import pandas as pd
+
 from analysis.__main__ import main
 from analysis.status import run_folder, summary, sweep_status
-from rfsweep.train.callbacks import write_status
+from rfsweep.runfolder import write_status
 
 
 def _sweep(tmp_path):
@@ -32,3 +34,22 @@ def test_status_of_every_planned_run(tmp_path, capsys):
     (runs[0] / "status.json").write_text("{truncated")
     row = sweep_status(tmp_path).set_index("run").loc["shapes/rf-lognorm_0.00_1.00/mlp/seed0"]
     assert row["state"] == "failed" and "unreadable status.json" in row["reason"]
+
+
+def test_running_runs_show_progress_eta_and_slurm_job_and_dead_ones_are_lost(tmp_path, monkeypatch, capsys):
+    from rfsweep.cluster.lease import Lease
+
+    live, dead = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    for run in (live, dead):
+        write_status(run, "running", step=250, max_steps=1000, steps_per_s=5.0, samples_per_s=320.0)
+    with Lease(live, timeout_s=60):
+        df = sweep_status(tmp_path).set_index("run")
+        assert main(["status", str(tmp_path)]) == 0
+    a, b = df.loc["a/run"], df.loc["b/run"]
+    assert a["state"] == "running" and a["step"] == "250/1000" and a["eta_min"] == 2.5
+    assert a["slurm_job"] == "77" and a["restarts"] == 2
+    assert b["state"] == "lost" and pd.isna(b["eta_min"])  # no live holder: no ETA
+    out = capsys.readouterr().out
+    assert "slurm_job" in out and "eta_min" in out and "lost" in out

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rfsweep.data.stream import StreamSampler
-from rfsweep.train.callbacks import read_status
+from rfsweep.runfolder import read_status
 from tests.helpers import popen_cli, run_cli, tiny
 from tests.test_resume import _last, _wait_for_step
 

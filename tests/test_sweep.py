@@ -15,8 +15,9 @@ def test_formulation_grid_dry_run_lists_122_jobs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("dry-run: ")]
     assert len(lines) == 122 == len(set(lines))
-    expected = {f"dry-run: variant={v} dataset={d}" for v in ALL_VARIANTS for d in ("imagenet", "cc12m")}
-    assert set(lines) == expected
+    heads = {ln.split(" backbone=")[0] for ln in lines}
+    assert heads == {f"dry-run: variant={v} dataset={d}" for v in ALL_VARIANTS for d in ("imagenet", "cc12m")}
+    assert all("gpu_hours=" in ln and "params=0.3M" in ln for ln in lines)  # each job's cost, before any compute
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))
 
 
@@ -48,11 +49,17 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
 def test_sweep_through_submitit_as_on_slurm(tmp_path):
     """The SLURM path without SLURM: hydra-submitit-launcher's local executor pickles each job the way
     `hydra/launcher=slurm` does, runs it in its own process; the manifest, the runs and their status land."""
-    from analysis.status import sweep_status
-    from tests.helpers import compose_cfg
+    from hydra import compose, initialize_config_dir
 
-    slurm = compose_cfg(["hydra/launcher=slurm"])  # the cluster config composes with the plugin's schema
-    assert slurm.trainer.requeue is True
+    from analysis.status import sweep_status
+    from tests.helpers import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        slurm = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.qos=high",
+                                             "hydra.launcher.account=lab"], return_hydra_config=True)
+    launcher = slurm.hydra.launcher  # the cluster config composes with the plugin's schema, with rfsweep's launcher
+    assert launcher._target_.endswith("RfsweepSlurmLauncher") and launcher.qos == "high" and launcher.nodes == 1
+    assert slurm.cluster.requeue is True and launcher.max_num_timeout == 20
     r = run_cli([*tiny(tmp_path, steps=4), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                  "seed=0,1", "name=sub"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

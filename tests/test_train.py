@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from rfsweep.app import build_module, train
-from rfsweep.train.callbacks import read_status
+from rfsweep.builders import build_module
+from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.runfolder import read_status
 from rfsweep.train.ema import make_ema, update_ema
+from rfsweep.train.fit import fit
 from rfsweep.train.module import NonFiniteLossError
 from tests.helpers import compose_cfg, run_cli, tiny
 
@@ -15,7 +17,7 @@ from tests.helpers import compose_cfg, run_cli, tiny
 def _fit(tmp_path, extra=(), steps=8):
     cfg = compose_cfg([*tiny(tmp_path, steps), *extra], run_dir=str(tmp_path / "run"))
     module, data = build_module(cfg)
-    assert train(cfg, module, data, tmp_path / "run")
+    assert fit(cfg, module, data, tmp_path / "run", PreemptionGuard()) == steps
     return module, tmp_path / "run"
 
 
@@ -88,7 +90,7 @@ def test_non_finite_loss_stops_and_is_recorded(tmp_path):
     module, data = build_module(cfg)
     module.net = _NaNAfter(module.net, calls=3)
     with pytest.raises(NonFiniteLossError, match="at step 3"):
-        train(cfg, module, data, tmp_path / "run")
+        fit(cfg, module, data, tmp_path / "run", PreemptionGuard())
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "NonFiniteLossError" in status["reason"]
 
@@ -97,7 +99,7 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
     r = run_cli(tiny(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path / "runs").rglob("status.json")).parent
-    for f in ("samples.png", "samples.txt", "metrics.csv", ".hydra/config.yaml", "checkpoints/last.ckpt",
+    for f in ("samples.png", "samples.txt", "metrics.csv", "config.json", "checkpoints/last.ckpt",
               "checkpoints/best.ckpt"):
         assert (run / f).is_file(), f
     assert read_status(run)["state"] == "done"
@@ -106,7 +108,7 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
 
 
 def _pre_encode(tmp_path, splits=("train", "val", "test"), keep_images=None):
-    from rfsweep.app import build_autoencoder, build_conditioner
+    from rfsweep.builders import build_autoencoder, build_conditioner
     from rfsweep.data import build_dataset
     from rfsweep.data.precomputed import precompute
 
@@ -187,16 +189,25 @@ def test_only_frozen_modules_are_in_eval_mode_while_training(tmp_path):
     assert seen == [True] * 3
 
 
-def test_signal_handlers_are_restored_after_training(tmp_path):
-    """Pre-emption handlers live only while training: the ones before (e.g. submitit's) come back afterwards."""
+def test_signal_handlers_are_the_guards_during_the_job_and_restored_after(tmp_path):
+    """The job's guard holds the pre-emption signals while it runs, also through Lightning's `fit` (which installs
+    its own); the handlers from before (e.g. submitit's) come back afterwards."""
     import signal
 
     def mine(signum, frame):
         pass
 
-    old = signal.signal(signal.SIGUSR1, mine)
+    seen = []
+    old = {s: signal.signal(s, mine) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    cfg = compose_cfg(tiny(tmp_path, 2), run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    module.on_train_batch_end = lambda *a: seen.append(
+        [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)])
     try:
-        _fit(tmp_path, steps=2)
-        assert signal.getsignal(signal.SIGUSR1) is mine
+        with PreemptionGuard() as guard:
+            fit(cfg, module, data, tmp_path / "run", guard)
+        assert seen and all(h == guard._handle for step in seen for h in step), seen
+        assert signal.getsignal(signal.SIGUSR1) is mine and signal.getsignal(signal.SIGUSR2) is mine
     finally:
-        signal.signal(signal.SIGUSR1, old)
+        for s, h in old.items():
+            signal.signal(s, h)

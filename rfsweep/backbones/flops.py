@@ -37,3 +37,20 @@ def train_flops_per_sample(net, latent_shape: tuple[int, int, int], txt_tokens: 
     return mmdit_train_flops(len(net.blocks), net.width, c, p, net.context_embedders[0].in_features,
                              (h // p) * (w // p), txt_tokens, mlp.out_features / net.width,
                              last_context_pre_only=net.blocks[-1].streams[0].pre_only)
+
+
+def counted_train_flops(net, latent_shape: tuple[int, int, int], txt_tokens: int, context_dim: int,
+                        pooled_dim: int) -> float:
+    """Training FLOPs per sample of any backbone, counted by torch's FLOP counter over one forward and backward
+    pass of a single sample (works on the meta device: nothing is allocated)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(net.parameters()).device
+    x = torch.zeros(1, *latent_shape, device=device, requires_grad=False)
+    t = torch.full((1,), 0.5, device=device)
+    ctx = torch.zeros(1, txt_tokens, context_dim, device=device)
+    pooled = torch.zeros(1, pooled_dim, device=device)
+    with FlopCounterMode(display=False) as counter:
+        net(x, t, ctx, pooled).float().sum().backward()
+    return float(counter.get_total_flops())

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
         register_resolvers()
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, f"run_dir={out}"])
-        from rfsweep.app import build_autoencoder, build_conditioner
+        from rfsweep.builders import build_autoencoder, build_conditioner
 
         datasets = {s: build_dataset(cfg.data.name, s, cfg.data.resolution, cfg.data.seed, cfg.data.path)
                     for s in splits}  # every split checked before any encoding

@@ -20,6 +20,10 @@ from rfsweep.evaluation.reference import ReferenceStats
 PAPER_SETTINGS = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
 
 
+class EvaluationStopped(RuntimeError):
+    """A stop signal arrived during evaluation; the settings done so far are not kept."""
+
+
 def eval_prompts(captions: list[str], n: int) -> list[str]:
     """The first n held-out captions, cycled if there are fewer."""
     return list(itertools.islice(itertools.cycle(captions), n))
@@ -36,11 +40,12 @@ def sample_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
 @torch.no_grad()
 def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=PAPER_SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
-             grid_dir: str | Path | None = None, grid_size: int = 64) -> list[dict]:
+             grid_dir: str | Path | None = None, grid_size: int = 64, stop=None) -> list[dict]:
     """One row per (weights, steps, cfg): {weights, steps, cfg, clip_score, fid, n_samples}.
 
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
-    saved as `<weights>_steps<steps>_cfg<cfg>.png`.
+    saved as `<weights>_steps<steps>_cfg<cfg>.png`. `stop()`, if given, is asked before each setting after the first: True raises
+    EvaluationStopped (a pre-emption signal; the job is requeued and evaluates again).
     """
     if ref_stats.evaluator_id != evaluator.id:
         raise ValueError(f"reference statistics were computed with {ref_stats.evaluator_id!r}, "
@@ -49,6 +54,8 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
     text = evaluator.encode_texts(prompts)  # (N, d)
     rows = []
     for w, (steps, cfg) in itertools.product(weights, settings):
+        if rows and stop is not None and stop():
+            raise EvaluationStopped(f"stopped after {len(rows)} of {len(weights) * len(settings)} settings")
         feats, shown = [], []
         for b, i in enumerate(range(0, n_samples, batch_size)):
             images = sample_fn(w, steps, cfg, prompts[i : i + batch_size], seed + b)

@@ -1,31 +1,15 @@
-"""Callbacks for robustness on a cluster: periodic `last.ckpt`, pre-emption by SIGTERM / SIGUSR1 (SLURM
-sends one before killing a job), and a recorded failure when training breaks (e.g. a non-finite loss)."""
+"""Callbacks for robustness on a cluster: periodic `last.ckpt`, a stop at the next step on a pre-emption signal,
+progress for `python -m analysis status`, and a recorded failure when training breaks (e.g. a non-finite loss)."""
 
 from __future__ import annotations
 
-import json
-import signal
 import time
 from pathlib import Path
 
 import lightning as L
 
-from rfsweep.atomic import atomic_write
-
-LAST, BEST = "last.ckpt", "best.ckpt"
-
-
-def write_status(run_dir: str | Path, state: str, **extra) -> None:
-    """Atomically record the run's state ("running", "trained", "preempted", "failed", "done")."""
-    with atomic_write(Path(run_dir) / "status.json", "w") as f:
-        f.write(json.dumps({"state": state, "time": time.time(), **extra}, indent=1))
-
-
-def read_status(run_dir: str | Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+from rfsweep import runfolder
+from rfsweep.cluster.signals import PreemptionGuard
 
 
 class EMAUpdate(L.Callback):
@@ -43,7 +27,7 @@ class PeriodicCheckpoint(L.Callback):
         self.dirpath, self.every = Path(dirpath), every
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.dirpath / LAST, weights_only=False)
+        trainer.save_checkpoint(self.dirpath / runfolder.LAST, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
@@ -54,32 +38,48 @@ class PeriodicCheckpoint(L.Callback):
 
 
 class Preemption(L.Callback):
-    """On SIGTERM or SIGUSR1: finish the current step, write `last.ckpt`, stop training cleanly."""
+    """On a stop signal noted by the job's `PreemptionGuard`: finish the current step, write `last.ckpt`, stop."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self, checkpoint: PeriodicCheckpoint):
-        self.checkpoint, self.received = checkpoint, None
+    def __init__(self, checkpoint: PeriodicCheckpoint, guard: PreemptionGuard):
+        self.checkpoint, self.guard = checkpoint, guard
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # replaces the handlers in place (Lightning's would stop without a checkpoint), restored at the end
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
+        # Lightning installed its own handlers when `fit` began (they would stop without a checkpoint, or requeue a
+        # second time): the guard's come back on top; Lightning restores the guard's at the end of `fit`
+        self.guard.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = self.received is not None
+        stop = self.guard.stop_requested()
         if trainer.world_size > 1:  # a signal to any rank stops all at the same step (the save is collective)
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-            self.received = self.received or ("peer" if stop else None)
+            if stop and not self.guard.received:
+                self.guard.received = "peer"
         if stop:
             self.checkpoint.save(trainer)
             trainer.should_stop = True
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        for s, handler in getattr(self, "previous", {}).items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+class Progress(L.Callback):
+    """Keeps `status.json` (state running) current: step, max_steps, steps/s and samples/s, at most every
+    `every_s` seconds, so `python -m analysis status` shows progress and an ETA."""
+
+    def __init__(self, run_dir: str | Path, max_steps: int, batch_size: int, every_s: float = 30.0):
+        self.run_dir, self.max_steps, self.batch_size, self.every_s = run_dir, int(max_steps), batch_size, every_s
+        self._mark: tuple[float, int] | None = None
+        self._last_write = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now, step = time.time(), trainer.global_step
+        if self._mark is None:
+            self._mark = (now, step)
+            return
+        if now - self._last_write < self.every_s or not trainer.is_global_zero:
+            return
+        t0, s0 = self._mark
+        rate = (step - s0) / max(now - t0, 1e-9)
+        runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
+                               steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
+        self._last_write = now
 
 
 class FailureRecorder(L.Callback):
@@ -91,5 +91,5 @@ class FailureRecorder(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not trainer.is_global_zero:
             return
-        write_status(self.run_dir, "failed", step=trainer.global_step,
-                     reason=f"{type(exception).__name__}: {exception}")
+        runfolder.write_status(self.run_dir, "failed", step=trainer.global_step,
+                               reason=f"{type(exception).__name__}: {exception}")

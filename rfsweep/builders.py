@@ -1,0 +1,105 @@
+"""Builders: the one place a config becomes objects (conditioner, autoencoder, backbone, module, data). The app,
+`precompute` and `generate` import them from here; nothing here trains or writes a run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rfsweep.config import ConfigError
+from rfsweep.formulations import build_formulation
+from rfsweep.sweep import formulation_spec
+
+AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
+BACKBONE_KEYS = ("label",)  # config-only keys of the backbone group
+
+
+def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
+    """`instantiate` a group's node without the keys that only other config entries read."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return instantiate({k: v for k, v in values.items() if k not in config_only})
+
+
+def build_conditioner(cfg: DictConfig):
+    from rfsweep.conditioning import Conditioner
+
+    c = cfg.conditioning
+    cond = Conditioner([instantiate(e) for e in c.encoders], drop_prob=c.drop_prob, cache=c.cache)
+    for key in ("context_dim", "pooled_dim", "clip_tokens"):
+        if getattr(cond, key) != c[key]:
+            raise ConfigError(f"config error: conditioning.{key}={c[key]} but its encoders give {getattr(cond, key)} "
+                              f"(allowed: {getattr(cond, key)})")
+    return cond
+
+
+def build_autoencoder(cfg: DictConfig):
+    return _instantiate(cfg.autoencoder, AE_KEYS)
+
+
+def build_backbone(cfg: DictConfig):
+    return _instantiate(cfg.backbone, BACKBONE_KEYS)
+
+
+def latent_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the latents the backbone sees."""
+    side = cfg.data.resolution // cfg.autoencoder.downsample
+    return int(cfg.autoencoder.latent_channels), side, side
+
+
+def build_data(cfg: DictConfig):
+    from rfsweep.data.module import DataModule
+
+    tr = cfg.trainer
+    return DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
+                      tr.n_val, tr.num_workers, cfg.data.seed)
+
+
+def build_module(cfg: DictConfig, formulation=None):
+    """Everything a run needs, built from the config (encoders loaded, nothing trained)."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = build_data(cfg)
+    return build_model(cfg, formulation, warm=lambda conditioner: warm_captions(cfg, conditioner, data)), data
+
+
+def build_model(cfg: DictConfig, formulation=None, warm=None):
+    """The DiffusionModule of a config without its data (e.g. to sample from a finished run's checkpoint)."""
+    from rfsweep.train.module import DiffusionModule
+
+    formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
+    tr = cfg.trainer
+    net = build_backbone(cfg)
+    meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
+            "backbone": cfg.backbone.label, "seed": int(cfg.seed), "latent_shape": list(latent_shape(cfg)),
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+    optim = {k: tr[k] for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps")}
+    conditioner = build_conditioner(cfg)
+    if warm is not None:
+        warm(conditioner)
+    return DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optim, dict(tr.ema), cfg.seed, meta)
+
+
+def warm_captions(cfg: DictConfig, conditioner, data) -> None:
+    """Encode an embedded dataset's whole caption vocabulary once (cached on disk, shared by a sweep)."""
+    if not (cfg.conditioning.cache and callable(getattr(data.train, "captions", None))):
+        return
+    from rfsweep.data import build_dataset
+
+    test = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.data.seed, cfg.data.path)
+    captions = sorted({*data.train.captions(), *data.val.captions(), *test.captions()})
+    enc = json.dumps(OmegaConf.to_container(cfg.conditioning.encoders, resolve=True), sort_keys=True)
+    key = hashlib.sha1(f"{enc}|{cfg.data.name}|{cfg.data.seed}".encode()).hexdigest()[:16]
+    conditioner.warm(captions, Path(cfg.paths.cache) / "embeddings" / f"{key}.pt")
+
+
+def context_len(cfg: DictConfig) -> int:
+    """Text tokens the backbone sees, from the config alone (no encoder loaded): the 'clip' encoders share their
+    tokens (channel concatenation), 't5' encoders append theirs (as `Conditioner.context_len`)."""
+    encoders = OmegaConf.to_container(cfg.conditioning.encoders, resolve=True)
+    t5 = sum(int(e.get("max_length", 0)) for e in encoders if e.get("kind") == "t5")
+    return int(cfg.conditioning.clip_tokens) + t5

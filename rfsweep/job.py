@@ -1,0 +1,191 @@
+"""One job, from its config to a finished run folder: validate, take the run folder's lease, train (or resume),
+sample a grid, evaluate, and tell the sweep what happened (`outcome.json`).
+
+A job never takes other jobs down: every error ends in an exit code and a recorded outcome (bad input: 2, a failed
+run: 1, a stop signal: 3), never in an exception that escapes into the launcher. The one exception is the
+`SystemExit` of submitit's requeue, which must end the process (SLURM starts the job again).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rfsweep import runfolder
+from rfsweep.cluster.lease import Lease, LeaseHeld
+from rfsweep.cluster.signals import PreemptionGuard, job_guard
+from rfsweep.config import ConfigError, validate
+
+LAUNCH_ENV = "RFSWEEP_LAUNCH"  # the id of the sweep launch a job belongs to (set by the sweep's summary callback)
+
+
+@dataclass
+class Outcome:
+    code: int  # the process exit code of a single run
+    outcome: str  # done | skipped | failed | refused | preempted | cancelled | dry-run
+    reason: str = ""
+
+
+def expected_results(cfg: DictConfig) -> list[tuple]:
+    settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
+    return [(w, s, c) for w in cfg.eval.weights for s, c in settings]
+
+
+def run_finished(cfg: DictConfig) -> bool:
+    """Done, with every evaluation row the config asks for."""
+    from rfsweep.results import RESULTS_FILE, results_complete
+
+    run_dir = Path(cfg.run_dir)
+    if runfolder.read_status(run_dir).get("state") != runfolder.FINISHED:
+        return False
+    return not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected_results(cfg))
+
+
+def check_multi_device(cfg: DictConfig) -> None:
+    """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
+    sweep in each. Under SLURM each task is one rank, started by the scheduler."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.trainer.devices > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN \
+            and "SLURM_NTASKS" not in os.environ:
+        raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
+                          f"or several with hydra/launcher=slurm, one task per device, or a single run)")
+
+
+def _bad_input() -> tuple[type, ...]:
+    from rfsweep.data import DataError
+    from rfsweep.formulations import VariantError
+    from rfsweep.results import ResultsError
+    from rfsweep.text_encoders import WeightsUnavailable
+    from rfsweep.train.checkpoint_io import CheckpointError
+
+    return (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
+            FileNotFoundError)
+
+
+def execute(cfg: DictConfig) -> int:
+    """Run the job; returns its exit code. Records the outcome in the run folder (rank 0, not for dry runs)."""
+    from hydra.errors import InstantiationException
+
+    from rfsweep.train.fit import process_rank
+    from rfsweep.train.module import NonFiniteLossError
+
+    bad_input = _bad_input()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with job_guard() as guard:
+        try:
+            try:
+                result = _run(cfg, guard)
+            except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
+                if isinstance(e.__cause__, bad_input):
+                    raise e.__cause__ from None
+                raise
+        except LeaseHeld as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            result = Outcome(2, "refused", str(e))
+        except bad_input as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            result = Outcome(2, "failed", str(e))
+        except NonFiniteLossError as e:
+            print(f"failed: {e}; recorded in {cfg.run_dir}/{runfolder.STATUS}", file=sys.stderr, flush=True)
+            result = Outcome(1, "failed", f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug or a broken node: this job fails, the sweep goes on
+            traceback.print_exc()
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            if process_rank() == 0 and Path(cfg.run_dir, runfolder.STATUS).is_file():
+                status = runfolder.read_status(cfg.run_dir)
+                if status.get("state") != "failed":  # a failure inside training is already recorded
+                    runfolder.write_status(cfg.run_dir, "failed", step=status.get("step"), reason=reason)
+            result = Outcome(1, "failed", reason)
+    if result.outcome not in ("dry-run", "rank") and process_rank() == 0:
+        runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
+                                launch=os.environ.get(LAUNCH_ENV))
+    return result.code
+
+
+def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
+    import torch
+
+    from rfsweep.formulations import build_formulation
+    from rfsweep.sweep import formulation_spec
+    from rfsweep.train.fit import fit, load_weights, process_rank
+
+    if cfg.dry_run:
+        from rfsweep.plan import dry_run_line
+
+        print(dry_run_line(cfg), flush=True)
+        return Outcome(0, "dry-run")
+    validate(cfg)
+    if cfg.data.name == "precomputed" and cfg.eval.enabled:
+        from rfsweep.data.precomputed import check_reference_images
+
+        check_reference_images(cfg.data.path)  # before training: evaluation would fail only at the end
+    formulation = build_formulation(formulation_spec(cfg.formulation))
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    runfolder.check_config(run_dir, resolved)  # a finished run of another config is not this job's result
+    if run_finished(cfg):
+        print(f"skip: {run_dir} is finished", flush=True)
+        return Outcome(0, "skipped", "finished earlier")
+    check_multi_device(cfg)
+    rank0 = process_rank() == 0
+    with Lease(run_dir, cfg.cluster.lease_timeout_s) if rank0 else nullcontext():
+        runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
+        status = runfolder.read_status(run_dir)
+        trained = status.get("state") in ("trained", "done") or status.get("stage") == "evaluation"
+        if guard.stop_requested() and rank0:  # stopped while starting: nothing new to save, hand the job back
+            return _stopped(cfg, run_dir, guard, status.get("step") or 0, "evaluation" if trained else "training")
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        from rfsweep.builders import build_module
+
+        module, data = build_module(cfg, formulation)
+        if not trained:
+            if rank0:
+                runfolder.save_config(run_dir, resolved)
+            step = fit(cfg, module, data, run_dir, guard)
+            if not rank0:  # the other ranks of a multi-device run end with training; rank 0 reports
+                return Outcome(0, "rank")
+            if guard.stop_requested():
+                return _stopped(cfg, run_dir, guard, step, "training")
+        info = load_weights(module, run_dir)
+        module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
+        module.place_frozen()
+        from rfsweep.evaluate import EvaluationStopped, evaluate_run, sample_grid
+
+        sample_grid(cfg, module, run_dir)
+        if cfg.eval.enabled:
+            settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
+            try:
+                evaluate_run(cfg, module, run_dir, info, settings, stop=guard.stop_requested)
+            except EvaluationStopped:
+                return _stopped(cfg, run_dir, guard, info["step"], "evaluation")
+        runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
+        print(f"done: {run_dir}", flush=True)
+        return Outcome(0, "done")
+
+
+def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str) -> Outcome:
+    """A stop signal ended the job at a safe point (the checkpoint is written): record it, then hand the job back
+    to the scheduler (requeue) where the signal asks for it."""
+    record = {"step": int(step), "stage": stage, "signal": guard.received}
+    runfolder.write_status(run_dir, "preempted", **record, requeue="handing back to the scheduler")
+    try:
+        back = guard.hand_back(cfg.cluster.requeue, cfg.cluster.max_requeues)
+    except SystemExit:  # submitit requeued the job and ends the process
+        runfolder.write_status(run_dir, "preempted", **record, requeue="requeued by submitit")
+        runfolder.write_outcome(run_dir, "requeued", f"{guard.received} during {stage}",
+                                launch=os.environ.get(LAUNCH_ENV))
+        print(f"pre-empted at step {step} ({stage}): checkpoint written; requeued by submitit", flush=True)
+        raise
+    runfolder.write_status(run_dir, back.state, **record, requeue=back.requeue)
+    print(f"pre-empted at step {step} ({stage}): checkpoint written to {runfolder.last_checkpoint(run_dir)}; "
+          f"{back.requeue}; rerun the same command to resume", flush=True)
+    return Outcome(3, back.state, f"{guard.received} during {stage}; {back.requeue}")

@@ -1,0 +1,45 @@
+"""What a job will cost, from its config alone (nothing loaded, the backbone built on the meta device): parameters,
+training and evaluation FLOPs, and GPU-hours at a stated achieved throughput (`cluster.tflops_per_gpu`, per GPU).
+`dry_run=true` prints one line per job."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def job_flops(cfg: DictConfig) -> dict:
+    """{"params", "train_flops_per_sample", "train_flops", "eval_flops"} of a job (training: steps x batch; evaluation:
+    the sampler settings' network evaluations, two per step with guidance, a forward pass being a third of a step)."""
+    import torch
+
+    from rfsweep.backbones.flops import counted_train_flops, train_flops_per_sample
+    from rfsweep.builders import build_backbone, context_len, latent_shape
+
+    shape, tokens = latent_shape(cfg), context_len(cfg)
+    with torch.device("meta"):
+        net = build_backbone(cfg)
+    per_sample = train_flops_per_sample(net, shape, tokens)
+    if per_sample is None:
+        per_sample = counted_train_flops(net, shape, tokens, int(cfg.conditioning.context_dim),
+                                         int(cfg.conditioning.pooled_dim))
+    tr, e = cfg.trainer, cfg.eval
+    evals = sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in e.settings) * len(e.weights) if e.enabled else 0
+    return {"params": sum(p.numel() for p in net.parameters()), "train_flops_per_sample": per_sample,
+            "train_flops": per_sample * int(tr.batch_size) * int(tr.max_steps),
+            "eval_flops": per_sample / 3 * int(e.n_samples) * evals}
+
+
+def dry_run_line(cfg: DictConfig) -> str:
+    from rfsweep.sweep import variant_name
+
+    head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.slot} backbone={cfg.backbone.label} "
+            f"run={cfg.job_name}")
+    try:
+        f = job_flops(cfg)
+    except Exception as e:  # e.g. a backbone read from a checkpoint folder: no estimate, the plan still lists the job
+        return f"{head} (no estimate: {type(e).__name__})"
+    rate = float(cfg.cluster.tflops_per_gpu) * 1e12
+    hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
+    return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "
+            f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
+            f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu)")

@@ -1,0 +1,176 @@
+"""The run folder: the one home of its layout and of the small files that say where a run stands.
+
+    <run>/status.json        the run's state: running (with progress), trained, preempted, cancelled, failed, done
+    <run>/outcome.json       what the last launch of this job did (done, skipped, failed, refused, ...), for the
+                             sweep's summary; written also when the job refused to touch the run
+    <run>/lease.json         who trains the run now (host, pid, SLURM job, heartbeat): one trainer per folder
+    <run>/config.json        the resolved config the run was started with (written once); a resume must match it
+    <run>/model.json         parameters and training FLOPs per sample (the scaling study's compute axis)
+    <run>/checkpoints/       last.ckpt (resume), best.ckpt (lowest EMA validation loss)
+    <run>/metrics.csv        this launch's metrics; earlier launches' rows in metrics-part<k>.csv
+    <run>/results.csv        the evaluation (rfsweep.results)
+
+Every write is atomic (rfsweep.atomic). Status records carry the job's context (host, pid, SLURM job id, restarts,
+log file) so `python -m analysis status` can point at the job and its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from rfsweep.atomic import atomic_write
+from rfsweep.config import ConfigError
+
+STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
+CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.ckpt"
+METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
+
+# States of status.json. `running` is what a live job writes (a dead one leaves it behind: its lease and heartbeat
+# tell them apart); `preempted` means a checkpoint was written at a stop signal; `cancelled` is a stop SLURM says
+# was a cancellation (scancel), which is never requeued.
+STATES = ("done", "trained", "running", "preempted", "cancelled", "failed")
+FINISHED = "done"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    return checkpoint_dir(run_dir) / LAST
+
+
+def job_context() -> dict:
+    """Where this process runs: host, pid and, under SLURM, the job id, restart count and log file."""
+    from rfsweep.cluster.slurm import job_log, restart_count, slurm_job_id
+
+    ctx = {"host": socket.gethostname(), "pid": os.getpid()}
+    job = slurm_job_id()
+    if job:
+        ctx.update(slurm_job=job, restarts=restart_count())
+    log = job_log()
+    if log:
+        ctx["log"] = log
+    return ctx
+
+
+def write_status(run_dir: str | Path, state: str, **extra) -> None:
+    """Atomically record the run's state with the job's context."""
+    if state not in STATES:
+        raise ValueError(f"state={state!r} (allowed: {', '.join(STATES)})")
+    record = {"state": state, "time": time.time(), **job_context(), **extra}
+    with atomic_write(Path(run_dir) / STATUS, "w") as f:
+        f.write(json.dumps(record, indent=1))
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """The run's status record; {} when there is none (a corrupt file reads as a failure with the reason)."""
+    try:
+        return json.loads((Path(run_dir) / STATUS).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        return {"state": "failed", "reason": f"unreadable {STATUS} ({type(e).__name__})"}
+
+
+def write_outcome(run_dir: str | Path, outcome: str, reason: str = "", **extra) -> None:
+    """What this launch of the job did, for the sweep's summary (never changes the run's state)."""
+    record = {"outcome": outcome, "reason": reason, "time": time.time(), **job_context(), **extra}
+    with atomic_write(Path(run_dir) / OUTCOME, "w") as f:
+        f.write(json.dumps(record, indent=1))
+
+
+def read_outcome(run_dir: str | Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / OUTCOME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def keep_previous_metrics(run_dir: Path) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh; a resumed run keeps the earlier rows in
+    metrics-part<k>.csv (the analysis reads all parts, `metrics_files`)."""
+    current = Path(run_dir) / METRICS
+    if current.is_file():
+        k = len(list(Path(run_dir).glob(METRICS_PART.format("*"))))
+        os.replace(current, Path(run_dir) / METRICS_PART.format(k))
+
+
+def metrics_files(run_dir: str | Path) -> list[Path]:
+    """Every metrics file of a run, oldest first."""
+    run_dir = Path(run_dir)
+    parts = sorted(run_dir.glob(METRICS_PART.format("*")), key=lambda p: int(p.stem.rsplit("part", 1)[1]))
+    return [*parts, run_dir / METRICS]
+
+
+# Config keys that may differ when a run is resumed: they do not change the trained weights (where the run's files
+# go, how they are logged, how many loader workers or threads, how often a checkpoint is written, how many devices
+# share the global batch, how the job behaves on a cluster, how the finished weights are sampled and evaluated:
+# results rows carry their settings) or only extend them (max_steps: neither the data stream nor the learning-rate
+# schedule depends on it, so a longer run continues exactly as if it had been started longer).
+RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "cluster", "eval", "sampler", "grid",
+                  "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
+                  "trainer.max_steps")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def _free(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def _same(x, y) -> bool:
+    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)  # NaN equals NaN, 1 is not 1.0's type
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between a run's saved config and the current one, outside RESUMABLE_KEYS."""
+    a, b = _flat(saved), _flat(current)
+    return sorted(k for k in a.keys() | b.keys() if not _free(k) and not _same(a.get(k, "<absent>"),
+                                                                               b.get(k, "<absent>")))
+
+
+def check_config(run_dir: str | Path, resolved: dict) -> None:
+    """Refuse (ConfigError, one line naming the keys) to resume a run whose saved config differs in a key that
+    changes the result."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config error: {path}: unreadable ({type(e).__name__}); move it away to start the run "
+                          f"afresh") from None
+    changed = config_changes(saved, resolved)
+    if changed:
+        a, b = _flat(saved), _flat(resolved)
+        shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError(f"config error: {run_dir} was started with another config: {shown}{more} (allowed: the "
+                          f"saved values in {path}, or another run folder, e.g. name=... or seed=...)")
+
+
+def save_config(run_dir: str | Path, resolved: dict) -> None:
+    """The run's resolved config, written when it starts (never rewritten: it is what the run was trained with)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        with atomic_write(path, "w") as f:
+            json.dump(resolved, f, indent=1)
+
+
+def read_config(run_dir: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,157 @@
+"""Fitting one run with Lightning (resuming from `last.ckpt`), and loading the checkpoint that evaluation uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rfsweep import runfolder
+from rfsweep.cluster.signals import PreemptionGuard
+
+# Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
+# position is the global step, which Lightning restores); the modules in eval mode are the EMA copy (test
+# `test_only_frozen_modules_are_in_eval_mode_while_training`); the run folder holds the run's other files, and an
+# earlier metrics.csv has been kept as metrics-part<k>.csv (`runfolder.keep_previous_metrics`).
+LIGHTNING_FALSE_ALARMS = (
+    "You're resuming from a checkpoint that ended before the epoch",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"Experiment logs directory .* exists and is not empty",
+)
+
+
+def process_rank() -> int:
+    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0)
+
+
+def loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    out = []
+    if cfg.logger.csv:
+        if process_rank() == 0:
+            runfolder.keep_previous_metrics(run_dir)
+        out.append(CSVLogger(str(run_dir), name="", version=""))
+    if cfg.logger.wandb:
+        from rfsweep.wandb_logger import make_wandb_logger
+
+        out.append(make_wandb_logger(cfg, run_dir, meta))
+    return out
+
+
+def write_model_info(module, run_dir: Path, batch_size: int) -> None:
+    """`model.json`: what the compute axis of the scaling study needs (parameters, training FLOPs per sample,
+    global batch), written before training."""
+    from rfsweep.atomic import atomic_write
+    from rfsweep.backbones.flops import train_flops_per_sample
+
+    net = module.net
+    info = {"backbone": module.meta["backbone"], "depth": len(getattr(net, "blocks", [])) or None,
+            "params": sum(p.numel() for p in net.parameters()), "batch_size": int(batch_size),
+            "train_flops_per_sample": train_flops_per_sample(net, tuple(module.meta["latent_shape"]),
+                                                             module.conditioner.context_len)}
+    with atomic_write(run_dir / runfolder.MODEL_INFO, "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard) -> int:
+    """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
+    `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
+    writes the run's files."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rfsweep.train.callbacks import EMAUpdate, FailureRecorder, PeriodicCheckpoint, Preemption, Progress
+
+    tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
+    periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss_ema", mode="min", save_top_k=1,
+                           enable_version_counter=False, auto_insert_metric_name=False,
+                           save_on_train_epoch_end=False)
+    if tr.compile:
+        module.net.compile()
+    callbacks = [EMAUpdate(), periodic, Preemption(periodic, guard), best, FailureRecorder(run_dir),
+                 Progress(run_dir, tr.max_steps, tr.batch_size)]
+    with _quiet():
+        trainer = L.Trainer(
+            accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
+            val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
+            callbacks=callbacks, logger=loggers(cfg, run_dir, module.meta), plugins=_plugins(),
+            default_root_dir=str(run_dir), deterministic=tr.deterministic,
+            enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(50, tr.val_every),
+            use_distributed_sampler=False,  # the data module shards the training stream itself, by rank
+        )
+    last = runfolder.last_checkpoint(run_dir)
+    if process_rank() == 0:
+        runfolder.write_status(run_dir, "running", step=_step_of(last), max_steps=int(tr.max_steps))
+        write_model_info(module, run_dir, tr.batch_size)
+    with _quiet():
+        trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
+    if not guard.stop_requested() and trainer.is_global_zero:
+        runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
+                               best_val_loss_ema=None if best.best_model_score is None else float(best.best_model_score))
+    return trainer.global_step
+
+
+@contextmanager
+def _quiet():
+    """Lightning's warnings that do not apply (LIGHTNING_FALSE_ALARMS) silenced; with one task per job, also its
+    advice to start the job with `srun` (it matters only for several tasks, which SLURM starts with srun)."""
+    with warnings.catch_warnings():
+        for message in LIGHTNING_FALSE_ALARMS:
+            warnings.filterwarnings("ignore", message=message)
+        if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+            warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+        yield
+
+
+def _plugins() -> list:
+    """Atomic checkpoints; under SLURM, Lightning's environment without its own auto-requeue (rfsweep's guard
+    requeues exactly once, `rfsweep.cluster.signals`)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from rfsweep.train.checkpoint_io import AtomicCheckpointIO
+
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def _step_of(ckpt: Path) -> int:
+    """The global step a checkpoint holds, without loading its tensors (0 without one)."""
+    if not ckpt.is_file():
+        return 0
+    import torch
+
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:
+        return 0
+
+
+def evaluated_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint evaluation uses: the lowest EMA validation loss, else the last one."""
+    ckpt_dir = runfolder.checkpoint_dir(run_dir)
+    return ckpt_dir / runfolder.BEST if (ckpt_dir / runfolder.BEST).is_file() else ckpt_dir / runfolder.LAST
+
+
+def load_weights(module, run_dir: Path) -> dict:
+    """Load `evaluated_checkpoint`; returns its info."""
+    from rfsweep.train.checkpoint_io import load_checkpoint
+
+    path = evaluated_checkpoint(run_dir)
+    ckpt = load_checkpoint(path)
+    module.load_state_dict(ckpt["state_dict"])
+    score = None
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            score = float(state["best_model_score"])
+    return {"path": str(path), "step": int(ckpt["global_step"]), "val_loss": score}

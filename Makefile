@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install test test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+.PHONY: install test test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+
+test-cluster: $(STAMP)            ## sweeps on a real one-node SLURM started here (root; < 10 min on 2 cores)
+	bash scripts/slurm_local.sh up
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider; \
+	  status=$$?; bash scripts/slurm_local.sh down; exit $$status
 
 test-slow: $(STAMP)                ## tests marked slow
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m slow
@@ -43,7 +48,7 @@ bench: $(STAMP)                    ## rfsweep MM-DiT vs diffusers SD3Transformer
 	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_backbones.py $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check rfsweep analysis tests benchmarks
+	$(PY) -m ruff check rfsweep analysis tests benchmarks hydra_plugins
 
 gpu-check:                         ## on a CUDA machine: GPU tests and the GPU benchmark in one go
 	bash scripts/gpu_check.sh

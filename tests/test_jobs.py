@@ -166,3 +166,21 @@ def test_dry_run_estimates_gpu_hours_from_the_backbone_flops():
     assert 4 * weights <= mlp["train_flops_per_sample"] <= 6.1 * weights
     assert mlp["train_flops"] == mlp["train_flops_per_sample"] * 20
     assert mlp["eval_flops"] > 0
+
+
+def test_the_preemption_signals_include_submitits_configured_one(monkeypatch):
+    from rfsweep.cluster.signals import PreemptionGuard, preemption_signals
+
+    assert set(preemption_signals()) == {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "WINCH")
+    assert signal.SIGWINCH in preemption_signals()
+    calls = []
+    before = signal.signal(signal.SIGWINCH, lambda s, f: calls.append(s))
+    try:
+        with PreemptionGuard() as guard:
+            signal.raise_signal(signal.SIGWINCH)
+            assert guard.received == "SIGWINCH" and not calls  # noted, not acted on
+            back = guard.hand_back()  # the handler before the guard's (submitit's) gets the signal, once
+            assert calls == [signal.SIGWINCH] and back.requeue.startswith("not requeued: the SIGWINCH handler")
+    finally:
+        signal.signal(signal.SIGWINCH, before)

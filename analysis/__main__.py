@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from analysis.completeness import missing
 from analysis.figures import fig3
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import table2, write_missing, write_table1, write_table2
-from rfsweep.results import REAL, WEIGHTS
+from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS
+from rfsweep.tracking import has_credentials
 
 
 def _load(source: str | None, weights: str | None):
@@ -41,12 +43,66 @@ def rank_table_cmd(args) -> int:
         write_table2(t2, out, miss)
     else:
         print(f"note: no Table 2 (no rows at steps=25 cfg=5.0 weights={w})", file=sys.stderr)
+    figures = {}
     if fig3(df, out / "fig3.png", weights=w) is None:
         print(f"note: no Fig. 3 (no rows at cfg=5.0 weights={w})", file=sys.stderr)
+    else:
+        figures["fig3"] = out / "fig3.png"
     print((out / "table1.md").read_text(), end="")
+    use_wandb = args.wandb if args.wandb is not None else has_credentials()
+    if use_wandb:
+        from analysis.wandb_study import log_study
+
+        if src.is_dir():
+            figures.update(_fig4(src, out))
+        experiment = str(manifest.get("experiment") or src.name) if manifest else src.stem
+        folder = log_study(src, out, experiment, table, t2 if len(t2) else None, df, miss, figures,
+                           project=args.project, entity=args.entity)
+        print(f"logged the analysis run to W&B ({folder})", file=sys.stderr)
     print(f"wrote {out}/" + (f" ({len(miss)} runs/settings missing, see missing.txt)" if miss else ""),
           file=sys.stderr)
     return 0
+
+
+def _fig4(sweep: Path, out: Path) -> dict:
+    from analysis.curves import collect_curves, fig4
+
+    try:
+        return {"fig4": fig4(collect_curves(sweep), out / "fig4.png")}
+    except ValueError:  # no validation curves below the sweep
+        return {}
+
+
+def wandb_dashboard_cmd(args) -> int:
+    from analysis.wandb_study import build_report, describe, ranking_settings
+
+    if args.sweep:
+        manifest = json.loads((Path(args.sweep) / MANIFEST_FILE).read_text())
+        datasets = list(dict.fromkeys(j["dataset"] for j in manifest["jobs"]))
+        settings = ranking_settings(manifest)
+    else:
+        datasets = args.datasets.split(",")
+        settings = ranking_settings({"weights": list(WEIGHTS), "settings": [list(s) for s in SETTINGS]})
+    report = build_report(args.entity, args.project, args.group, datasets, settings)
+    print(describe(report))
+    if args.save:
+        report.save()
+        print(f"saved: {report.url}")
+    return 0
+
+
+def wandb_sync_cmd(args) -> int:
+    import subprocess
+
+    from analysis.wandb_study import offline_run_folders, sync_command
+
+    folders = offline_run_folders(args.sweep)
+    if not folders:
+        print(f"{args.sweep}: no offline W&B runs below it")
+        return 0
+    cmd = sync_command(folders, args.project, args.entity, dry_run=args.dry_run)
+    print(f"{len(folders)} offline runs: {' '.join(cmd[:8])} ...", flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def correlate_cmd(args) -> int:
@@ -123,7 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="output directory (default <sweep>/analysis, or analysis_out/ for a CSV)")
     r.add_argument("--allow-incomplete", action="store_true", help="rank even if runs/settings are missing")
     r.add_argument("--weights", choices=WEIGHTS, help="rank only these weights (default: both)")
+    r.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="log the analysis run to W&B (default: when W&B credentials are configured)")
+    r.add_argument("--project", default="rfsweep", help="W&B project (default rfsweep)")
+    r.add_argument("--entity", help="W&B entity")
     r.set_defaults(func=rank_table_cmd)
+    d = sub.add_parser("wandb-dashboard", help="the sweep's W&B report, built as code (--save to create it)")
+    d.add_argument("--entity", required=True)
+    d.add_argument("--project", default="rfsweep")
+    d.add_argument("--group", required=True, help="the experiment name (the runs' W&B group)")
+    d.add_argument("--sweep", help="sweep directory: datasets and settings from its manifest")
+    d.add_argument("--datasets", default="imagenet,cc12m", help="dataset labels without --sweep")
+    d.add_argument("--save", action="store_true", help="create the report on the W&B server")
+    d.set_defaults(func=wandb_dashboard_cmd)
+    y = sub.add_parser("wandb-sync", help="upload every offline W&B run below a sweep (wandb sync)")
+    y.add_argument("sweep")
+    y.add_argument("--project")
+    y.add_argument("--entity")
+    y.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
+    y.set_defaults(func=wandb_sync_cmd)
     c = sub.add_parser("correlate", help="Spearman correlation of two sweeps' Table 1 ranks")
     c.add_argument("a", help="sweep directory or results CSV")
     c.add_argument("b", help="sweep directory or results CSV")

@@ -24,7 +24,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         weights = [str(w) for w in m["weights"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResultsError(f"{path}: corrupt manifest ({type(e).__name__}: {e})") from e
-    return {"jobs": jobs, "settings": settings, "weights": weights}
+    return {"jobs": jobs, "settings": settings, "weights": weights, "experiment": m.get("experiment")}
 
 
 def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:

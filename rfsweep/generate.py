@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     from rfsweep.builders import build_model
-    from rfsweep.evaluation.run import sample_grid
+    from rfsweep.evaluation.grids import save_captioned_grid
     from rfsweep.runfolder import BEST, LAST
     from rfsweep.sweep import register_resolvers
     from rfsweep.text_encoders import WeightsUnavailable
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     captions = [p for p in a.prompts for _ in range(a.n)]
     shift = cfg.sampler.shift if a.shift is None else a.shift
     images = module.generate(captions, steps=a.steps, cfg=a.cfg, shift=shift, seed=a.seed, weights=a.weights)
-    out = sample_grid(images, a.out or a.run_dir / "generated.png", nrow=a.n if a.n > 1 else min(len(captions), 8))
+    out = save_captioned_grid(images, captions, a.out or a.run_dir / "generated.png",
+                              nrow=a.n if a.n > 1 else min(len(captions), 8))
     print(out)
     return 0
 

@@ -21,6 +21,7 @@ from rfsweep import runfolder
 from rfsweep.cluster.lease import Lease, LeaseHeld
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.config import ConfigError, validate
+from rfsweep.tracking import job_run
 
 LAUNCH_ENV = "RFSWEEP_LAUNCH"  # the id of the sweep launch a job belongs to (set by the sweep's summary callback)
 
@@ -61,24 +62,27 @@ def check_multi_device(cfg: DictConfig) -> None:
 
 def _bad_input() -> tuple[type, ...]:
     from rfsweep.data import DataError
+    from rfsweep.evaluation.evaluators import EvaluatorUnavailable
     from rfsweep.formulations import VariantError
     from rfsweep.results import ResultsError
     from rfsweep.text_encoders import WeightsUnavailable
     from rfsweep.train.checkpoint_io import CheckpointError
 
     return (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
-            FileNotFoundError)
+            EvaluatorUnavailable, FileNotFoundError)
 
 
 def execute(cfg: DictConfig) -> int:
     """Run the job; returns its exit code. Records the outcome in the run folder (rank 0, not for dry runs)."""
     from hydra.errors import InstantiationException
 
+    from rfsweep.console import tidy_logging
     from rfsweep.train.fit import process_rank
     from rfsweep.train.module import NonFiniteLossError
 
     bad_input = _bad_input()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tidy_logging()
     with job_guard() as guard:
         try:
             try:
@@ -115,7 +119,7 @@ def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
 
     from rfsweep.formulations import build_formulation
     from rfsweep.sweep import formulation_spec
-    from rfsweep.train.fit import fit, load_weights, process_rank
+    from rfsweep.train.fit import process_rank
 
     if cfg.dry_run:
         from rfsweep.plan import dry_run_line
@@ -145,31 +149,49 @@ def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         from rfsweep.builders import build_module
+        from rfsweep.evaluate import build_evaluator
 
         module, data = build_module(cfg, formulation)
-        if not trained:
-            if rank0:
-                runfolder.save_config(run_dir, resolved)
-            step = fit(cfg, module, data, run_dir, guard)
-            if not rank0:  # the other ranks of a multi-device run end with training; rank 0 reports
-                return Outcome(0, "rank")
-            if guard.stop_requested():
-                return _stopped(cfg, run_dir, guard, step, "training")
-        info = load_weights(module, run_dir)
-        module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
-        module.place_frozen()
-        from rfsweep.evaluate import EvaluationStopped, evaluate_run, sample_grid
+        evaluator = build_evaluator(cfg) if cfg.eval.enabled and rank0 else None  # missing weights: before training
+        net = module.net
+        with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
+                p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None) as tracker:
+            result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained, rank0)
+            tracker.finish(result.outcome, result.reason)
+            return result
 
-        sample_grid(cfg, module, run_dir)
-        if cfg.eval.enabled:
-            settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
-            try:
-                evaluate_run(cfg, module, run_dir, info, settings, stop=guard.stop_requested)
-            except EvaluationStopped:
-                return _stopped(cfg, run_dir, guard, info["step"], "evaluation")
-        runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
-        print(f"done: {run_dir}", flush=True)
-        return Outcome(0, "done")
+
+def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker, trained: bool,
+          rank0: bool) -> Outcome:
+    """Train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
+    import torch
+
+    from rfsweep.evaluate import EvaluationStopped, evaluate_run, write_samples
+    from rfsweep.train.fit import fit, load_weights
+
+    if not trained:
+        if rank0:
+            runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        step = fit(cfg, module, data, run_dir, guard, tracker)
+        if not rank0:  # the other ranks of a multi-device run end with training; rank 0 reports
+            return Outcome(0, "rank")
+        if guard.stop_requested():
+            return _stopped(cfg, run_dir, guard, step, "training")
+    info = load_weights(module, run_dir)
+    module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
+    module.place_frozen()
+    grid, captions = write_samples(cfg, module, run_dir)
+    tracker.log_samples(grid, captions, info["step"])
+    if cfg.eval.enabled:
+        settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
+        try:
+            evaluate_run(cfg, module, run_dir, info, settings, evaluator, stop=guard.stop_requested,
+                         tracker=tracker)
+        except EvaluationStopped:
+            return _stopped(cfg, run_dir, guard, info["step"], "evaluation")
+    runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
+    print(f"done: {run_dir}", flush=True)
+    return Outcome(0, "done")
 
 
 def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str) -> Outcome:

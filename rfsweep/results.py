@@ -32,6 +32,13 @@ REAL = "real"  # weights/family value of reference rows
 REAL_VARIANT = "real images"
 FAMILIES = ("rf", "edm", "eps", "v")
 
+
+
+def setting_name(weights: str, steps: int, cfg: float) -> str:
+    """One evaluation setting's name, e.g. ema_steps25_cfg5: sample grid files, W&B keys, dashboard panels."""
+    return f"{weights}_steps{int(steps)}_cfg{float(cfg):g}"
+
+
 _DTYPES = {"steps": "int64", "cfg": "float64", "clip_score": "float64", "fid": "float64", "n_samples": "int64"}
 
 

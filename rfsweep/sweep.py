@@ -117,7 +117,7 @@ class ManifestCallback(Callback):
             seen[folder] = overrides
             jobs.append({"variant": variant, "dataset": str(cfg.data.label),
                          "backbone": str(cfg.backbone.label), "seed": int(cfg.seed), "run": folder})
-        manifest = {"jobs": jobs, "settings": [list(s) for s in config.eval.settings],
+        manifest = {"experiment": str(config.name), "jobs": jobs, "settings": [list(s) for s in config.eval.settings],
                     "weights": list(config.eval.weights),
                     # the launch command, so `python -m analysis status --resubmit` can launch it again
                     "command": {"task": _raw(config.hydra.overrides.task),

@@ -23,7 +23,8 @@ def test_grid_of_prompts_is_written_and_reproducible(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "a.png")
     assert main([*args, "--out", str(tmp_path / "b.png")]) == 0
     a, b = (np.asarray(Image.open(tmp_path / f)) for f in ("a.png", "b.png"))
-    assert a.shape[:2] == (2 * 9 + 1, 3 * 9 + 1)  # 2 prompts x 3 images of 8x8, 1-pixel padding
+    # 2 prompts x 3 images of 8x8, each upscaled 8x to 64 px with its prompt under it, in cells >= 96 px wide
+    assert a.shape[0] >= 2 * 64 and a.shape[1] >= 3 * 96
     assert np.array_equal(a, b)
     assert main([*args, "--seed", "1", "--out", str(tmp_path / "c.png")]) == 0
     assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "c.png")))

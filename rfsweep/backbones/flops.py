@@ -54,3 +54,12 @@ def counted_train_flops(net, latent_shape: tuple[int, int, int], txt_tokens: int
     with FlopCounterMode(display=False) as counter:
         net(x, t, ctx, pooled).float().sum().backward()
     return float(counter.get_total_flops())
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) of the cards rfsweep is measured on, for MFU; None for others.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The bf16 peak of a CUDA device from its name (e.g. "NVIDIA H100 80GB HBM3"), None if not in PEAK_BF16."""
+    return next((v for k, v in PEAK_BF16.items() if k in device_name), None)

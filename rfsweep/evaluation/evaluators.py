@@ -38,6 +38,15 @@ class Evaluator:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
+    def to(self, device: str | torch.device) -> Evaluator:
+        """Move the model and its tensors (built on the CPU before training, moved for evaluation)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(self.device))
+        return self
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

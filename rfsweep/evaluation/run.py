@@ -11,10 +11,11 @@ import itertools
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
+from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
 from rfsweep.evaluation.reference import ReferenceStats
+from rfsweep.results import setting_name
 
 # Sec. 5.1: 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0. Euler always.
 PAPER_SETTINGS = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
@@ -29,14 +30,6 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
     return list(itertools.islice(itertools.cycle(captions), n))
 
 
-def sample_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Save images (B, 3, H, W) in [-1, 1] as one PNG grid; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=1)
-    return path
-
-
 @torch.no_grad()
 def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=PAPER_SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
@@ -44,7 +37,7 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
     """One row per (weights, steps, cfg): {weights, steps, cfg, clip_score, fid, n_samples}.
 
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
-    saved as `<weights>_steps<steps>_cfg<cfg>.png`. `stop()`, if given, is asked before each setting after the first: True raises
+    saved as `<setting_name>.png` with their prompts. `stop()`, if given, is asked before each setting after the first: True raises
     EvaluationStopped (a pre-emption signal; the job is requeued and evaluates again).
     """
     if ref_stats.evaluator_id != evaluator.id:
@@ -67,5 +60,6 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
         rows.append({"weights": w, "steps": steps, "cfg": cfg, "clip_score": clip_score(feats, text),
                      "fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma), "n_samples": n_samples})
         if grid_dir is not None:
-            sample_grid(torch.cat(shown), Path(grid_dir) / f"{w}_steps{steps}_cfg{cfg:g}.png")
+            shown = torch.cat(shown)
+            save_captioned_grid(shown, prompts[: len(shown)], Path(grid_dir) / f"{setting_name(w, steps, cfg)}.png")
     return rows

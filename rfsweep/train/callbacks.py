@@ -61,25 +61,92 @@ class Preemption(L.Callback):
 
 class Progress(L.Callback):
     """Keeps `status.json` (state running) current: step, max_steps, steps/s and samples/s, at most every
-    `every_s` seconds, so `python -m analysis status` shows progress and an ETA."""
+    `every_s` seconds, so `python -m analysis status` shows progress and an ETA; with `echo`, also prints a progress
+    line (a job writing to a log file has no progress bar)."""
 
-    def __init__(self, run_dir: str | Path, max_steps: int, batch_size: int, every_s: float = 30.0):
+    def __init__(self, run_dir: str | Path, max_steps: int, batch_size: int, every_s: float = 30.0,
+                 echo: bool = False):
         self.run_dir, self.max_steps, self.batch_size, self.every_s = run_dir, int(max_steps), batch_size, every_s
+        self.echo = echo
         self._mark: tuple[float, int] | None = None
         self._last_write = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now, step = time.time(), trainer.global_step
         if self._mark is None:
-            self._mark = (now, step)
+            self._mark, self._last_write = (now, step), now
             return
-        if now - self._last_write < self.every_s or not trainer.is_global_zero:
-            return
+        if now - self._last_write >= self.every_s and trainer.is_global_zero:
+            self._report(trainer, now, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._mark is not None and trainer.is_global_zero and self.echo:
+            self._report(trainer, time.time(), trainer.global_step, write=False)
+
+    def _report(self, trainer, now: float, step: int, write: bool = True) -> None:
         t0, s0 = self._mark
         rate = (step - s0) / max(now - t0, 1e-9)
-        runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
-                               steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
+        if write:
+            runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
+                                   steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
+        if self.echo:
+            from rfsweep.console import progress_line
+
+            loss = trainer.callback_metrics.get("train/loss")
+            print(progress_line(step, self.max_steps, rate, None if loss is None else float(loss)), flush=True)
         self._last_write = now
+
+
+class Throughput(L.Callback):
+    """Logs `perf/samples_per_s` (global batch) every `every` steps and, on a GPU whose peak is known, `perf/mfu`
+    from the backbone's training FLOPs per sample (`rfsweep.backbones.flops`)."""
+
+    def __init__(self, batch_size: int, flops_per_sample: float | None, every: int = 50):
+        self.batch_size, self.flops, self.every = batch_size, flops_per_sample, every
+        self._mark: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now, step = time.time(), trainer.global_step
+        if self._mark is None or step - self._mark[1] >= self.every:
+            if self._mark is not None:
+                rate = (step - self._mark[1]) * self.batch_size / max(now - self._mark[0], 1e-9)
+                values = {"perf/samples_per_s": rate}
+                peak = self._peak(pl_module)
+                if peak and self.flops:
+                    values["perf/mfu"] = rate * self.flops / (peak * trainer.world_size)
+                if trainer.is_global_zero:
+                    for logger in trainer.loggers:
+                        logger.log_metrics(values, step=step)
+            self._mark = (now, step)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.time()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._mark is not None:  # validation time is not training throughput
+            self._mark = (self._mark[0] + time.time() - self._val_start, self._mark[1])
+
+    @staticmethod
+    def _peak(pl_module) -> float | None:
+        import torch
+
+        from rfsweep.backbones.flops import peak_flops
+
+        dev = pl_module.device
+        return peak_flops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
+
+
+class BestValidation(L.Callback):
+    """The run's lowest EMA validation loss and the step it was reached at, in the W&B run's summary."""
+
+    def __init__(self, tracker):
+        self.tracker, self.best = tracker, float("inf")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get("val/loss_ema")
+        if value is not None and float(value) < self.best and trainer.is_global_zero:
+            self.best = float(value)
+            self.tracker.summary({"best/val_loss_ema": self.best, "best/step": trainer.global_step})
 
 
 class FailureRecorder(L.Callback):

@@ -31,7 +31,8 @@ def process_rank() -> int:
     return getattr(rank_zero_only, "rank", 0)
 
 
-def loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
+def loggers(cfg: DictConfig, run_dir: Path, tracker=None) -> list:
+    """CSV metrics in the run folder and the job's W&B run (`rfsweep.tracking.JobRun`), as configured."""
     from lightning.pytorch.loggers import CSVLogger
 
     out = []
@@ -39,10 +40,9 @@ def loggers(cfg: DictConfig, run_dir: Path, meta: dict) -> list:
         if process_rank() == 0:
             runfolder.keep_previous_metrics(run_dir)
         out.append(CSVLogger(str(run_dir), name="", version=""))
-    if cfg.logger.wandb:
-        from rfsweep.wandb_logger import make_wandb_logger
-
-        out.append(make_wandb_logger(cfg, run_dir, meta))
+    wandb_logger = tracker.lightning_logger() if tracker is not None else None
+    if wandb_logger is not None:
+        out.append(wandb_logger)
     return out
 
 
@@ -61,14 +61,23 @@ def write_model_info(module, run_dir: Path, batch_size: int) -> None:
         json.dump(info, f, indent=1)
 
 
-def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard) -> int:
+def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tracker=None) -> int:
     """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
     `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
     writes the run's files."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from rfsweep.train.callbacks import EMAUpdate, FailureRecorder, PeriodicCheckpoint, Preemption, Progress
+    from rfsweep.backbones.flops import train_flops_per_sample
+    from rfsweep.train.callbacks import (
+        BestValidation,
+        EMAUpdate,
+        FailureRecorder,
+        PeriodicCheckpoint,
+        Preemption,
+        Progress,
+        Throughput,
+    )
 
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
     periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every)
@@ -77,15 +86,26 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard) ->
                            save_on_train_epoch_end=False)
     if tr.compile:
         module.net.compile()
+    from rfsweep.console import StepProgressBar, interactive, tidy_logging
+
+    tidy_logging()
+    log_every = max(1, min(50, tr.val_every, tr.max_steps))
+    flops = train_flops_per_sample(module.net, tuple(module.meta["latent_shape"]), module.conditioner.context_len)
+    logs, bar = loggers(cfg, run_dir, tracker), interactive()
     callbacks = [EMAUpdate(), periodic, Preemption(periodic, guard), best, FailureRecorder(run_dir),
-                 Progress(run_dir, tr.max_steps, tr.batch_size)]
+                 Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar),
+                 Throughput(tr.batch_size, flops, log_every)]
+    callbacks += [StepProgressBar()] if bar else []
+    callbacks += [LearningRateMonitor(logging_interval="step")] if logs else []
+    if tracker is not None and tracker.run is not None:
+        callbacks.append(BestValidation(tracker))
     with _quiet():
         trainer = L.Trainer(
             accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
             val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
-            callbacks=callbacks, logger=loggers(cfg, run_dir, module.meta), plugins=_plugins(),
+            callbacks=callbacks, logger=logs or False, plugins=_plugins(), enable_progress_bar=bar,
             default_root_dir=str(run_dir), deterministic=tr.deterministic,
-            enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(50, tr.val_every),
+            enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=log_every,
             use_distributed_sampler=False,  # the data module shards the training stream itself, by rank
         )
     last = runfolder.last_checkpoint(run_dir)

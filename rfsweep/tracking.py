@@ -1,0 +1,158 @@
+"""W&B tracking, in one home: one W&B run per job, opened when the job starts work and finished when it ends (failed
+with the reason, or pre-empted), whatever launcher runs it; offline unless credentials for the W&B server are
+configured, so a run never waits on the network (`python -m analysis wandb-sync SWEEP` uploads later).
+
+A run's id is fixed by its run folder, so a job that resumes or only evaluates logs to the same W&B run (online
+it resumes it; offline each launch writes an `offline-run-*` folder with that id, and `wandb sync` appends them).
+Its config carries at the top level what a dashboard groups by (`GROUP_KEYS`); its group is the experiment and its
+job type `train`, `evaluate` (a launch that only evaluates) or `analysis` (the study's tables). Every metric is
+plotted against `trainer/global_step`; the lowest EMA validation loss and its step are the run's summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import netrc
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+GROUP_KEYS = ("variant", "family", "dataset", "backbone", "seed", "experiment", "params", "depth")
+STEP = "trainer/global_step"
+DEFAULT_HOST = "https://api.wandb.ai"
+
+
+def has_credentials(env=None) -> bool:
+    """An API key in the environment, or a netrc entry for the configured server (`WANDB_BASE_URL`'s host)."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL", DEFAULT_HOST)).hostname or "api.wandb.ai"
+    try:
+        path = env.get("NETRC") or os.path.join(env.get("HOME", os.path.expanduser("~")), ".netrc")
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(env=None) -> str:
+    """`WANDB_MODE` if set, else online with credentials and offline without."""
+    env = os.environ if env is None else env
+    return env.get("WANDB_MODE") or ("online" if has_credentials(env) else "offline")
+
+
+def run_id(run_dir: str | Path) -> str:
+    """The W&B run id of a run folder: stable across launches, so they log to one W&B run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def run_config(cfg: DictConfig, meta: dict, params: int | None = None, depth: int | None = None) -> dict:
+    """The W&B config: the grouping keys at the top level, the resolved run config below `run`."""
+    keys = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
+            "backbone": meta["backbone"], "seed": int(meta["seed"]), "experiment": str(cfg.name),
+            "params": params, "depth": depth}
+    return {**keys, "run": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def open_run(cfg: DictConfig, run_dir: Path, config: dict, job_type: str, name: str | None = None):
+    """A W&B run for this job (wandb.init with the stable id); the caller finishes it."""
+    import wandb
+
+    if os.environ.get("WANDB_MODE") == "":  # wandb refuses an empty mode; empty means unset
+        del os.environ["WANDB_MODE"]
+    mode = wandb_mode()
+    settings = wandb.Settings(init_timeout=30, silent=True, console="off", x_disable_stats=True)
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=run_id(run_dir),
+                     name=name or str(cfg.job_name), group=str(cfg.name), job_type=job_type, dir=str(run_dir),
+                     config=config, mode="offline" if mode in ("offline", "dryrun") else mode,
+                     resume="allow" if mode == "online" else None, reinit="create_new", settings=settings,
+                     tags=[f"{k}:{config[k]}" for k in ("family", "variant", "dataset", "backbone")])
+    run.define_metric(STEP)
+    run.define_metric("*", step_metric=STEP, step_sync=True)
+    run.define_metric("val/loss_ema", summary="min", step_metric=STEP)
+    run.define_metric("val/loss_raw", summary="min", step_metric=STEP)
+    return run
+
+
+class JobRun:
+    """The W&B run of one job, or nothing when `logger.wandb` is off. `finish(outcome, reason)` ends it: `done`
+    finishes it, `preempted` marks it pre-empted, anything else marks it failed with the reason."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict, job_type: str, params=None, depth=None):
+        self.run = None
+        if cfg.logger.wandb:
+            self.run = open_run(cfg, run_dir, run_config(cfg, meta, params, depth), job_type)
+
+    def lightning_logger(self):
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(experiment=self.run) if self.run is not None else None
+
+    def log(self, values: dict, step: int) -> None:
+        if self.run is not None:
+            self.run.log({**values, STEP: step})
+
+    def summary(self, values: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def log_samples(self, path: Path, captions: list[str], step: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.log({"samples/grid": wandb.Image(str(path), caption=" | ".join(captions))}, step)
+
+    def log_evaluation(self, rows: list[dict], grids: dict, info: dict) -> None:
+        """The evaluation as a table (the results schema's columns), each setting's CLIP score and FID (history and
+        summary, so a dashboard can plot one against the other per setting), each setting's sample grid with its
+        prompts, and the evaluated checkpoint as an artifact reference (the file stays where it is)."""
+        if self.run is None:
+            return
+        import wandb
+
+        from rfsweep.results import COLUMNS, REAL, setting_name
+
+        values = {"eval/results": wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])}
+        for r in rows:
+            key = "eval/real" if r["weights"] == REAL else f"eval/{setting_name(r['weights'], r['steps'], r['cfg'])}"
+            values[f"{key}/clip_score"], values[f"{key}/fid"] = float(r["clip_score"]), float(r["fid"])
+        for name, (path, captions) in grids.items():
+            values[f"samples/{name}"] = wandb.Image(str(path), caption=" | ".join(captions))
+        self.log(values, info["step"])
+        self.summary({k: v for k, v in values.items() if k.endswith(("/clip_score", "/fid"))})
+        ckpt = Path(info["path"]).resolve()
+        art = wandb.Artifact(f"checkpoint-{self.run.id}", type="model",
+                             metadata={"step": info["step"], "val_loss_ema": info["val_loss"]})
+        art.add_reference(ckpt.as_uri(), name=ckpt.name, checksum=False)  # a reference: nothing is uploaded
+        self.run.log_artifact(art, aliases=["evaluated", f"step-{info['step']}"])
+
+    def finish(self, outcome: str, reason: str = "") -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        run.summary.update({"rfsweep/outcome": outcome, **({"rfsweep/reason": reason} if reason else {})})
+        if outcome in ("preempted", "requeued", "cancelled"):
+            run.mark_preempting()
+            run.finish(exit_code=0)
+        else:
+            run.finish(exit_code=0 if outcome == "done" else 1)
+
+
+@contextmanager
+def job_run(cfg: DictConfig, run_dir: Path, meta: dict, job_type: str, params=None, depth=None):
+    """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason, then propagates
+    (a SystemExit too: submitit's requeue)."""
+    tracker = JobRun(cfg, run_dir, meta, job_type, params, depth)
+    try:
+        yield tracker
+    except SystemExit:
+        tracker.finish("requeued")
+        raise
+    except BaseException as e:
+        tracker.finish("failed", f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        raise
+    finally:
+        tracker.finish("done")  # a no-op when finished above or by the job

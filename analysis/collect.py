@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfsweep.results import COLUMNS, MANIFEST_FILE, RESULTS_FILE, ResultsError, read_results, validate_rows
+from rfsweep.results import MANIFEST_FILE, columns, RESULTS_FILE, ResultsError, read_results, validate_rows
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -41,7 +41,7 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     if not files and manifest is None:
         raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
     frames = [read_results(f) for f in files]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns()))
     return (validate_rows(df) if frames else df), manifest
 
 

@@ -10,27 +10,29 @@ matplotlib.use("Agg")  # analysis never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rfsweep.metrics import METRICS  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
 
 FAMILY_COLORS = {"edm": "tab:blue", "rf": "tab:red", "eps": "tab:green", "v": "tab:orange"}
-_METRICS = (("fid", "FID"), ("clip_score", "CLIP score"))
 
 
 def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema") -> Path | None:
-    """Save Fig. 3 to ``path``: per dataset a pair of panels (FID, CLIP) against the sampling steps present
+    """Save Fig. 3 to ``path``: per dataset one panel per registered metric against the sampling steps present
     at ``cfg``; each variant a thin line in its family's colour, each family's median bold, and the
     reference (real images) as a dashed line when the evaluation wrote one.
     Returns None (and writes nothing) when no row matches."""
     sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
     if sel.empty:
         return None
-    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[["fid", "clip_score"]].mean()
+    metrics = sorted(METRICS.values(), key=lambda m: m.direction)  # FID first, as the paper draws it
+    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[[m.name for m in metrics]].mean()
     datasets = list(dict.fromkeys(sel["dataset"]))
     steps = sorted(pts["steps"].unique())
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(9, 3.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(datasets)),
+                             squeeze=False)
     for row, ds in zip(axes, datasets):
         d = pts[pts["dataset"] == ds]
-        for ax, (metric, label) in zip(row, _METRICS):
+        for ax, (metric, label) in zip(row, [(m.name, m.label) for m in metrics]):
             for fam, color in FAMILY_COLORS.items():
                 f = d[d["family"] == fam]
                 for _, v in f.groupby("variant"):

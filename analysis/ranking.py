@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from rfsweep.metrics import METRICS
 from rfsweep.results import REAL
 
 # A setting is one (dataset, weights, steps, cfg) cell; backbone is part of it so that a sweep over
@@ -14,24 +15,26 @@ SETTING_KEYS = ["dataset", "backbone", "weights", "steps", "cfg"]
 TABLE1_COLUMNS = ["variant", "all", "5 steps", "50 steps"]
 
 
-def pareto_ranks(clip, fid) -> np.ndarray:
-    """Non-dominated sorting with CLIP score up and FID down (Sec. 5.1).
+def pareto_ranks(values, directions) -> np.ndarray:
+    """Non-dominated sorting over any number of objectives (Sec. 5.1: CLIP score up, FID down).
 
-    ``a`` dominates ``b`` if ``clip_a >= clip_b`` and ``fid_a <= fid_b`` with at least one strict; rank 1 is
-    the Pareto set, which is removed before the next set gets rank 2, and so on. Exact duplicates never
-    dominate each other and so share a rank.
+    ``values``: (N, M), one column per objective; ``directions``: M of "max" / "min". ``a`` dominates ``b`` if
+    it is at least as good in every objective and better in one; rank 1 is the Pareto set, which is removed
+    before the next set gets rank 2, and so on. Exact duplicates never dominate each other and share a rank.
     """
-    clip, fid = np.asarray(clip, dtype=float), np.asarray(fid, dtype=float)
-    if clip.shape != fid.shape or clip.ndim != 1:
-        raise ValueError(f"clip and fid must be 1-d of equal length, got {clip.shape} and {fid.shape}")
-    if not (np.isfinite(clip).all() and np.isfinite(fid).all()):
-        raise ValueError("clip and fid must be finite")
-    # dom[i, j]: i dominates j
-    ge, le = clip[:, None] >= clip[None, :], fid[:, None] <= fid[None, :]
-    strict = (clip[:, None] > clip[None, :]) | (fid[:, None] < fid[None, :])
-    dom = ge & le & strict
-    ranks = np.zeros(len(clip), dtype=int)
-    left = np.ones(len(clip), dtype=bool)
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2 or x.shape[1] != len(directions):
+        raise ValueError(f"values must be (N, {len(directions)}) for directions {list(directions)}, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("objective values must be finite")
+    if any(d not in ("max", "min") for d in directions):
+        raise ValueError(f"directions {list(directions)}: each must be max or min")
+    x = x * np.where(np.asarray(directions) == "max", 1.0, -1.0)  # every objective: higher is better
+    ge = (x[:, None, :] >= x[None, :, :]).all(-1)  # ge[i, j]: i at least as good as j everywhere
+    gt = (x[:, None, :] > x[None, :, :]).any(-1)
+    dom = ge & gt  # dom[i, j]: i dominates j
+    ranks = np.zeros(len(x), dtype=int)
+    left = np.ones(len(x), dtype=bool)
     r = 0
     while left.any():
         r += 1
@@ -42,11 +45,13 @@ def pareto_ranks(clip, fid) -> np.ndarray:
 
 
 def setting_ranks(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, variant) with its Pareto ``rank`` in that setting. Rows of one variant in one
-    setting (several seeds) are averaged first; reference rows (weights == "real") are dropped."""
+    """One row per (setting, variant) with its Pareto ``rank`` in that setting over every registered metric.
+    Rows of one variant in one setting (several seeds) are averaged first; reference rows are dropped."""
+    names = list(METRICS)
+    directions = [METRICS[n].direction for n in names]
     df = df[df["weights"] != REAL]
-    pts = df.groupby(SETTING_KEYS + ["variant"], as_index=False)[["clip_score", "fid"]].mean()
-    parts = [g.assign(rank=pareto_ranks(g["clip_score"], g["fid"])) for _, g in pts.groupby(SETTING_KEYS)]
+    pts = df.groupby(SETTING_KEYS + ["variant"], as_index=False)[names].mean()
+    parts = [g.assign(rank=pareto_ranks(g[names].to_numpy(), directions)) for _, g in pts.groupby(SETTING_KEYS)]
     return pd.concat(parts, ignore_index=True) if parts else pts.assign(rank=pd.Series(dtype=int))
 
 

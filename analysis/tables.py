@@ -1,8 +1,8 @@
 """Tables 1 and 2 of the paper as CSV, Markdown and LaTeX.
 
-Table 2's CSV has, next to each metric column ``<col>``, a column ``<col> place`` holding 1, 2 or 3 for the
-best, second and third variant of that column (CLIP higher is better, FID lower is better; ties share a
-place, competition style) and empty otherwise. Markdown marks them **bold**, <u>underlined</u>, *italic*;
+Table 2's CSV has, per dataset and registered metric (`rfsweep.metrics`), a column ``<dataset> <heading>`` and
+next to it ``<col> place`` holding 1, 2 or 3 for the best, second and third variant of that column (in the
+metric's direction; ties share a place, competition style) and empty otherwise. Markdown marks them **bold**, <u>underlined</u>, *italic*;
 LaTeX \\textbf, \\underline, \\textit. The reference row ("real images") is never placed.
 When the grid was incomplete, Markdown and LaTeX files open with a comment saying what was missing and
 ``missing.txt`` lists every missing run and setting.
@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.ranking import TABLE1_COLUMNS
+from rfsweep.metrics import METRICS
 from rfsweep.results import REAL, REAL_VARIANT
 
 MISSING_FILE = "missing.txt"
@@ -78,7 +79,7 @@ def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | 
 
 def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "ema",
            order: list[str] | None = None) -> pd.DataFrame:
-    """Table 2: CLIP and FID per dataset at one sampler setting, with ``<col> place`` columns.
+    """Table 2: every registered metric per dataset at one sampler setting, with ``<col> place`` columns.
 
     Several rows of one variant (seeds) are averaged. Rows follow ``order`` (e.g. Table 1's), else variant
     name; the reference row, when the evaluation wrote one, comes last.
@@ -87,7 +88,7 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     real = df[df["weights"] == REAL].assign(variant=REAL_VARIANT)
     datasets = list(dict.fromkeys(sel["dataset"]))
     real = real[real["dataset"].isin(datasets)]
-    wide = pd.concat([sel, real]).groupby(["variant", "dataset"])[["clip_score", "fid"]].mean().unstack("dataset")
+    wide = pd.concat([sel, real]).groupby(["variant", "dataset"])[list(METRICS)].mean().unstack("dataset")
     if sel.empty:
         return pd.DataFrame({"variant": []})
     pos = {v: i for i, v in enumerate(order or [])}
@@ -95,16 +96,19 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     names += [REAL_VARIANT] if REAL_VARIANT in wide.index and REAL_VARIANT not in names else []
     out = pd.DataFrame({"variant": names})
     for ds in datasets:
-        for metric, col, best_high in (("clip_score", f"{ds} CLIP", True), ("fid", f"{ds} FID", False)):
-            vals = wide[(metric, ds)].reindex(names).to_numpy()
+        for m in METRICS.values():
+            col = f"{ds} {m.heading}"
+            vals = wide[(m.name, ds)].reindex(names).to_numpy()
             out[col] = vals
-            ranked = pd.Series(vals).where(out["variant"] != REAL_VARIANT).rank(method="min", ascending=not best_high)
+            ranked = pd.Series(vals).where(out["variant"] != REAL_VARIANT).rank(method="min",
+                                                                               ascending=m.direction == "min")
             out[f"{col} place"] = ranked.where(ranked <= 3).astype("Int64")
     return out
 
 
 def _fmt(col: str, x: float) -> str:
-    return "-" if pd.isna(x) else (f"{x:.3f}" if col.endswith("CLIP") else f"{x:.2f}")
+    digits = next((m.digits for m in METRICS.values() if col.endswith(f" {m.heading}")), 3)
+    return "-" if pd.isna(x) else f"{x:.{digits}f}"
 
 
 def write_table2(t2: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None) -> list[Path]:

@@ -17,14 +17,20 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from rfsweep.atomic import atomic_write
+from rfsweep.metrics import metric_names
 
 RESULTS_FILE = "results.csv"
 MANIFEST_FILE = "manifest.json"
 
-COLUMNS = (
-    "variant", "family", "dataset", "backbone", "weights", "steps", "cfg",
-    "clip_score", "fid", "n_samples", "ckpt_step", "val_loss", "seed", "run_dir",
-)
+KEYS = ("variant", "family", "dataset", "backbone", "weights", "steps", "cfg")  # one setting of one run
+TAIL = ("n_samples", "ckpt_step", "val_loss", "seed", "run_dir")
+
+
+def columns() -> tuple[str, ...]:
+    """The schema's columns: the keys, one column per registered metric (`rfsweep.metrics`), the tail."""
+    return (*KEYS, *metric_names(), *TAIL)
+
+
 # Sec. 5.1 / App. B.3: Euler sampler, 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0.
 SETTINGS: tuple[tuple[int, float], ...] = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
 WEIGHTS = ("ema", "raw")
@@ -39,7 +45,7 @@ def setting_name(weights: str, steps: int, cfg: float) -> str:
     return f"{weights}_steps{int(steps)}_cfg{float(cfg):g}"
 
 
-_DTYPES = {"steps": "int64", "cfg": "float64", "clip_score": "float64", "fid": "float64", "n_samples": "int64"}
+_DTYPES = {"steps": "int64", "cfg": "float64", "n_samples": "int64"}
 
 
 class ResultsError(ValueError):
@@ -52,11 +58,12 @@ def _frame(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
 
 def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Check ``df`` against the schema; return it with columns in schema order and numeric dtypes."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+    cols = columns()
+    missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ResultsError(f"missing columns {missing}; required: {list(COLUMNS)}")
-    df = df.loc[:, list(COLUMNS)].copy()
-    for col, dtype in _DTYPES.items():
+        raise ResultsError(f"missing columns {missing}; required: {list(cols)}")
+    df = df.loc[:, list(cols)].copy()
+    for col, dtype in {**_DTYPES, **{m: "float64" for m in metric_names()}}.items():
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna() & df[col].notna()
         if bad.any():
@@ -75,7 +82,7 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     bad = sorted(set(df["family"]) - {*FAMILIES, REAL})
     if bad:
         raise ResultsError(f"column 'family' has {bad}; allowed: {[*FAMILIES, REAL]}")
-    for col in ("clip_score", "fid"):
+    for col in metric_names():
         if not df[col].map(math.isfinite).all():
             raise ResultsError(f"column {col!r} must be finite, got {df[col][~df[col].map(math.isfinite)].iloc[0]}")
     if (df["n_samples"] < 0).any():

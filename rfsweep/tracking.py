@@ -113,16 +113,18 @@ class JobRun:
             return
         import wandb
 
-        from rfsweep.results import COLUMNS, REAL, setting_name
+        from rfsweep.metrics import metric_names
+        from rfsweep.results import REAL, columns, setting_name
 
-        values = {"eval/results": wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])}
+        cols = columns()
+        values = {"eval/results": wandb.Table(columns=list(cols), data=[[r.get(c) for c in cols] for r in rows])}
         for r in rows:
             key = "eval/real" if r["weights"] == REAL else f"eval/{setting_name(r['weights'], r['steps'], r['cfg'])}"
-            values[f"{key}/clip_score"], values[f"{key}/fid"] = float(r["clip_score"]), float(r["fid"])
+            values.update({f"{key}/{m}": float(r[m]) for m in metric_names()})
         for name, (path, captions) in grids.items():
             values[f"samples/{name}"] = wandb.Image(str(path), caption=" | ".join(captions))
         self.log(values, info["step"])
-        self.summary({k: v for k, v in values.items() if k.endswith(("/clip_score", "/fid"))})
+        self.summary({k: v for k, v in values.items() if k.startswith("eval/") and k != "eval/results"})
         ckpt = Path(info["path"]).resolve()
         art = wandb.Artifact(f"checkpoint-{self.run.id}", type="model",
                              metadata={"step": info["step"], "val_loss_ema": info["val_loss"]})

@@ -32,13 +32,13 @@ def dominates(i, j, clip, fid):
     ([], [], []),
 ])
 def test_pareto_ranks_by_hand(clip, fid, ranks):
-    assert pareto_ranks(clip, fid).tolist() == ranks
+    assert pareto_ranks(np.column_stack([clip, fid]).reshape(-1, 2), ["max", "min"]).tolist() == ranks
 
 
 def test_pareto_ranks_properties():
     rng = np.random.default_rng(1)
     clip, fid = rng.integers(0, 6, 60) / 10, rng.integers(0, 6, 60).astype(float)  # many ties
-    r = pareto_ranks(clip, fid)
+    r = pareto_ranks(np.column_stack([clip, fid]), ["max", "min"])
     for j in range(60):
         assert not any(dominates(i, j, clip, fid) for i in range(60) if r[i] >= r[j])
         if r[j] > 1:
@@ -47,7 +47,17 @@ def test_pareto_ranks_properties():
 
 def test_pareto_ranks_rejects_nan():
     with pytest.raises(ValueError, match="finite"):
-        pareto_ranks([0.2, np.nan], [1, 2])
+        pareto_ranks([[0.2, 1], [np.nan, 2]], ["max", "min"])
+
+
+def test_pareto_ranks_over_three_objectives_with_directions():
+    # a third objective (lower is better) lets c escape a's domination; flipping a direction reverses order
+    x = [[0.3, 10, 5], [0.2, 20, 1], [0.25, 15, 9]]
+    assert pareto_ranks(x, ["max", "min", "min"]).tolist() == [1, 1, 2]
+    assert pareto_ranks([[1.0], [2.0], [3.0]], ["min"]).tolist() == [1, 2, 3]
+    assert pareto_ranks([[1.0], [2.0], [3.0]], ["max"]).tolist() == [3, 2, 1]
+    with pytest.raises(ValueError, match="max or min"):
+        pareto_ranks([[1.0]], ["up"])
 
 
 # --- Table 1 --------------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from rfsweep.results import (
-    COLUMNS,
     REAL,
     REAL_VARIANT,
     SETTINGS,
     WEIGHTS,
     ResultsError,
+    columns,
     read_results,
     results_complete,
     validate_rows,
@@ -59,7 +59,7 @@ def test_roundtrip_keeps_schema_order_and_values(tmp_path):
     shuffled = df[list(reversed(df.columns))]
     write_results(tmp_path / "results.csv", shuffled)
     back = read_results(tmp_path / "results.csv")
-    assert list(back.columns) == list(COLUMNS)
+    assert list(back.columns) == list(columns())
     pd.testing.assert_frame_equal(back[["steps", "clip_score"]], df[["steps", "clip_score"]])
     assert set(back["weights"]) == {"ema", "raw", "real"}
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from analysis.__main__ import main as analysis_main
-from rfsweep.results import COLUMNS
+from rfsweep.results import columns
 from rfsweep.runfolder import read_status, write_status
 from rfsweep.tracking import has_credentials, run_id, wandb_mode
 from tests.helpers import run_cli, tiny
@@ -59,7 +59,7 @@ def test_one_wandb_run_per_job_with_grouping_keys_summaries_and_tables(sweep):
             assert 0 < s[f"eval/{setting}/fid"] and -1 <= s[f"eval/{setting}/clip_score"] <= 1
             assert s[f"samples/{setting}/caption"].count(" | ") >= 15  # the prompts of the grid
         table = json.loads((folder / "files" / s["eval/results/path"]).read_text())
-        assert table["columns"] == list(COLUMNS) and len(table["data"]) == 3  # two settings and the real images
+        assert table["columns"] == list(columns()) and len(table["data"]) == 3  # two settings and the real images
         (ref,) = [a for a in run.artifacts if a.type == "model"]
         assert [c.ref for c in ref.manifest.contents] == [(job / "checkpoints" / "best.ckpt").resolve().as_uri()]
 

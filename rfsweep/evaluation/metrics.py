@@ -1,4 +1,5 @@
-"""CLIP score and Frechet distance on evaluator features (Sec. 5.1 of the paper: both on CLIP-L/14).
+"""CLIP score and Frechet distance on evaluator features (Sec. 5.1 of the paper: both on CLIP-L/14); the metrics'
+registry is `rfsweep.metrics`.
 
 Features are the evaluator's L2-normalised embeddings, so the FID here lives on the unit sphere: its
 values are far smaller than Inception FIDs (the paper does not say whether it normalised; we do, as
@@ -69,3 +70,4 @@ def torchmetrics_fid(evaluator) -> FrechetInceptionDistance:
     uses cached reference statistics (`reference.py`) with `frechet_distance`.
     """
     return FrechetInceptionDistance(feature=ImageFeatures(evaluator), normalize=True)
+

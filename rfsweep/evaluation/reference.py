@@ -19,7 +19,7 @@ import torch
 
 from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset, default_cache_dir
-from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
+from rfsweep.evaluation.metrics import clip_score, feature_stats
 
 
 @dataclass
@@ -84,10 +84,10 @@ def reference_stats(evaluator, dataset: str, split: str = "test", resolution: in
 
 def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution: int = 8, n: int = 1000,
                        seed: int = 0, split: str = "val", data_path: str | None = None) -> dict:
-    """FID and CLIP score of n held-out real images (`val`) against the reference (`test`) statistics:
-    what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
+    """Every registered metric of n held-out real images (`val`, with their own captions) against the reference
+    (`test`) statistics: what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
+    from rfsweep.metrics import Evidence, compute_metrics
+
     images, captions = split_items(dataset, split, resolution, n, seed, data_path)
-    real = compute_stats(evaluator, images, captions)
-    fid = frechet_distance(real.mu, real.sigma, ref.mu, ref.sigma)
-    return {"weights": "real", "steps": 0, "cfg": 0.0, "clip_score": real.clip_score, "fid": fid,
-            "n_samples": real.n}
+    evidence = Evidence(evaluator.encode_images(images), evaluator.encode_texts(captions), ref.mu, ref.sigma)
+    return {"weights": "real", "steps": 0, "cfg": 0.0, **compute_metrics(evidence), "n_samples": len(images)}

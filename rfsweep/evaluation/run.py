@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from rfsweep.evaluation.grids import save_captioned_grid
-from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance
 from rfsweep.evaluation.reference import ReferenceStats
+from rfsweep.metrics import Evidence, compute_metrics
 from rfsweep.results import setting_name
 
 # Sec. 5.1: 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0. Euler always.
@@ -34,7 +34,7 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
 def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=PAPER_SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
              grid_dir: str | Path | None = None, grid_size: int = 64, stop=None) -> list[dict]:
-    """One row per (weights, steps, cfg): {weights, steps, cfg, clip_score, fid, n_samples}.
+    """One row per (weights, steps, cfg): {weights, steps, cfg, <each registered metric>, n_samples}.
 
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
     saved as `<setting_name>.png` with their prompts. `stop()`, if given, is asked before each setting after the first: True raises
@@ -55,10 +55,8 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
             feats.append(evaluator.encode_images(images).cpu())
             if grid_dir is not None and sum(len(s) for s in shown) < grid_size:
                 shown.append(images[: grid_size - sum(len(s) for s in shown)].cpu())
-        feats = torch.cat(feats)
-        mu, sigma = feature_stats(feats)
-        rows.append({"weights": w, "steps": steps, "cfg": cfg, "clip_score": clip_score(feats, text),
-                     "fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma), "n_samples": n_samples})
+        evidence = Evidence(torch.cat(feats), text, ref_stats.mu, ref_stats.sigma)
+        rows.append({"weights": w, "steps": steps, "cfg": cfg, **compute_metrics(evidence), "n_samples": n_samples})
         if grid_dir is not None:
             shown = torch.cat(shown)
             save_captioned_grid(shown, prompts[: len(shown)], Path(grid_dir) / f"{setting_name(w, steps, cfg)}.png")

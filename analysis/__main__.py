@@ -1,4 +1,5 @@
-"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``, ``status``."""
+"""Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``,
+``status``, ``wandb-dashboard``, ``wandb-sync``."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfsweep.results import MANIFEST_FILE, columns, RESULTS_FILE, ResultsError, read_results, validate_rows
+from rfsweep.results import MANIFEST_FILE, RESULTS_FILE, ResultsError, columns, read_results, validate_rows
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -10,10 +10,11 @@ matplotlib.use("Agg")  # analysis never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rfsweep.formulations.variants import FAMILIES  # noqa: E402
 from rfsweep.metrics import METRICS  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
 
-FAMILY_COLORS = {"edm": "tab:blue", "rf": "tab:red", "eps": "tab:green", "v": "tab:orange"}
+FAMILY_COLORS = dict(zip(FAMILIES, ("tab:red", "tab:blue", "tab:green", "tab:orange")))  # one per family
 
 
 def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema") -> Path | None:

@@ -2,7 +2,8 @@
 
 Table 2's CSV has, per dataset and registered metric (`rfsweep.metrics`), a column ``<dataset> <heading>`` and
 next to it ``<col> place`` holding 1, 2 or 3 for the best, second and third variant of that column (in the
-metric's direction; ties share a place, competition style) and empty otherwise. Markdown marks them **bold**, <u>underlined</u>, *italic*;
+metric's direction; ties share a place, competition style) and empty otherwise. Markdown marks them **bold**,
+<u>underlined</u>, *italic*;
 LaTeX \\textbf, \\underline, \\textit. The reference row ("real images") is never placed.
 When the grid was incomplete, Markdown and LaTeX files open with a comment saying what was missing and
 ``missing.txt`` lists every missing run and setting.

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from rfsweep.atomic import atomic_write
+from rfsweep.formulations.variants import FAMILIES
 from rfsweep.metrics import metric_names
 
 RESULTS_FILE = "results.csv"
@@ -36,7 +37,6 @@ SETTINGS: tuple[tuple[int, float], ...] = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 
 WEIGHTS = ("ema", "raw")
 REAL = "real"  # weights/family value of reference rows
 REAL_VARIANT = "real images"
-FAMILIES = ("rf", "edm", "eps", "v")
 
 
 

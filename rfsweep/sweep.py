@@ -48,7 +48,8 @@ def read_grid(name: str) -> dict:
     """A study grid from sweeps/<name>.yaml (variants, datasets, ...)."""
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"grid={name!r}: no {path} (allowed: {sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml'))})")
+        allowed = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"grid={name!r}: no {path} (allowed: {allowed})")
     return yaml.safe_load(path.read_text())
 
 
@@ -58,8 +59,16 @@ def grid_choice(name: str, key: str) -> str:
     return "choice(" + ", ".join("'" + str(v).replace("'", "\\'") + "'" for v in values) + ")"
 
 
+def paper_settings() -> list[list]:
+    """The paper's six sampler settings as config values (one home: rfsweep.results.SETTINGS)."""
+    from rfsweep.results import SETTINGS
+
+    return [[s, c] for s, c in SETTINGS]
+
+
 def register_resolvers() -> None:
-    for key, fn in (("rfsweep.slug", slug), ("rfsweep.grid_choice", grid_choice)):
+    for key, fn in (("rfsweep.slug", slug), ("rfsweep.grid_choice", grid_choice),
+                    ("rfsweep.paper_settings", paper_settings)):
         if not OmegaConf.has_resolver(key):
             OmegaConf.register_new_resolver(key, fn)
 

@@ -102,7 +102,8 @@ class HashTextEncoder(nn.Module):
         pe = torch.zeros(max_length, width)
         pe[:, 0::2], pe[:, 1::2] = torch.sin(pos), torch.cos(pos[:, : width // 2])
         self.register_buffer("pos", 0.1 * pe)
-        self.kind, self.width, self.pooled_width, self.max_length, self.buckets = kind, width, width, max_length, buckets
+        self.kind, self.width, self.pooled_width = kind, width, width
+        self.max_length, self.buckets = max_length, buckets
 
     def _ids(self, caption: str) -> list[int]:
         words = caption.lower().split()[: self.max_length]

@@ -6,7 +6,8 @@ import torch
 
 from rfsweep.evaluation.evaluators import EmbeddedCLIP
 from rfsweep.evaluation.reference import real_reference_row, reference_stats, split_items
-from rfsweep.evaluation.run import PAPER_SETTINGS, eval_prompts, evaluate
+from rfsweep.evaluation.run import eval_prompts, evaluate
+from rfsweep.results import SETTINGS as PAPER_SETTINGS
 
 N = 128
 
@@ -75,8 +76,10 @@ def test_prompts_cycle_and_evaluator_mismatch_is_refused(ref):
 def test_fid_grows_and_clip_falls_with_corruption(clip, ref):
     images, captions = split_items("shapes", "val", 8, N)
     g = torch.Generator().manual_seed(0)
-    rows = [evaluate(lambda w, s, c, caps, seed, sd=sd: (images + sd * torch.randn(images.shape, generator=g)).clamp(-1, 1),
-                     clip, captions, ref, settings=[(1, 1.0)], weights=["ema"], n_samples=N, batch_size=N)[0]
-            for sd in (0.0, 0.3, 0.8)]
+    def corrupted(sd):
+        return lambda w, s, c, caps, seed: (images + sd * torch.randn(images.shape, generator=g)).clamp(-1, 1)
+
+    rows = [evaluate(corrupted(sd), clip, captions, ref, settings=[(1, 1.0)], weights=["ema"], n_samples=N,
+                     batch_size=N)[0] for sd in (0.0, 0.3, 0.8)]
     assert rows[0]["fid"] < rows[1]["fid"] < rows[2]["fid"]
     assert rows[0]["clip_score"] > rows[1]["clip_score"] > rows[2]["clip_score"]

@@ -5,8 +5,8 @@ over, when its holder is gone: the same host and a dead pid, the same SLURM job 
 instance of its job id), or a heartbeat older than `timeout_s` (a holder on another host that died with its node).
 A thread renews the heartbeat every `timeout_s / 10` seconds while the lease is held.
 
-Taking a lease is atomic on a local or NFS file system: a hard link of a complete file for a free folder; a stale lease is
-replaced by a rename and then read back, so of two processes taking over at once only one keeps it.
+Taking a lease is atomic on a local or NFS file system: a hard link of a complete file for a free folder; a stale
+lease is replaced by a rename and then read back, so of two processes taking over at once only one keeps it.
 """
 
 from __future__ import annotations

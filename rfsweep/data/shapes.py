@@ -53,7 +53,6 @@ def render(objects: list[tuple[str, str]], relation: str | None, resolution: int
         off = (big - half) // 2
         first = (off * dc, off * dr)  # the orthogonal axis is centred
         slots = [(first[0], first[1], half), (first[0] + half * dr, first[1] + half * dc, half)]
-        slots = [(r, c, s) for r, c, s in slots]
     for (colour, shape), (r, c, s) in zip(objects, slots):
         m = _mask(shape, s)
         for ch, v in enumerate(COLOURS[colour]):
@@ -94,7 +93,8 @@ class Shapes(Dataset):
     def item(self, i: int, epoch: int = 0) -> dict:
         if i not in self._items:
             objects, relation = self.scene(i)
-            self._items[i] = {"image": render(objects, relation, self.resolution), "caption": caption(objects, relation)}
+            image = render(objects, relation, self.resolution)
+            self._items[i] = {"image": image, "caption": caption(objects, relation)}
         return dict(self._items[i])
 
     def __getitem__(self, i: int) -> dict:

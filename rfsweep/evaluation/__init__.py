@@ -16,10 +16,10 @@ from rfsweep.evaluation.evaluators import (
 from rfsweep.evaluation.grids import save_captioned_grid, save_grid
 from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance, torchmetrics_fid
 from rfsweep.evaluation.reference import ReferenceStats, real_reference_row, reference_stats, split_items
-from rfsweep.evaluation.run import PAPER_SETTINGS, eval_prompts, evaluate
+from rfsweep.evaluation.run import eval_prompts, evaluate
 
 __all__ = [
-    "PAPER_SETTINGS", "EmbeddedCLIP", "Evaluator", "EvaluatorUnavailable", "OpenCLIPEvaluator", "ReferenceStats",
+    "EmbeddedCLIP", "Evaluator", "EvaluatorUnavailable", "OpenCLIPEvaluator", "ReferenceStats",
     "build_evaluator", "clip_score", "eval_prompts", "evaluate", "feature_stats", "frechet_distance",
     "real_reference_row", "reference_stats", "save_captioned_grid", "save_grid", "split_items", "torchmetrics_fid",
 ]

@@ -22,7 +22,6 @@ from rfsweep.evaluation.clip_model import WordTokenizer, build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_WEIGHTS = ASSETS / "embedded_clip.safetensors"
-EMBEDDED_CONFIG = ASSETS / "embedded_clip.json"
 
 
 class EvaluatorUnavailable(RuntimeError):
@@ -110,7 +109,8 @@ class OpenCLIPEvaluator(Evaluator):
                       "image_std": cfg.get("std")}
             pretrained = path
         elif pretrained and not Path(pretrained).is_file():
-            raise EvaluatorUnavailable(f"{model_name}: pretrained={pretrained!r} is neither an open_clip tag nor a file")
+            raise EvaluatorUnavailable(f"{model_name}: pretrained={pretrained!r} is neither an open_clip tag nor a "
+                                       f"file")
         model, _, val = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, **kwargs)
         super().__init__(model, device)
         norm = next(t for t in val.transforms if type(t).__name__ == "Normalize")

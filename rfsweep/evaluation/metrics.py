@@ -17,7 +17,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
     """Mean cosine similarity of paired rows; image_features, text_features: (B, d)."""
     if image_features.shape != text_features.shape:
-        raise ValueError(f"paired features differ in shape: {tuple(image_features.shape)} vs {tuple(text_features.shape)}")
+        raise ValueError(f"paired features differ in shape: {tuple(image_features.shape)} vs "
+                         f"{tuple(text_features.shape)}")
     i = nn.functional.normalize(image_features.double(), dim=-1)
     t = nn.functional.normalize(text_features.double(), dim=-1)
     return float((i * t).sum(-1).mean())

@@ -15,10 +15,7 @@ import torch
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.reference import ReferenceStats
 from rfsweep.metrics import Evidence, compute_metrics
-from rfsweep.results import setting_name
-
-# Sec. 5.1: 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0. Euler always.
-PAPER_SETTINGS = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
+from rfsweep.results import SETTINGS, setting_name
 
 
 class EvaluationStopped(RuntimeError):
@@ -31,13 +28,14 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=PAPER_SETTINGS,
+def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
              grid_dir: str | Path | None = None, grid_size: int = 64, stop=None) -> list[dict]:
     """One row per (weights, steps, cfg): {weights, steps, cfg, <each registered metric>, n_samples}.
 
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
-    saved as `<setting_name>.png` with their prompts. `stop()`, if given, is asked before each setting after the first: True raises
+    saved as `<setting_name>.png` with their prompts. `stop()`, if given, is asked before each setting after the
+    first: True raises
     EvaluationStopped (a pre-emption signal; the job is requeued and evaluates again).
     """
     if ref_stats.evaluator_id != evaluator.id:

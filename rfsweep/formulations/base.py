@@ -169,11 +169,6 @@ class Formulation:
         err = out - self.prediction.target(x0, eps, a, b)
         return err.pow(2).mean(dim=tuple(range(1, x0.ndim)))
 
-    def to_x0_eps(self, out, z, t):
-        """Network output at path point z (native coordinates), native t (B,) -> (x0_hat, eps_hat)."""
-        a, b = (_bcast(c, z) for c in self.coeffs(_as_batch_t(t, z.shape[0], z)))
-        return self.prediction.to_x0_eps(out, z, a, b)
-
     def predict_x0_eps(self, net, z, t_rf, cond: Cond):
         """(x0_hat, eps_hat) from one network call at path point z (native coordinates), t_rf: (B,)."""
         a, b = (_bcast(c, z) for c in self.coeffs_rf(t_rf))

@@ -29,4 +29,5 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not an rfsweep checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an rfsweep checkpoint "
+                              f"({type(e).__name__}: {e})") from e

@@ -116,7 +116,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
     if not guard.stop_requested() and trainer.is_global_zero:
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
-                               best_val_loss_ema=None if best.best_model_score is None else float(best.best_model_score))
+                               best_val_loss_ema=None if best.best_model_score is None
+                               else float(best.best_model_score))
     return trainer.global_step
 
 

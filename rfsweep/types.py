@@ -8,7 +8,7 @@ formulation and pretrained SD3 weights, trained on the rectified-flow path, keep
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -37,3 +37,17 @@ class Batch(NamedTuple):
     @property
     def cond(self) -> Cond:
         return Cond(self.context, self.pooled)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """The contract of every backbone (``rfsweep.backbones``): ``net(x, t, context, pooled)`` -> tensor like ``x``.
+
+    x: (N, C, H, W); t: (N,) rectified-flow time in [0, 1]; context: (N, L, D_ctx); pooled: (N, D_vec).
+    A backbone knows nothing of formulations; what its output means is the formulation's business.
+    """
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 pooled: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True): ...

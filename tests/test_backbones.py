@@ -232,3 +232,14 @@ def test_train_flops_formula_matches_counted_flops(name, weight_sets):
     assert 0 < 3 * counter.get_total_flops() - formula < 0.015 * formula
     assert train_flops_per_sample(build_backbone("uvit", in_channels=4, context_dim=CTX, pooled_dim=VEC, depth=1,
                                                  width=32, heads=2), (4, 8, 8), 6) is None
+
+
+def test_every_backbone_keeps_the_protocol():
+    from rfsweep.backbones import BACKBONES, Backbone, build_backbone
+
+    for name in BACKBONES:
+        kw = {"input_size": 8} if name == "mlp" else {"heads": 2}
+        net = build_backbone(name, in_channels=3, context_dim=16, pooled_dim=16, depth=1, width=32, **kw)
+        assert isinstance(net, Backbone), name
+        y = net(torch.randn(2, 3, 8, 8), torch.rand(2), torch.randn(2, 5, 16), torch.randn(2, 16))
+        assert y.shape == (2, 3, 8, 8), name

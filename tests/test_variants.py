@@ -103,3 +103,24 @@ def test_sweep_file_lists_all_variants():
     assert grid["variants"] == list(ALL_VARIANTS)
     assert grid["datasets"] == ["imagenet", "cc12m"]
     assert all(f'"{n}"' in text for n in ALL_VARIANTS)  # quoted
+
+
+def test_formulations_carry_their_spec_and_derive_their_names():
+    from rfsweep.formulations.rf import RectifiedFlow
+    from rfsweep.formulations.variants import GRAMMAR, SCHEMES, VariantSpec
+
+    f = RectifiedFlow(VariantSpec("rf", "mode", (1.0,)))
+    assert f.name == "rf/mode(1.00)" and f.family == "rf" and f.spec.kwargs == {"s": 1.0}
+    for name in ALL_VARIANTS:
+        built = build_formulation(name)
+        assert built.name == name and built.spec == parse_variant(name)
+    assert GRAMMAR.split(" | ") == [s.head + (f"({', '.join(s.params)})" if s.params else "") for s in SCHEMES.values()]
+
+
+def test_unknown_family_or_scheme_is_an_error_not_a_default():
+    from rfsweep.formulations.variants import VariantSpec
+
+    with pytest.raises(VariantError, match="unknown"):
+        build_formulation(VariantSpec("x0", "cos"))
+    with pytest.raises(VariantError, match="unknown"):
+        build_formulation(VariantSpec("eps", "sigmoid"))

@@ -25,6 +25,7 @@ from rfsweep.backbones.dit import DiT
 from rfsweep.backbones.mlp import MLPDenoiser
 from rfsweep.backbones.mmdit import MMDiT, from_diffusers
 from rfsweep.backbones.uvit import UViT
+from rfsweep.types import Backbone
 
 BACKBONES: dict[str, type[nn.Module]] = {
     "mmdit": MMDiT,
@@ -35,7 +36,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_backbone(name: str, **kwargs) -> nn.Module:
+def build_backbone(name: str, **kwargs) -> Backbone:
     """BACKBONES[name](**kwargs); e.g. build_backbone("mmdit", in_channels=4, context_dim=4096,
     pooled_dim=2048, depth=24)."""
     if name not in BACKBONES:
@@ -43,4 +44,5 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return BACKBONES[name](**kwargs)
 
 
-__all__ = ["BACKBONES", "build_backbone", "MMDiT", "DiT", "CrossDiT", "UViT", "MLPDenoiser", "from_diffusers"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "MMDiT", "DiT", "CrossDiT", "UViT", "MLPDenoiser",
+           "from_diffusers"]

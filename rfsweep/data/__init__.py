@@ -16,6 +16,9 @@ from rfsweep.data.digits import Digits
 from rfsweep.data.shapes import Shapes
 
 EMBEDDED = {"digits": Digits, "shapes": Shapes}
+# Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
+RAW_READERS = {"imagenet": "imagenet:ImageNet", "cc12m": "cc12m:CC12M", "coco": "coco:COCO"}
+RAW = tuple(RAW_READERS)
 SPLITS = ("train", "val", "test")
 
 
@@ -30,20 +33,13 @@ class DataError(ValueError):
 
 
 def _raw(name: str):
-    if name == "imagenet":
-        from rfsweep.data.imagenet import ImageNet
+    """The reader class of a raw dataset (a DataError for a name that has none)."""
+    import importlib
 
-        return ImageNet
-    if name == "cc12m":
-        from rfsweep.data.cc12m import CC12M
-
-        return CC12M
-    from rfsweep.data.coco import COCO
-
-    return COCO
-
-
-RAW = ("imagenet", "cc12m", "coco")  # readers of image files at data.path
+    if name not in RAW_READERS:
+        raise DataError(f"data.name={name!r} has no reader (allowed: {', '.join(RAW_READERS)})")
+    module, cls = RAW_READERS[name].split(":")
+    return getattr(importlib.import_module(f"rfsweep.data.{module}"), cls)
 
 
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:

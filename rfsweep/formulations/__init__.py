@@ -7,37 +7,36 @@ and the sampler, ``variants`` for the naming grammar and mapping keys).
 
 from __future__ import annotations
 
+import importlib
 from typing import Mapping
 
 from rfsweep.formulations.base import VALIDATION_T, Formulation
-from rfsweep.formulations.edm import EDM
-from rfsweep.formulations.rf import RectifiedFlow
 from rfsweep.formulations.variants import (
     ALL_VARIANTS,
+    GRAMMAR,
+    SCHEMES,
     VariantError,
     VariantSpec,
     format_variant,
     parse_variant,
     spec_from_mapping,
 )
-from rfsweep.formulations.vp import CosineVP, LinearVP
 
 __all__ = ["ALL_VARIANTS", "VALIDATION_T", "Formulation", "VariantError", "VariantSpec", "build_formulation",
            "format_variant", "parse_variant"]
 
 
 def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:
-    """A paper name, a ``{family, density|schedule, **params}`` mapping, or a VariantSpec -> Formulation."""
+    """A paper name, a ``{family, density|schedule, **params}`` mapping, or a VariantSpec -> Formulation, built by
+    the class the registry (``variants.SCHEMES``) names for it."""
     if isinstance(spec, str):
         spec = parse_variant(spec)
     elif isinstance(spec, Mapping):
         spec = spec_from_mapping(spec)
     elif not isinstance(spec, VariantSpec):
         raise VariantError(f"formulation spec {spec!r}: expected a name string, a mapping or a VariantSpec")
-    name, params = format_variant(spec), dict(zip(spec.param_names, spec.params))
-    if spec.family == "rf":
-        return RectifiedFlow(spec.scheme, name=name, **params)
-    if spec.family == "edm":
-        return EDM(spec.scheme, name=name, **params)
-    vp = LinearVP if spec.scheme == "linear" else CosineVP
-    return vp(spec.family, name=name)
+    scheme = SCHEMES.get((spec.family, spec.scheme))
+    if scheme is None:
+        raise VariantError(f"formulation {spec.family}/{spec.scheme} is unknown (allowed: {GRAMMAR})")
+    module, cls = scheme.implementation.split(":")
+    return getattr(importlib.import_module(f"rfsweep.formulations.{module}"), cls)(spec)

@@ -28,10 +28,13 @@ Design decisions shared by every formulation (the paper is silent on them):
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 
+from rfsweep.formulations.variants import Family, VariantSpec
 from rfsweep.sampling import time_shift
-from rfsweep.types import Cond
+from rfsweep.types import Backbone, Cond
 
 # Sec. 5.1 / App. B.3: validation loss stratified over eight equally spaced t; midpoints avoid singular ends.
 VALIDATION_T: tuple[float, ...] = tuple((i + 0.5) / 8 for i in range(8))
@@ -51,6 +54,8 @@ class Prediction:
     """What the network outputs. ``out = F(c_in z, t_rf)``; ``target`` is its regression target; ``to_x0_eps``
     inverts ``out`` into the pair of predictions. All tensors broadcast; ``a, b`` are the path coefficients."""
 
+    kind: ClassVar[Literal["velocity", "eps", "v", "edm"]]
+
     def c_in(self, a, b):
         return torch.ones_like(a)
 
@@ -64,6 +69,8 @@ class Prediction:
 class VelocityRF(Prediction):
     """Rectified-flow velocity ``v = eps - x0`` (Sec. 2, rf row)."""
 
+    kind = "velocity"
+
     def target(self, x0, eps, a, b):
         return eps - x0
 
@@ -75,6 +82,8 @@ class VelocityRF(Prediction):
 class Eps(Prediction):
     """Noise prediction; ``x0 = (z - b eps) / a`` is singular where ``a = 0``."""
 
+    kind = "eps"
+
     def target(self, x0, eps, a, b):
         return eps
 
@@ -84,6 +93,8 @@ class Eps(Prediction):
 
 class V(Prediction):
     """v-prediction ``v = a eps - b x0`` on a variance-preserving path (``a^2 + b^2 = 1``)."""
+
+    kind = "v"
 
     def target(self, x0, eps, a, b):
         return a * eps - b * x0
@@ -95,6 +106,8 @@ class V(Prediction):
 class EDMPrecond(Prediction):
     """EDM's F-prediction on the VE path ``a = 1, b = sigma`` (Karras et al. 2022, Table 1):
     ``D = c_skip z + c_out F(c_in z)``, loss ``lambda(sigma) ||D - x0||^2 = ||F - F_target||^2``."""
+
+    kind = "edm"
 
     def __init__(self, sigma_data: float = 0.5):
         self.sigma_data = sigma_data
@@ -115,14 +128,27 @@ class EDMPrecond(Prediction):
         return x0, (z - x0) / sigma
 
 
-class Formulation:
-    """Base of all 61 variants. Subclasses set ``family``, ``frame``, ``prediction`` and implement
-    ``coeffs(t)``, ``sample_t`` and ``_grid(n_steps)`` (unshifted, decreasing rf-frame times ending in 0)."""
+Frame = Literal["rf", "vp", "ve"]  # which normalisation of (a, b) a path keeps
 
-    name: str
-    family: str  # "rf" | "edm" | "eps" | "v": the colour groups of Fig. 3
-    frame: str  # "rf" | "vp" | "ve": which normalisation of (a, b) the path keeps
+
+class Formulation:
+    """Base of all 61 variants, built from its spec (``variants.VariantSpec``: family, scheme, parameters), which
+    also gives its name. Subclasses set ``frame`` and ``prediction`` and implement ``coeffs(t)``, ``sample_t`` and
+    ``_grid(n_steps)`` (unshifted, decreasing rf-frame times ending in 0)."""
+
+    frame: Frame
     prediction: Prediction
+
+    def __init__(self, spec: VariantSpec):
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def family(self) -> Family:
+        return self.spec.family
 
     def coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Path coefficients (a, b) at native t, tensors like t."""
@@ -153,7 +179,7 @@ class Formulation:
             return torch.ones_like(t_rf), t_rf / (1 - t_rf)
         return a, b
 
-    def loss(self, net, x0: torch.Tensor, cond: Cond, t=None, eps=None, generator=None) -> torch.Tensor:
+    def loss(self, net: Backbone, x0: torch.Tensor, cond: Cond, t=None, eps=None, generator=None) -> torch.Tensor:
         """(B,) unreduced loss, mean over non-batch dims. x0: (B, C, H, W); t: native, (B,) or scalar."""
         B = x0.shape[0]
         if t is None:
@@ -169,13 +195,13 @@ class Formulation:
         err = out - self.prediction.target(x0, eps, a, b)
         return err.pow(2).mean(dim=tuple(range(1, x0.ndim)))
 
-    def predict_x0_eps(self, net, z, t_rf, cond: Cond):
+    def predict_x0_eps(self, net: Backbone, z, t_rf, cond: Cond):
         """(x0_hat, eps_hat) from one network call at path point z (native coordinates), t_rf: (B,)."""
         a, b = (_bcast(c, z) for c in self.coeffs_rf(t_rf))
         out = net(self.prediction.c_in(a, b) * z, t_rf, cond.context, cond.pooled)
         return self.prediction.to_x0_eps(out, z, a, b)
 
-    def velocity(self, net, x: torch.Tensor, t_rf, cond: Cond) -> torch.Tensor:
+    def velocity(self, net: Backbone, x: torch.Tensor, t_rf, cond: Cond) -> torch.Tensor:
         """Rectified-flow-frame velocity at state x = z / (a + b): eps_hat - x0_hat. x: (B, C, H, W)."""
         t_rf = _as_batch_t(t_rf, x.shape[0], x)
         a, b = (_bcast(c, x) for c in self.coeffs_rf(t_rf))

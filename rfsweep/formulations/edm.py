@@ -29,16 +29,19 @@ import math
 import torch
 
 from rfsweep.formulations.base import EDMPrecond, Formulation
+from rfsweep.formulations.variants import VariantSpec
 
 T_EPS = 1e-6
 
 
 class EDM(Formulation):
-    family, frame = "edm", "ve"
+    frame = "ve"
 
-    def __init__(self, schedule: str = "lognormal", P_mean: float = -1.2, P_std: float = 1.2, name: str = "edm",
-                 sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
-        self.name, self.schedule, self.P_mean, self.P_std = name, schedule, P_mean, P_std
+    def __init__(self, spec: VariantSpec, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 rho: float = 7.0):
+        super().__init__(spec)
+        p = spec.kwargs
+        self.schedule, self.P_mean, self.P_std = spec.scheme, p.get("P_mean", -1.2), p.get("P_std", 1.2)
         self.prediction = EDMPrecond(sigma_data)
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
 

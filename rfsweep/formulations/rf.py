@@ -6,6 +6,7 @@ import torch
 
 from rfsweep.formulations.base import Formulation, VelocityRF
 from rfsweep.formulations.densities import DENSITIES
+from rfsweep.formulations.variants import VariantSpec
 
 
 class RectifiedFlow(Formulation):
@@ -15,11 +16,12 @@ class RectifiedFlow(Formulation):
     Grid: uniform t from 1 to 0 (the rf frame is the native frame).
     """
 
-    family, frame, prediction = "rf", "rf", VelocityRF()
+    frame, prediction = "rf", VelocityRF()
 
-    def __init__(self, density: str = "uniform", name: str = "rf", **params: float):
-        self.name, self.density, self.params = name, density, params
-        self._draw = DENSITIES[density]
+    def __init__(self, spec: VariantSpec):
+        super().__init__(spec)
+        self.density, self.params = spec.scheme, spec.kwargs
+        self._draw = DENSITIES[self.density]
 
     def coeffs(self, t):
         return 1 - t, t

@@ -19,28 +19,40 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Literal, Mapping
 
-GRAMMAR = ("rf | rf/lognorm(m, s) | rf/mode(s) | rf/cosmap | edm(P_mean, P_std) | edm/rf | edm/cos | "
-           "eps/linear | eps/cos | v/linear | v/cos")
-FAMILIES = ("rf", "edm", "eps", "v")
+Family = Literal["rf", "edm", "eps", "v"]  # the colour groups of Fig. 3
+FAMILIES: tuple[Family, ...] = ("rf", "edm", "eps", "v")
 MODE_S_MAX = 2 / (math.pi - 2)  # Sec. 3.1: f_mode is monotone only for -1 <= s <= 2/(pi-2)
 
-# (family, scheme) -> (name head, parameter names); the scheme key is "density" for rf, else "schedule".
-SCHEMES: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    ("rf", "uniform"): ("rf", ()),
-    ("rf", "lognorm"): ("rf/lognorm", ("m", "s")),
-    ("rf", "mode"): ("rf/mode", ("s",)),
-    ("rf", "cosmap"): ("rf/cosmap", ()),
-    ("edm", "lognormal"): ("edm", ("P_mean", "P_std")),
-    ("edm", "rf"): ("edm/rf", ()),
-    ("edm", "cos"): ("edm/cos", ()),
-    ("eps", "linear"): ("eps/linear", ()),
-    ("eps", "cos"): ("eps/cos", ()),
-    ("v", "linear"): ("v/linear", ()),
-    ("v", "cos"): ("v/cos", ()),
+
+@dataclass(frozen=True)
+class Scheme:
+    """One row of the registry: the name head, the parameter names and the class that implements it
+    (`<module of rfsweep.formulations>:<class>`, imported when built)."""
+
+    head: str
+    params: tuple[str, ...]
+    implementation: str
+
+
+# (family, scheme) -> Scheme: the one registry of the variants. The scheme key is "density" for rf, else
+# "schedule". A 62nd formulation is a row here (and its class, if no existing one implements it).
+SCHEMES: dict[tuple[Family, str], Scheme] = {
+    ("rf", "uniform"): Scheme("rf", (), "rf:RectifiedFlow"),
+    ("rf", "lognorm"): Scheme("rf/lognorm", ("m", "s"), "rf:RectifiedFlow"),
+    ("rf", "mode"): Scheme("rf/mode", ("s",), "rf:RectifiedFlow"),
+    ("rf", "cosmap"): Scheme("rf/cosmap", (), "rf:RectifiedFlow"),
+    ("edm", "lognormal"): Scheme("edm", ("P_mean", "P_std"), "edm:EDM"),
+    ("edm", "rf"): Scheme("edm/rf", (), "edm:EDM"),
+    ("edm", "cos"): Scheme("edm/cos", (), "edm:EDM"),
+    ("eps", "linear"): Scheme("eps/linear", (), "vp:LinearVP"),
+    ("eps", "cos"): Scheme("eps/cos", (), "vp:CosineVP"),
+    ("v", "linear"): Scheme("v/linear", (), "vp:LinearVP"),
+    ("v", "cos"): Scheme("v/cos", (), "vp:CosineVP"),
 }
-_BY_HEAD = {head: key for key, (head, _) in SCHEMES.items()}
+GRAMMAR = " | ".join(f"{s.head}({', '.join(s.params)})" if s.params else s.head for s in SCHEMES.values())
+_BY_HEAD = {s.head: key for key, s in SCHEMES.items()}
 _NAME = re.compile(r"^(?P<head>[a-z]+(?:/[a-z]+)?)(?:\((?P<args>[^()]*)\))?$")
 _NUM = re.compile(r"^-?\d+(?:\.\d{1,2})?$")
 
@@ -53,13 +65,22 @@ class VariantError(ValueError):
 class VariantSpec:
     """family in FAMILIES; scheme: the rf density or the schedule; params in SCHEMES' order."""
 
-    family: str
+    family: Family
     scheme: str
     params: tuple[float, ...] = ()
 
     @property
     def param_names(self) -> tuple[str, ...]:
-        return SCHEMES[(self.family, self.scheme)][1]
+        return SCHEMES[(self.family, self.scheme)].params
+
+    @property
+    def name(self) -> str:
+        """The paper's name, e.g. rf/lognorm(0.00, 1.00)."""
+        return format_variant(self)
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(zip(self.param_names, self.params))
 
     def as_dict(self) -> dict:
         key = "density" if self.family == "rf" else "schedule"
@@ -86,8 +107,10 @@ def _fmt(x: float) -> str:
 
 
 def format_variant(spec: VariantSpec) -> str:
-    head, names = SCHEMES[(spec.family, spec.scheme)]
-    return f"{head}({', '.join(_fmt(x) for x in spec.params)})" if names else head
+    scheme = SCHEMES.get((spec.family, spec.scheme))
+    if scheme is None:
+        raise VariantError(f"formulation family={spec.family!r} scheme={spec.scheme!r} is unknown (allowed: {GRAMMAR})")
+    return f"{scheme.head}({', '.join(_fmt(x) for x in spec.params)})" if scheme.params else scheme.head
 
 
 def parse_variant(name: str) -> VariantSpec:
@@ -96,7 +119,7 @@ def parse_variant(name: str) -> VariantSpec:
     if m is None or m["head"] not in _BY_HEAD:
         raise VariantError(f"unknown formulation {name!r}: expected {GRAMMAR} (families: {', '.join(FAMILIES)})")
     family, scheme = _BY_HEAD[m["head"]]
-    names = SCHEMES[(family, scheme)][1]
+    names = SCHEMES[(family, scheme)].params
     args = [] if m["args"] is None else [a.strip() for a in m["args"].split(",")]
     if len(args) != len(names) or not all(_NUM.match(a) for a in args):
         want = f"{m['head']}({', '.join(names)})" if names else m["head"]
@@ -120,7 +143,7 @@ def spec_from_mapping(d: Mapping) -> VariantSpec:
     if (family, scheme) not in SCHEMES:
         allowed = ", ".join(s for f, s in SCHEMES if f == family)
         raise VariantError(f"formulation {family}: {key}={scheme!r} not one of {allowed}")
-    names = SCHEMES[(family, scheme)][1]
+    names = SCHEMES[(family, scheme)].params
     missing, extra = [k for k in names if k not in d], sorted(set(d) - set(names))
     if missing or extra:
         raise VariantError(f"formulation {family}/{scheme}: parameters {sorted(d)} given, "

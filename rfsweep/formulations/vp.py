@@ -11,6 +11,7 @@ import math
 import torch
 
 from rfsweep.formulations.base import Eps, Formulation, V
+from rfsweep.formulations.variants import VariantSpec
 
 PREDICTIONS = {"eps": Eps, "v": V}
 
@@ -25,8 +26,9 @@ class CosineVP(Formulation):
     frame = "vp"
     SIGMA_MAX = 80.0
 
-    def __init__(self, prediction: str = "eps", name: str = "eps/cos"):
-        self.name, self.family, self.prediction = name, prediction, PREDICTIONS[prediction]()
+    def __init__(self, spec: VariantSpec):
+        super().__init__(spec)
+        self.prediction = PREDICTIONS[spec.family]()
 
     def coeffs(self, t):
         return torch.cos(math.pi * t / 2).clamp(min=0), torch.sin(math.pi * t / 2)  # clamp: cos(pi/2) < 0 in float
@@ -56,9 +58,9 @@ class LinearVP(Formulation):
 
     frame = "vp"
 
-    def __init__(self, prediction: str = "eps", name: str = "eps/linear", T: int = 1000):
-        self.name, self.family, self.prediction = name, prediction, PREDICTIONS[prediction]()
-        self.T = T
+    def __init__(self, spec: VariantSpec, T: int = 1000):
+        super().__init__(spec)
+        self.prediction, self.T = PREDICTIONS[spec.family](), T
         self.log_alphabar = torch.cat([torch.zeros(1, dtype=torch.float64), ldm_alphas_cumprod(T=T).log()])  # (T+1,)
 
     def coeffs(self, t):

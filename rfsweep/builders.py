@@ -77,11 +77,12 @@ def build_model(cfg: DictConfig, formulation=None, warm=None):
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
             "backbone": cfg.backbone.label, "seed": int(cfg.seed), "latent_shape": list(latent_shape(cfg)),
             "config": OmegaConf.to_container(cfg, resolve=True)}
-    optim = {k: tr[k] for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps")}
+    optimizer = instantiate(cfg.optimizer)  # a partial: AdamW(params) (conf/optimizer, _partial_)
     conditioner = build_conditioner(cfg)
     if warm is not None:
         warm(conditioner)
-    return DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optim, dict(tr.ema), cfg.seed, meta)
+    return DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optimizer, int(tr.warmup_steps),
+                           dict(cfg.ema), cfg.seed, meta)
 
 
 def warm_captions(cfg: DictConfig, conditioner, data) -> None:

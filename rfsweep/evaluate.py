@@ -39,7 +39,7 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
     `samples.txt` with the captions."""
     s = cfg.sampler
     captions = held_out_captions(cfg, s.n_grid)
-    images = module.generate(captions, steps=s.steps, cfg=s.cfg, shift=s.shift, seed=cfg.eval.seed)
+    images = module.generate(captions, steps=s.steps, guidance=s.guidance, shift=s.shift, seed=cfg.eval.seed)
     (run_dir / "samples.txt").write_text("\n".join(captions) + "\n")
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 
@@ -58,7 +58,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     shift = cfg.sampler.shift
 
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seed: int) -> torch.Tensor:
-        return module.generate(captions, steps=steps, cfg=guidance, shift=shift, seed=seed, weights=weights)
+        return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed, weights=weights)
 
     rows = evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights),
                     n_samples=e.n_samples, batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples",

@@ -4,7 +4,7 @@ evaluation uses (the lowest EMA validation loss, else the last). Writes one PNG 
 and prints its path.
 
 Example: python -m rfsweep.generate runs/default/shapes/rf-lognorm_0.00_1.00/mmdit/seed0 "a red circle" \\
-             --steps 25 --cfg 5 --n 4 --out circles.png
+             --steps 25 --guidance 5 --n 4 --out circles.png
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("run_dir", type=Path)
     p.add_argument("prompts", nargs="+")
     p.add_argument("--steps", type=int, default=25, help="Euler steps (paper: 5 to 50)")
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--guidance", "--cfg", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
     p.add_argument("--shift", type=float, default=None, help="time shift alpha (default: the run's sampler.shift)")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--n", type=int, default=1, help="images per prompt")
@@ -30,10 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/generated.png)")
     a = p.parse_args(argv)
-    for key, ok in (("steps", a.steps > 0), ("n", a.n > 0), ("cfg", a.cfg >= 0),
+    for key, ok in (("steps", a.steps > 0), ("n", a.n > 0), ("guidance", a.guidance >= 0),
                     ("shift", a.shift is None or a.shift > 0)):
         if not ok:
-            p.error(f"--{key}={getattr(a, key)} is out of range (allowed: steps, n > 0; cfg >= 0; shift > 0)")
+            p.error(f"--{key}={getattr(a, key)} is out of range (allowed: steps, n > 0; guidance >= 0; shift > 0)")
     return a
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     module.place_frozen()
     captions = [p for p in a.prompts for _ in range(a.n)]
     shift = cfg.sampler.shift if a.shift is None else a.shift
-    images = module.generate(captions, steps=a.steps, cfg=a.cfg, shift=shift, seed=a.seed, weights=a.weights)
+    images = module.generate(captions, steps=a.steps, guidance=a.guidance, shift=shift, seed=a.seed, weights=a.weights)
     out = save_captioned_grid(images, captions, a.out or a.run_dir / "generated.png",
                               nrow=a.n if a.n > 1 else min(len(captions), 8))
     print(out)

@@ -32,7 +32,7 @@ def job_flops(cfg: DictConfig) -> dict:
 def dry_run_line(cfg: DictConfig) -> str:
     from rfsweep.sweep import variant_name
 
-    head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.slot} backbone={cfg.backbone.label} "
+    head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label} backbone={cfg.backbone.label} "
             f"run={cfg.job_name}")
     try:
         f = job_flops(cfg)

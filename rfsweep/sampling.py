@@ -42,25 +42,25 @@ def _cat(c: Cond, u: Cond, B: int) -> Cond:
 
 @torch.no_grad()
 def sample(formulation, net, noise: torch.Tensor, cond: Cond, uncond: Cond | None = None, steps: int = 50,
-           cfg: float = 1.0, shift: float = 1.0) -> torch.Tensor:
+           guidance: float = 1.0, shift: float = 1.0) -> torch.Tensor:
     """x0 samples (B, C, H, W) from noise (B, C, H, W).
 
-    Classifier-free guidance ``v = v_u + cfg (v_c - v_u)`` with conditional and unconditional halves in one
-    forward pass; at ``cfg == 1`` the unconditional pass is skipped. ``uncond`` may have batch 1.
+    Classifier-free guidance ``v = v_u + guidance (v_c - v_u)`` with conditional and unconditional halves in one
+    forward pass; at ``guidance == 1`` the unconditional pass is skipped. ``uncond`` may have batch 1.
     """
     ts = formulation.sampling_grid(steps, shift).to(device=noise.device, dtype=noise.dtype)
     B = noise.shape[0]
-    if cfg == 1.0:
+    if guidance == 1.0:
         def v(x, t):
             return formulation.velocity(net, x, t, cond)
     else:
         if uncond is None:
-            raise ValueError(f"cfg={cfg} needs an unconditional Cond (uncond=None given)")
+            raise ValueError(f"guidance={guidance} needs an unconditional Cond (uncond=None given)")
         both = _cat(cond, uncond, B)
 
         def v(x, t):
             v_c, v_u = formulation.velocity(net, torch.cat([x, x]), t, both).chunk(2)
-            return v_u + cfg * (v_c - v_u)
+            return v_u + guidance * (v_c - v_u)
 
     # Start at t_max of the grid: x = (1 - t_max) x0 + t_max eps with the data term dropped (= noise for rf).
     return euler(v, ts[0] * noise, ts)

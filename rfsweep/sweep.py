@@ -45,12 +45,15 @@ def name_slug(name: str) -> str:
 
 
 def read_grid(name: str) -> dict:
-    """A study grid from sweeps/<name>.yaml (variants, datasets, ...)."""
+    """A study grid from sweeps/<name>.yaml (variants, datasets, ...); `include: <grid>` takes the keys it does not
+    set from another grid."""
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         allowed = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"grid={name!r}: no {path} (allowed: {allowed})")
-    return yaml.safe_load(path.read_text())
+    grid = yaml.safe_load(path.read_text())
+    base = grid.pop("include", None)
+    return {**read_grid(base), **grid} if base else grid
 
 
 def grid_choice(name: str, key: str) -> str:
@@ -67,6 +70,10 @@ def paper_settings() -> list[list]:
 
 
 def register_resolvers() -> None:
+    """The resolvers the configs use, and the config schema (rfsweep.schema)."""
+    from rfsweep.schema import register_schemas
+
+    register_schemas()
     for key, fn in (("rfsweep.slug", slug), ("rfsweep.grid_choice", grid_choice),
                     ("rfsweep.paper_settings", paper_settings)):
         if not OmegaConf.has_resolver(key):

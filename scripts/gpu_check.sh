@@ -22,14 +22,14 @@ export RFSWEEP_CACHE=${RFSWEEP_CACHE:-/tmp/rfsweep-cache}
 PY=${PY:-python3}
 RUNS=${RUNS:-/tmp/gpu_runs}
 if [ "$DEVICE" = cuda ]; then
-  E2E="trainer=gpu backbone.depth=4 backbone.width=256 backbone.heads=4 trainer.max_steps=${STEPS:-300}
+  E2E="trainer=gpu optimizer=adamw ema=paper backbone.depth=4 backbone.width=256 backbone.heads=4 trainer.max_steps=${STEPS:-300}
        trainer.batch_size=256 trainer.val_every=100 trainer.ckpt_every=100 trainer.n_val=512 trainer.num_workers=4
-       trainer.lr=3e-4 eval.n_samples=500 eval.batch_size=500"
+       optimizer.lr=3e-4 eval.n_samples=500 eval.batch_size=500"
   BENCH_ARGS="--preset sd3-gpu"
   SDPA=cudnn
   T_TESTS=80 T_E2E=150 T_BENCH=(60 170 70 40)  # 570 s in all; two d=24 compiles need the most
 else
-  E2E="trainer=gpu trainer.accelerator=cpu trainer.compile=false backbone.depth=1 backbone.width=32 backbone.heads=2
+  E2E="trainer=gpu optimizer=adamw ema=paper trainer.accelerator=cpu trainer.compile=false backbone.depth=1 backbone.width=32 backbone.heads=2
        trainer.max_steps=${STEPS:-4} trainer.batch_size=8 trainer.val_every=2 trainer.ckpt_every=2 trainer.n_val=8
        trainer.num_workers=0 trainer.warmup_steps=1 eval.n_samples=16 eval.batch_size=16 eval.settings=[[2,1.0]]
        eval.weights=[ema] sampler.n_grid=4"

@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from rfsweep.config import ConfigError, validate
 from tests.helpers import CONF, compose_cfg, run_cli, tiny
 
-GROUPS = ["formulation", "backbone", "data", "conditioning", "autoencoder", "trainer", "sampler", "eval", "logger"]
+GROUPS = ["formulation", "backbone", "data", "conditioning", "autoencoder", "trainer", "optimizer", "ema", "sampler",
+          "eval", "logger"]
 
 
 def options(group: str) -> list[str]:
@@ -18,6 +19,7 @@ def test_every_config_composes_and_validates(group):
     assert options(group), group
     for option in options(group):
         extra = ["data.resolution=64"] if group == "autoencoder" and option != "identity" else []
+        extra += ["data.path=/tmp"] if group == "data" and option in ("imagenet", "cc12m", "coco") else []
         cfg = compose_cfg([f"{group}={option}", *extra])
         OmegaConf.to_container(cfg.get(group), resolve=True)
         validate(cfg)
@@ -33,8 +35,8 @@ def test_every_experiment_composes():
 
 
 @pytest.mark.parametrize("override,key", [
-    ("trainer.lr=-1", "trainer.lr"),
-    ("trainer.ema.decay=1.5", "trainer.ema.decay"),
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("ema.decay=1.5", "ema.decay"),
     ("conditioning.drop_prob=1.2", "conditioning.drop_prob"),
     ("trainer.precision=fp8", "trainer.precision"),
     ("sampler.shift=0", "sampler.shift"),
@@ -54,7 +56,7 @@ def test_out_of_range_values_fail_with_one_line(override, key):
 
 
 def test_cli_rejects_bad_values_before_compute(tmp_path):
-    for args, key in ((["trainer.lr=-1"], "trainer.lr"),
+    for args, key in ((["optimizer.lr=-1"], "optimizer.lr"),
                       (['formulation.variant="rf/mode(2.50)"'], "mode"),
                       (['formulation.variant="rf/wobble"'], "rf/wobble"),
                       (["data.name=imagenet1k"], "data.name")):
@@ -64,3 +66,31 @@ def test_cli_rejects_bad_values_before_compute(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], r.stderr
         assert any(w in lines[0] for w in ("allowed", "outside", "expected"))  # says what is allowed
         assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_misspelled_or_mistyped_keys_fail_at_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("trainer.max_stepz=3", "optimizer.learning_rate=1e-3", "trainer.max_steps=many", "sampler.cfg=5"):
+        with pytest.raises(ConfigCompositionException):
+            compose_cfg([bad])
+    r = run_cli([*tiny(tmp_path), "trainer.max_stepz=3"], timeout=120)
+    assert r.returncode != 0 and "max_stepz" in r.stderr and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_every_group_option_composes_onto_its_schema_and_every_rule_has_a_field():
+    """No rule can be orphaned by a renamed key: each lives on a schema field, and every option of every group is
+    composed on a schema (its keys are the schema's fields)."""
+    from dataclasses import fields
+
+    from rfsweep.schema import SCHEMAS, rules_for
+
+    for group in ("trainer", "optimizer", "ema", "sampler", "eval", "data", "conditioning", "autoencoder",
+                  "backbone", "logger"):
+        schema_fields = {f.name for (g, _), cls in SCHEMAS.items() if g == group for f in fields(cls)}
+        seen = set()
+        for option in sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml")):
+            node = compose_cfg([f"{group}={option}"])[group]
+            assert set(node.keys()) <= schema_fields, (group, option, set(node.keys()) - schema_fields)
+            seen |= set(node.keys())
+        assert set(rules_for(group)) <= seen | {"clip_tokens"}, (group, set(rules_for(group)) - seen)

@@ -79,7 +79,7 @@ def test_several_devices_refused_in_a_local_multirun(tmp_path):
 
 
 def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):
-    r = run_cli([*_args(tmp_path, devices=2), "trainer.lr=1e30", "trainer.warmup_steps=0", "trainer.grad_clip=null"],
+    r = run_cli([*_args(tmp_path, devices=2), "optimizer.lr=1e30", "trainer.warmup_steps=0", "trainer.grad_clip=null"],
                 timeout=180)
     assert r.returncode == 1 and "failed: training loss is" in r.stderr, r.stderr[-3000:]
     status = read_status(_last(tmp_path).parent.parent if _last(tmp_path).is_file()

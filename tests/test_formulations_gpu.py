@@ -31,5 +31,5 @@ def test_variant_on_cuda(name):
         assert torch.isfinite(f.loss(net, x0, cond, t=t, eps=x0)).all()
     out = sample(f, net, torch.randn(2, 4, 8, 8, device=dev), Cond(cond.context[:2], cond.pooled[:2]),
                  uncond=Cond(torch.zeros_like(cond.context[:1]), torch.zeros_like(cond.pooled[:1])),
-                 steps=5, cfg=2.5, shift=3.0)
+                 steps=5, guidance=2.5, shift=3.0)
     assert out.device.type == "cuda" and torch.isfinite(out).all()

@@ -18,7 +18,7 @@ from rfsweep.cluster.lease import Lease, LeaseHeld, read_lease
 from rfsweep.runfolder import config_changes, read_outcome, read_status
 from tests.helpers import compose_cfg, popen_cli, run_cli, tiny
 
-NAN = ["trainer.lr=1e-3,1e30", "backbone.label=mlp_lr${trainer.lr}", "trainer.grad_clip=null",
+NAN = ["optimizer.lr=1e-3,1e30", "backbone.label=mlp_lr${optimizer.lr}", "trainer.grad_clip=null",
        "trainer.warmup_steps=1"]
 
 
@@ -129,9 +129,9 @@ def test_resume_with_a_changed_result_key_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     run = next((tmp_path / "runs").rglob("status.json")).parent
     files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "outcome.json"}
-    r = run_cli([*tiny(tmp_path, steps=4), "trainer.lr=2e-3", "seed=0"])
+    r = run_cli([*tiny(tmp_path, steps=4), "optimizer.lr=2e-3", "seed=0"])
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert r.returncode == 2 and len(errors) == 1 and "trainer.lr (0.001 -> 0.002)" in errors[0], r.stderr[-2000:]
+    assert r.returncode == 2 and len(errors) == 1 and "optimizer.lr (0.001 -> 0.002)" in errors[0], r.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing already written was touched
     r = run_cli([*tiny(tmp_path, steps=4), "trainer.num_workers=1", "logger.csv=false", "trainer.threads=2"])
     assert r.returncode == 0 and "skip:" in r.stdout  # keys that do not change the result may differ

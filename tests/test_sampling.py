@@ -123,10 +123,10 @@ def test_classifier_free_guidance(name):
     noise, pooled_c = torch.randn(2, 2, 4, 4, dtype=F64), torch.randn(2, 4, dtype=F64)
     c, u = cond_of(pooled_c), cond_of(torch.zeros(1, 4, dtype=F64))  # uncond with batch 1 is broadcast
     net = Recorder()
-    sample(f, net, noise, c, uncond=u, steps=5, cfg=1.0)
+    sample(f, net, noise, c, uncond=u, steps=5, guidance=1.0)
     assert net.batches == [2] * 5  # g = 1: no unconditional pass
     net = Recorder()
-    guided = sample(f, net, noise, c, uncond=u, steps=5, cfg=4.0)
+    guided = sample(f, net, noise, c, uncond=u, steps=5, guidance=4.0)
     assert net.batches == [4] * 5  # one batched forward per step
     u2 = Cond(u.context.expand(2, -1, -1), u.pooled.expand(2, -1))
 
@@ -137,7 +137,7 @@ def test_classifier_free_guidance(name):
     ts = f.sampling_grid(5)
     torch.testing.assert_close(guided, euler(v, ts[0] * noise, ts))
     with pytest.raises(ValueError, match="uncond"):
-        sample(f, net, noise, c, cfg=2.5)
+        sample(f, net, noise, c, guidance=2.5)
 
 
 def test_sample_no_grad_and_dtype():

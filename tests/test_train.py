@@ -34,10 +34,10 @@ def test_ema_update_rule():
 def test_ema_every_k_batches(tmp_path):
     # every=100 over 8 steps: never updated, so EMA still holds the initial weights; every=1, decay=0: a copy.
     init = build_module(compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x")))[0].net.state_dict()
-    m, _ = _fit(tmp_path / "a", ["trainer.ema.every=100"])
+    m, _ = _fit(tmp_path / "a", ["ema.every=100"])
     for k, v in m.ema_net.state_dict().items():
         assert torch.equal(v, init[k]), k
-    m, _ = _fit(tmp_path / "b", ["trainer.ema.every=1", "trainer.ema.decay=0.0"])
+    m, _ = _fit(tmp_path / "b", ["ema.every=1", "ema.decay=0.0"])
     for k, v in m.ema_net.state_dict().items():
         assert torch.equal(v, m.net.state_dict()[k]), k
 

@@ -74,7 +74,7 @@ def test_joblib_workers_open_one_run_per_job(tmp_path):
 
 
 def test_a_failed_job_is_marked_failed_with_its_reason(tmp_path):
-    r = run_cli([*_wandb(tmp_path), "trainer.lr=1e30", "trainer.grad_clip=null", "trainer.warmup_steps=1"])
+    r = run_cli([*_wandb(tmp_path), "optimizer.lr=1e30", "trainer.grad_clip=null", "trainer.warmup_steps=1"])
     assert r.returncode == 1
     (folder,) = offline_runs(tmp_path / "runs")
     run = read_run(folder)

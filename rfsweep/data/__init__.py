@@ -19,6 +19,8 @@ EMBEDDED = {"digits": Digits, "shapes": Shapes}
 # Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
 RAW_READERS = {"imagenet": "imagenet:ImageNet", "cc12m": "cc12m:CC12M", "coco": "coco:COCO"}
 RAW = tuple(RAW_READERS)
+DATASET_NAMES = (*EMBEDDED, *RAW, "precomputed")  # what data.name may be
+NEEDS_PATH = (*RAW, "precomputed")  # read from data.path
 SPLITS = ("train", "val", "test")
 
 

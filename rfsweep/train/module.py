@@ -7,6 +7,7 @@ Randomness of a training step (timesteps, noise, conditioning dropout) comes fro
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -34,12 +35,13 @@ class _Frozen:
 
 class DiffusionModule(L.LightningModule):
     def __init__(self, net: nn.Module, formulation, conditioner: nn.Module, autoencoder: nn.Module,
-                 optim: dict, ema: dict, seed: int = 0, meta: dict | None = None):
+                 optimizer: Callable, warmup_steps: int, ema: dict, seed: int = 0, meta: dict | None = None):
         super().__init__()
         self.net, self.ema_net = net, make_ema(net)
         self.formulation = formulation
         self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)
-        self.optim, self.ema_cfg, self.seed, self.meta = dict(optim), dict(ema), seed, dict(meta or {})
+        self.optimizer_factory, self.warmup_steps = optimizer, warmup_steps  # (params) -> torch optimizer
+        self.ema_cfg, self.seed, self.meta = dict(ema), seed, dict(meta or {})
 
     @property
     def conditioner(self) -> nn.Module:
@@ -110,10 +112,8 @@ class DiffusionModule(L.LightningModule):
             update_ema(self.ema_net, self.net, self.ema_cfg["decay"])
 
     def configure_optimizers(self):
-        o = self.optim
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
-                                weight_decay=o["weight_decay"])
-        warmup = max(int(o["warmup_steps"]), 0)
+        opt = self.optimizer_factory(self.net.parameters())
+        warmup = max(int(self.warmup_steps), 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -137,18 +137,18 @@ class DiffusionModule(L.LightningModule):
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, captions: list[str], steps: int, cfg: float, shift: float = 1.0, seed: int = 0,
+    def generate(self, captions: list[str], steps: int, guidance: float, shift: float = 1.0, seed: int = 0,
                  weights: str = "ema", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for captions; noise fixed by `seed`."""
         net = self.ema_net if weights == "ema" else self.net
         net.eval()
         cond = self.conditioner(list(captions))
         cond = Cond(cond.context.to(self.device), cond.pooled.to(self.device))
-        uncond = self.conditioner.unconditional(len(captions), self.device) if cfg != 1.0 else None
+        uncond = self.conditioner.unconditional(len(captions), self.device) if guidance != 1.0 else None
         shape = shape or tuple(self.meta["latent_shape"])
         g = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((len(captions), *shape), generator=g).to(self.device)
-        z = sample(self.formulation, net, noise, cond, uncond, steps=steps, cfg=cfg, shift=shift)
+        z = sample(self.formulation, net, noise, cond, uncond, steps=steps, guidance=guidance, shift=shift)
         return self.autoencoder.decode(z).clamp(-1, 1)
 
     # -- checkpoint extras: RNG state and run metadata -----------------------------------------------

@@ -89,7 +89,7 @@ def cluster(tmp_path_factory):
                              f"paths.sweeps={root}/cancel", *SLURM, "hydra.launcher.timeout_min=10"]),
         # a long job that may not be requeued, and one whose loss diverges at once (lr 1e30)
         "limit": popen_cli([*common(root, 100000), "-m", "seed=8", "data=digits", "eval=none", "name=limit",
-                            "trainer.lr=1e-3,1e30", "backbone.label=mlp_lr${trainer.lr}", "trainer.grad_clip=null",
+                            "optimizer.lr=1e-3,1e30", "backbone.label=mlp_lr${optimizer.lr}", "trainer.grad_clip=null",
                             f"paths.sweeps={root}/limit", *SLURM, "hydra.launcher.max_num_timeout=0"]),
         "grid": popen_cli([*grid(root, "slurm"), *SLURM, "hydra.launcher.max_num_timeout=20"]),
     }

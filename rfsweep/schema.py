@@ -1,0 +1,289 @@
+"""The config's schema: one dataclass per config group (Hydra structured configs), each field with its type, default
+and range rule. Hydra composes every YAML of a group on top of its schema (`defaults: [<schema name>, _self_]`), so a
+misspelled or renamed key, or a value of the wrong type, fails at composition; `rfsweep.config.validate` runs every
+field's rule, for every job of a sweep before any job starts. A rule lives on its field: renaming a key moves it.
+
+Groups without a schema here: `formulation` (checked by the variant grammar, `rfsweep.formulations.variants`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive_int(v) -> bool:
+    return _int(v) and v > 0
+
+
+def nonneg_int(v) -> bool:
+    return _int(v) and v >= 0
+
+
+def number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rule(default: Any, check: Callable[[Any], bool], allowed: str, factory: Callable | None = None):
+    """A field with its range rule: `check(value)` must hold; `allowed` says what is allowed."""
+    meta = {"check": check, "allowed": allowed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RootConf:
+    name: str = "default"  # experiment name: run and sweep folders are grouped under it
+    seed: int = rule(0, nonneg_int, "an integer >= 0")
+    dry_run: bool = False  # print each job and its cost, train nothing
+    grid: Optional[str] = None  # a sweep's grid (sweeps/<grid>.yaml), read by hydra/sweeper=grid
+    job_name: str = MISSING
+    run_dir: str = MISSING
+    formulation: Any = MISSING
+    backbone: Any = MISSING
+    data: Any = MISSING
+    conditioning: Any = MISSING
+    autoencoder: Any = MISSING
+    trainer: Any = MISSING
+    optimizer: Any = MISSING
+    ema: Any = MISSING
+    sampler: Any = MISSING
+    eval: Any = MISSING
+    logger: Any = MISSING
+    cluster: Any = MISSING
+    paths: Any = MISSING
+
+
+@dataclass
+class TrainerConf:
+    """Lightning's side of training: device, precision, steps, batch, schedule, checkpoints, loader."""
+
+    accelerator: str = rule("cpu", lambda v: v in ("cpu", "gpu"), "cpu or gpu")
+    devices: int = rule(1, positive_int, "an integer > 0 (more than 1: DDP, the global batch split over devices)")
+    precision: str = rule("32-true", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+    max_steps: int = rule(1500, positive_int, "an integer > 0")
+    batch_size: int = rule(64, positive_int, "an integer > 0 (the global batch)")
+    warmup_steps: int = rule(100, nonneg_int, "an integer >= 0 (paper: 1000)")
+    grad_clip: Optional[float] = rule(1.0, lambda v: v is None or (number(v) and v > 0), "null or a number > 0")
+    val_every: int = rule(250, positive_int, "an integer > 0")
+    n_val: int = rule(256, positive_int, "an integer > 0")
+    ckpt_every: int = rule(250, positive_int, "an integer > 0")
+    deterministic: bool = True
+    num_workers: int = rule(0, nonneg_int, "an integer >= 0")
+    compile: bool = False
+    threads: Optional[int] = rule(None, lambda v: v is None or positive_int(v), "null or an integer > 0")
+
+
+@dataclass
+class OptimizerConf:
+    """AdamW (App. B.3), instantiated with `_partial_` and given the backbone's parameters."""
+
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    _convert_: str = "all"
+    lr: float = rule(1e-4, lambda v: number(v) and v > 0, "a number > 0 (paper: 1e-4)")
+    betas: list = rule(None, lambda v: len(v) == 2 and all(number(b) and 0 <= b < 1 for b in v),
+                       "two numbers in [0, 1)", factory=lambda: [0.9, 0.999])
+    eps: float = rule(1e-15, lambda v: number(v) and v > 0, "a number > 0 (paper: 1e-15 with QK-norm)")
+    weight_decay: float = rule(0.0, lambda v: number(v) and v >= 0, "a number >= 0")
+
+
+@dataclass
+class EMAConf:
+    every: int = rule(100, positive_int, "an integer > 0 (paper: 100)")
+    decay: float = rule(0.99, lambda v: number(v) and 0 <= v < 1, "a number in [0, 1) (paper: 0.99)")
+
+
+@dataclass
+class SamplerConf:
+    """Euler on the probability-flow ODE, for the run's sample grid (evaluation has its own settings)."""
+
+    steps: int = rule(25, positive_int, "an integer > 0")
+    guidance: float = rule(5.0, lambda v: number(v) and v >= 0, "a number >= 0 (classifier-free guidance; 1 = none)")
+    shift: float = rule(1.0, lambda v: number(v) and v > 0, "a number > 0 (1.0 = no shift; paper: 3.0 at 1024^2)")
+    n_grid: int = rule(64, positive_int, "an integer > 0")
+
+
+def _settings(v) -> bool:
+    return len(v) > 0 and all(len(s) == 2 and positive_int(s[0]) and number(s[1]) and s[1] >= 0 for s in v)
+
+
+@dataclass
+class EvalConf:
+    enabled: bool = True
+    evaluator: str = rule("embedded", lambda v: v in ("embedded", "openclip", "none"), "embedded, openclip or none")
+    n_samples: int = rule(256, positive_int, "an integer > 0 (paper: 1000)")
+    batch_size: int = rule(256, positive_int, "an integer > 0")
+    weights: list = rule(None, lambda v: len(v) > 0 and all(w in ("ema", "raw") for w in v),
+                         "a non-empty subset of [ema, raw]", factory=lambda: ["ema", "raw"])
+    settings: Any = rule(None, _settings, "a list of [steps > 0, guidance >= 0] pairs", factory=list)
+    seed: int = rule(0, nonneg_int, "an integer >= 0")
+    evaluator_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING  # the reader: an embedded set, a raw reader, or precomputed
+    label: str = MISSING  # what runs, results and dashboards call this dataset
+    path: Optional[str] = None
+    resolution: int = rule(8, positive_int, "an integer > 0")
+    seed: int = rule(0, nonneg_int, "an integer >= 0")
+
+
+@dataclass
+class ConditioningConf:
+    drop_prob: float = rule(0.464, lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1] (paper: 0.464)")
+    cache: bool = True
+    context_dim: int = rule(MISSING, positive_int, "an integer > 0")
+    pooled_dim: int = rule(MISSING, nonneg_int, "an integer >= 0")
+    clip_tokens: int = rule(MISSING, nonneg_int, "an integer >= 0")
+    encoders: list = field(default_factory=list)
+
+
+@dataclass
+class IdentityAutoencoderConf:
+    _target_: str = "rfsweep.autoencoders.IdentityAutoencoder"
+    channels: int = 3
+    shift: float = 0.0
+    scale: float = rule(1.0, lambda v: number(v) and v > 0, "a number > 0")
+    latent_channels: int = 3
+    downsample: int = 1
+
+
+@dataclass
+class VAEConf:
+    _target_: str = "rfsweep.autoencoders.DiffusersVAE"
+    name: str = MISSING
+    subfolder: Optional[str] = None
+    shift: float = 0.0
+    scale: float = rule(1.0, lambda v: number(v) and v > 0, "a number > 0")
+    latent_channels: int = rule(MISSING, positive_int, "an integer > 0")
+    downsample: int = rule(MISSING, positive_int, "an integer > 0")
+
+
+@dataclass
+class BackboneBase:
+    in_channels: int = "${autoencoder.latent_channels}"  # type: ignore[assignment]
+    context_dim: int = "${conditioning.context_dim}"  # type: ignore[assignment]
+    pooled_dim: int = "${conditioning.pooled_dim}"  # type: ignore[assignment]
+    grad_checkpointing: bool = False
+    label: str = MISSING  # how runs and results name this backbone (config only)
+
+
+def _size(v) -> bool:
+    return v is None or positive_int(v)
+
+
+@dataclass
+class TransformerConf(BackboneBase):
+    """DiT, CrossDiT, UViT (and MM-DiT below): the paper's size rule is width 64 depth, heads = depth (null)."""
+
+    _target_: str = "rfsweep.backbones.build_backbone"
+    name: str = MISSING
+    depth: int = rule(2, positive_int, "an integer > 0")
+    width: Optional[int] = rule(64, _size, "null (64 x depth) or an integer > 0")
+    heads: Optional[int] = rule(2, _size, "null (depth) or an integer > 0")
+    mlp_ratio: float = rule(4.0, lambda v: number(v) and v > 0, "a number > 0")
+    patch_size: int = rule(2, positive_int, "an integer > 0")
+    pos_embed_max_size: int = rule(96, positive_int, "an integer > 0")
+    qk_norm: bool = False
+
+
+@dataclass
+class MMDiTConf(TransformerConf):
+    weight_sets: int = rule(2, lambda v: v in (2, 3), "2 (text, image) or 3 (CLIP, T5, image)")
+    clip_tokens: int = "${conditioning.clip_tokens}"  # type: ignore[assignment]
+
+
+@dataclass
+class MLPConf(BackboneBase):
+    _target_: str = "rfsweep.backbones.build_backbone"
+    name: str = "mlp"
+    depth: int = rule(2, positive_int, "an integer > 0")
+    width: int = rule(176, positive_int, "an integer > 0")
+    mlp_ratio: float = rule(2.0, lambda v: number(v) and v > 0, "a number > 0")
+    input_size: int = rule(8, positive_int, "an integer > 0")
+
+
+@dataclass
+class SD3Conf(BackboneBase):
+    _target_: str = "rfsweep.backbones.pretrained.load_sd3"
+    name: str = MISSING  # hub name in the local cache, or a diffusers folder
+    subfolder: Optional[str] = "transformer"
+
+
+@dataclass
+class LoggerConf:
+    csv: bool = True
+    wandb: bool = True
+    project: str = "rfsweep"
+    entity: Optional[str] = None
+
+
+@dataclass
+class ClusterConf:
+    """How a job behaves on a cluster (README "Sweeps and clusters")."""
+
+    requeue: bool = True  # plain sbatch: after the pre-emption checkpoint, scontrol requeue (submitit: its own)
+    max_requeues: int = rule(20, nonneg_int, "an integer >= 0")  # plain sbatch: restarts (SLURM_RESTART_COUNT)
+    lease_timeout_s: float = rule(600.0, lambda v: number(v) and v >= 10, "a number of seconds >= 10")
+    tflops_per_gpu: float = rule(400.0, lambda v: number(v) and v > 0, "a number > 0 (achieved TFLOP/s per GPU)")
+
+
+@dataclass
+class PathsConf:
+    runs: str = "${oc.env:RFSWEEP_RUNS,runs}"  # single runs
+    sweeps: str = "${oc.env:RFSWEEP_SWEEPS,multirun}"  # multiruns
+    cache: str = "${oc.env:RFSWEEP_CACHE,${oc.env:HOME}/.cache/rfsweep}"
+
+
+# (group, schema name) -> schema. The name is what a group's YAML lists first in its defaults.
+SCHEMAS: dict[tuple[str | None, str], type] = {
+    (None, "rfsweep_schema"): RootConf,
+    ("trainer", "trainer_schema"): TrainerConf,
+    ("optimizer", "optimizer_schema"): OptimizerConf,
+    ("ema", "ema_schema"): EMAConf,
+    ("sampler", "sampler_schema"): SamplerConf,
+    ("eval", "eval_schema"): EvalConf,
+    ("data", "data_schema"): DataConf,
+    ("conditioning", "conditioning_schema"): ConditioningConf,
+    ("autoencoder", "identity_schema"): IdentityAutoencoderConf,
+    ("autoencoder", "vae_schema"): VAEConf,
+    ("backbone", "transformer_schema"): TransformerConf,
+    ("backbone", "mmdit_schema"): MMDiTConf,
+    ("backbone", "mlp_schema"): MLPConf,
+    ("backbone", "sd3_schema"): SD3Conf,
+    ("logger", "logger_schema"): LoggerConf,
+    ("cluster", "default"): ClusterConf,
+    ("paths", "default"): PathsConf,
+}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        cs.store(group=group, name=name, node=node)
+
+
+def rules_for(group: str | None) -> dict[str, tuple[Callable, str]]:
+    """key -> (check, allowed) over every schema of a group (a backbone's keys depend on which backbone it is)."""
+    from dataclasses import fields
+
+    out: dict[str, tuple[Callable, str]] = {}
+    for (g, _), cls in SCHEMAS.items():
+        if g == group:
+            for f in fields(cls):
+                if "check" in f.metadata:
+                    out.setdefault(f.name, (f.metadata["check"], f.metadata["allowed"]))
+    return out

@@ -40,15 +40,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _cross_checks(cfg: DictConfig) -> None:
-    from rfsweep.data import DATASET_NAMES, NEEDS_PATH
+    from rfsweep.data import dataset_names, needs_path
 
     tr = cfg.trainer
     if tr.batch_size % tr.devices:
         raise ConfigError(f"config error: trainer.batch_size={tr.batch_size} does not split over "
                           f"trainer.devices={tr.devices} (allowed: a multiple of {tr.devices}; the batch is global)")
-    if cfg.data.name not in DATASET_NAMES:
-        raise ConfigError(f"config error: data.name={cfg.data.name!r} is unknown (allowed: {', '.join(DATASET_NAMES)})")
-    if cfg.data.name in NEEDS_PATH and not cfg.data.path:
+    if cfg.data.name not in dataset_names():
+        raise ConfigError(f"config error: data.name={cfg.data.name!r} is unknown "
+                          f"(allowed: {', '.join(dataset_names())})")
+    if needs_path(cfg.data.name) and not cfg.data.path:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")

@@ -243,3 +243,20 @@ def test_every_backbone_keeps_the_protocol():
         assert isinstance(net, Backbone), name
         y = net(torch.randn(2, 3, 8, 8), torch.rand(2), torch.randn(2, 5, 16), torch.randn(2, 16))
         assert y.shape == (2, 3, 8, 8), name
+
+
+@pytest.mark.parametrize("name", ["dit", "crossdit", "mmdit", "uvit"])
+def test_transformer_backbones_are_initialised_alike(name):
+    """Fig. 4 compares them: DiT's initialisation for every one (Xavier linears, zero modulations, a zero output)."""
+    from rfsweep.backbones import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(name, in_channels=4, context_dim=64, pooled_dim=32, depth=2, width=128, heads=2)
+    y = net(torch.randn(2, 4, 8, 8), torch.rand(2), torch.randn(2, 6, 64), torch.randn(2, 32))
+    assert torch.count_nonzero(y) == 0  # adaLN-Zero: the zero function at initialisation
+    linears = [m for m in net.blocks.modules() if isinstance(m, torch.nn.Linear) and m.weight.abs().sum() > 0]
+    assert linears
+    for m in linears:
+        fan_out, fan_in = m.weight.shape
+        assert m.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.15), name
+        assert m.bias is None or torch.count_nonzero(m.bias) == 0

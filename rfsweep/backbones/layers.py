@@ -264,11 +264,14 @@ def checkpointed(fn, *args, enabled: bool):
     return fn(*args)
 
 
-def dit_init_(model: nn.Module) -> None:
-    """DiT's initialisation: Xavier-uniform linears and patch projection, N(0, 0.02) timestep MLP, zero
-    modulations and output layer (adaLN-Zero: the network starts as the zero function)."""
+def dit_init_(model: nn.Module, convolutions: bool = True) -> None:
+    """DiT's initialisation, shared by every transformer backbone (DiT, CrossDiT, MM-DiT and U-ViT's transformer):
+    Xavier-uniform linears and patch projection, N(0, 0.02) timestep MLP, zero modulations and output layer
+    (adaLN-Zero: the network starts as the zero function). `convolutions=False` leaves convolutions as they are
+    (U-ViT's ResNet stages keep ADM's initialisation)."""
+    kinds = (nn.Linear, nn.Conv2d) if convolutions else (nn.Linear,)
     for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, kinds):
             nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -10,6 +10,9 @@ ResNet stages come back up with skip connections. The paper leaves the details o
 - `res_blocks` ResNet blocks per stage and direction; one skip per stage (concatenated before the up
   stage's first ResNet block). ResNet blocks are GroupNorm-SiLU-conv3x3 twice, the second norm modulated
   by (shift, scale) from y (ADM's scale-shift norm), the last conv zero-initialised.
+- Initialisation: convolutions as ADM (PyTorch's default, the last conv of each block and the output conv zero);
+  every linear layer, the transformer blocks and the modulations as DiT (`layers.dit_init_`), as the other
+  transformer backbones of Fig. 4.
 - All modulations (ResNet and transformer) come from y = MLP(t) + MLP(c_vec) in one matmul.
 """
 
@@ -26,6 +29,7 @@ from rfsweep.backbones.layers import (
     Modulations,
     centre_crop,
     checkpointed,
+    dit_init_,
     resolve_size,
     sincos_2d_table,
 )
@@ -111,6 +115,7 @@ class UViT(nn.Module):
         sizes = [2 * b.conv2.out_channels for b in res] + [6 * width] * depth
         self.modulations = Modulations(width, sizes)
         self.n_res_mods = len(res)
+        dit_init_(self, convolutions=False)  # the transformer part as DiT, MM-DiT; convolutions as ADM
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor

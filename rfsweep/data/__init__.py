@@ -17,11 +17,18 @@ from rfsweep.data.shapes import Shapes
 
 EMBEDDED = {"digits": Digits, "shapes": Shapes}
 # Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
-RAW_READERS = {"imagenet": "imagenet:ImageNet", "cc12m": "cc12m:CC12M", "coco": "coco:COCO"}
-RAW = tuple(RAW_READERS)
-DATASET_NAMES = (*EMBEDDED, *RAW, "precomputed")  # what data.name may be
-NEEDS_PATH = (*RAW, "precomputed")  # read from data.path
+RAW_READERS = {"imagenet": "rfsweep.data.imagenet:ImageNet", "cc12m": "rfsweep.data.cc12m:CC12M",
+               "coco": "rfsweep.data.coco:COCO"}
 SPLITS = ("train", "val", "test")
+
+
+def dataset_names() -> tuple[str, ...]:
+    """What data.name may be: an embedded set, a raw reader, or precomputed."""
+    return (*EMBEDDED, *RAW_READERS, "precomputed")
+
+
+def needs_path(name: str) -> bool:
+    return name in RAW_READERS or name == "precomputed"
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +48,7 @@ def _raw(name: str):
     if name not in RAW_READERS:
         raise DataError(f"data.name={name!r} has no reader (allowed: {', '.join(RAW_READERS)})")
     module, cls = RAW_READERS[name].split(":")
-    return getattr(importlib.import_module(f"rfsweep.data.{module}"), cls)
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:
@@ -51,14 +58,14 @@ def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, pat
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
     if name in EMBEDDED:
         return EMBEDDED[name](split=split, resolution=resolution, seed=seed)
-    if name in (*RAW, "precomputed"):
+    if needs_path(name):
         if path is None or not Path(path).is_dir():
             kind = "a folder of pre-encoded shards" if name == "precomputed" else f"the {name} folder"
             raise DataError(f"data.path={path!r} does not exist (allowed: {kind})")
-    if name in RAW:
+    if name in RAW_READERS:
         return _raw(name)(path, split=split, resolution=resolution, seed=seed)
     if name == "precomputed":
         from rfsweep.data.precomputed import PrecomputedDataset
 
         return PrecomputedDataset(path, split)
-    raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join([*EMBEDDED, *RAW, 'precomputed'])})")
+    raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join(dataset_names())})")

@@ -39,4 +39,4 @@ def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:
     if scheme is None:
         raise VariantError(f"formulation {spec.family}/{spec.scheme} is unknown (allowed: {GRAMMAR})")
     module, cls = scheme.implementation.split(":")
-    return getattr(importlib.import_module(f"rfsweep.formulations.{module}"), cls)(spec)
+    return getattr(importlib.import_module(module), cls)(spec)

@@ -29,7 +29,7 @@ MODE_S_MAX = 2 / (math.pi - 2)  # Sec. 3.1: f_mode is monotone only for -1 <= s 
 @dataclass(frozen=True)
 class Scheme:
     """One row of the registry: the name head, the parameter names and the class that implements it
-    (`<module of rfsweep.formulations>:<class>`, imported when built)."""
+    (`<module>:<class>`, imported when built)."""
 
     head: str
     params: tuple[str, ...]
@@ -39,17 +39,17 @@ class Scheme:
 # (family, scheme) -> Scheme: the one registry of the variants. The scheme key is "density" for rf, else
 # "schedule". A 62nd formulation is a row here (and its class, if no existing one implements it).
 SCHEMES: dict[tuple[Family, str], Scheme] = {
-    ("rf", "uniform"): Scheme("rf", (), "rf:RectifiedFlow"),
-    ("rf", "lognorm"): Scheme("rf/lognorm", ("m", "s"), "rf:RectifiedFlow"),
-    ("rf", "mode"): Scheme("rf/mode", ("s",), "rf:RectifiedFlow"),
-    ("rf", "cosmap"): Scheme("rf/cosmap", (), "rf:RectifiedFlow"),
-    ("edm", "lognormal"): Scheme("edm", ("P_mean", "P_std"), "edm:EDM"),
-    ("edm", "rf"): Scheme("edm/rf", (), "edm:EDM"),
-    ("edm", "cos"): Scheme("edm/cos", (), "edm:EDM"),
-    ("eps", "linear"): Scheme("eps/linear", (), "vp:LinearVP"),
-    ("eps", "cos"): Scheme("eps/cos", (), "vp:CosineVP"),
-    ("v", "linear"): Scheme("v/linear", (), "vp:LinearVP"),
-    ("v", "cos"): Scheme("v/cos", (), "vp:CosineVP"),
+    ("rf", "uniform"): Scheme("rf", (), "rfsweep.formulations.rf:RectifiedFlow"),
+    ("rf", "lognorm"): Scheme("rf/lognorm", ("m", "s"), "rfsweep.formulations.rf:RectifiedFlow"),
+    ("rf", "mode"): Scheme("rf/mode", ("s",), "rfsweep.formulations.rf:RectifiedFlow"),
+    ("rf", "cosmap"): Scheme("rf/cosmap", (), "rfsweep.formulations.rf:RectifiedFlow"),
+    ("edm", "lognormal"): Scheme("edm", ("P_mean", "P_std"), "rfsweep.formulations.edm:EDM"),
+    ("edm", "rf"): Scheme("edm/rf", (), "rfsweep.formulations.edm:EDM"),
+    ("edm", "cos"): Scheme("edm/cos", (), "rfsweep.formulations.edm:EDM"),
+    ("eps", "linear"): Scheme("eps/linear", (), "rfsweep.formulations.vp:LinearVP"),
+    ("eps", "cos"): Scheme("eps/cos", (), "rfsweep.formulations.vp:CosineVP"),
+    ("v", "linear"): Scheme("v/linear", (), "rfsweep.formulations.vp:LinearVP"),
+    ("v", "cos"): Scheme("v/cos", (), "rfsweep.formulations.vp:CosineVP"),
 }
 GRAMMAR = " | ".join(f"{s.head}({', '.join(s.params)})" if s.params else s.head for s in SCHEMES.values())
 _BY_HEAD = {s.head: key for key, s in SCHEMES.items()}

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rfsweep.data import build_dataset
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.run import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
-from rfsweep.results import REAL, RESULTS_FILE, setting_name, write_results
+from rfsweep.results import REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -44,9 +44,25 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 
 
+def _earlier_rows(run_dir: Path, step: int) -> list[dict]:
+    """Rows of this checkpoint's evaluation written before a pre-emption (another checkpoint's rows are dropped)."""
+    from rfsweep.results import ResultsError, read_results
+
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        return []
+    try:
+        df = read_results(path)
+    except ResultsError:
+        return []
+    df = df[(df["ckpt_step"] == step) | (df["weights"] == REAL)]
+    return [] if (df["weights"] != REAL).sum() == 0 else df.to_dict("records")
+
+
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
                  tracker=None) -> list[dict]:
-    """Evaluate and write results.csv; `stop()` is asked between settings (EvaluationStopped ends early)."""
+    """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
+    evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early)."""
     from rfsweep.evaluation.reference import real_reference_row, reference_stats
     from rfsweep.evaluation.run import evaluate
 
@@ -56,20 +72,27 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
                           cache_dir=Path(cfg.paths.cache), data_path=cfg.data.path)
     prompts = held_out_captions(cfg, e.n_samples)
     shift = cfg.sampler.shift
+    common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
+              "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
+              "seed": meta["seed"], "run_dir": str(run_dir)}
+    rows = _earlier_rows(run_dir, info["step"])
+    if not any(r["weights"] == REAL for r in rows):
+        real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
+                                  data_path=cfg.data.path)
+        rows.append({**common, **real, "variant": REAL_VARIANT, "family": REAL, "ckpt_step": 0, "val_loss": None})
+    done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seed: int) -> torch.Tensor:
         return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed, weights=weights)
 
-    rows = evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights),
-                    n_samples=e.n_samples, batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples",
-                    grid_size=GRID_SIZE, stop=stop)
-    common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
-              "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
-              "seed": meta["seed"], "run_dir": str(run_dir)}
-    rows = [{**common, **r} for r in rows]
-    real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
-                              data_path=cfg.data.path)
-    rows.append({**common, **real, "variant": "real images", "family": REAL, "ckpt_step": 0, "val_loss": None})
+    def keep(row: dict) -> None:
+        rows.append({**common, **row})
+        write_results(run_dir / RESULTS_FILE, rows)
+
+    evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights), n_samples=e.n_samples,
+             batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
+             done=done, on_row=keep)
+    rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
     write_results(run_dir / RESULTS_FILE, rows)
     if tracker is not None:
         shown = eval_prompts(prompts, e.n_samples)[:GRID_SIZE]

@@ -40,11 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from rfsweep.builders import build_model
     from rfsweep.evaluation.grids import save_captioned_grid
-    from rfsweep.runfolder import BEST, LAST
+    from rfsweep.runfolder import BEST, LAST, last_checkpoint, read_config
     from rfsweep.sweep import register_resolvers
     from rfsweep.text_encoders import WeightsUnavailable
     from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
-    from rfsweep.train.fit import evaluated_checkpoint
+    from rfsweep.train.fit import evaluated_checkpoint, read_weights
 
     a = parse_args(argv)
     path = evaluated_checkpoint(a.run_dir)
@@ -52,15 +52,16 @@ def main(argv=None) -> int:
         if not path.is_file():
             raise CheckpointError(f"{a.run_dir}: no checkpoints/{BEST} or checkpoints/{LAST} (allowed: a run folder "
                                   f"written by python -m rfsweep)")
-        ckpt = load_checkpoint(path)
-        meta = ckpt.get("rfsweep") or {}
-        if "config" not in meta:
-            raise CheckpointError(f"{path}: holds no run config (allowed: a checkpoint written by python -m rfsweep)")
+        config = read_config(a.run_dir)  # the run's config.json, else the one its last checkpoint carries
+        if config is None and last_checkpoint(a.run_dir).is_file():
+            config = (load_checkpoint(last_checkpoint(a.run_dir)).get("rfsweep") or {}).get("config")
+        if config is None:
+            raise CheckpointError(f"{a.run_dir}: holds no run config (allowed: a run folder written by python -m "
+                                  f"rfsweep, with config.json or checkpoints/{LAST})")
         register_resolvers()
-        cfg = OmegaConf.create(meta["config"])
+        cfg = OmegaConf.create(config)
         module = build_model(cfg)
-        module.load_state_dict(ckpt["state_dict"])
-        del ckpt
+        module.load_state_dict(read_weights(path)[0])
     except (CheckpointError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

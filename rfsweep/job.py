@@ -39,11 +39,14 @@ def expected_results(cfg: DictConfig) -> list[tuple]:
 
 
 def run_finished(cfg: DictConfig) -> bool:
-    """Done, with every evaluation row the config asks for."""
+    """Done, with every evaluation row the config asks for (stage=train: trained)."""
     from rfsweep.results import RESULTS_FILE, results_complete
 
     run_dir = Path(cfg.run_dir)
-    if runfolder.read_status(run_dir).get("state") != runfolder.FINISHED:
+    state = runfolder.read_status(run_dir).get("state")
+    if cfg.stage == "train":
+        return state in ("trained", runfolder.FINISHED)
+    if state != runfolder.FINISHED:
         return False
     return not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected_results(cfg))
 
@@ -144,6 +147,9 @@ def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
         trained = status.get("state") in ("trained", "done") or status.get("stage") == "evaluation"
+        if cfg.stage == "evaluate" and not trained:
+            raise ConfigError(f"config error: stage=evaluate but {run_dir} is not trained (state "
+                              f"{status.get('state', 'not started')}; allowed: stage=all or train first)")
         if guard.stop_requested() and rank0:  # stopped while starting: nothing new to save, hand the job back
             return _stopped(cfg, run_dir, guard, status.get("step") or 0, "evaluation" if trained else "training")
         if cfg.trainer.threads:
@@ -177,6 +183,9 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
             return Outcome(0, "rank")
         if guard.stop_requested():
             return _stopped(cfg, run_dir, guard, step, "training")
+    if cfg.stage == "train":  # evaluation is its own job (stage=evaluate), e.g. on other nodes
+        print(f"trained: {run_dir} (evaluate with stage=evaluate)", flush=True)
+        return Outcome(0, "done", "trained (stage=train)")
     info = load_weights(module, run_dir)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
     module.place_frozen()

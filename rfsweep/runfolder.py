@@ -6,7 +6,8 @@
     <run>/lease.json         who trains the run now (host, pid, SLURM job, heartbeat): one trainer per folder
     <run>/config.json        the resolved config the run was started with (written once); a resume must match it
     <run>/model.json         parameters and training FLOPs per sample (the scaling study's compute axis)
-    <run>/checkpoints/       last.ckpt (resume), best.ckpt (lowest EMA validation loss)
+    <run>/checkpoints/       last.ckpt (resume: weights, EMA, optimizer, loops), best.safetensors (the raw and EMA
+                             weights of the step with the lowest EMA validation loss: what evaluation reads)
     <run>/metrics.csv        this launch's metrics; earlier launches' rows in metrics-part<k>.csv
     <run>/results.csv        the evaluation (rfsweep.results)
 
@@ -26,7 +27,7 @@ from rfsweep.atomic import atomic_write
 from rfsweep.config import ConfigError
 
 STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
-CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.ckpt"
+CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.safetensors"
 METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
 
 # States of status.json. `running` is what a live job writes (a dead one leaves it behind: its lease and heartbeat
@@ -112,7 +113,7 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 # share the global batch, how the job behaves on a cluster, how the finished weights are sampled and evaluated:
 # results rows carry their settings) or only extend them (max_steps: neither the data stream nor the learning-rate
 # schedule depends on it, so a longer run continues exactly as if it had been started longer).
-RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "cluster", "eval", "sampler", "grid",
+RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "stage", "cluster", "eval", "sampler", "grid",
                   "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
                   "trainer.max_steps")
 
@@ -131,7 +132,10 @@ def _free(key: str) -> bool:
 
 
 def _same(x, y) -> bool:
-    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)  # NaN equals NaN, 1 is not 1.0's type
+    """Equal as JSON (NaN equals NaN); a key one side lacks equals null on the other: a key added to the schema
+    later with a null default (a feature off) does not change what an earlier run trained."""
+    x, y = (None if v == "<absent>" else v for v in (x, y))
+    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:

@@ -47,6 +47,8 @@ class RootConf:
     name: str = "default"  # experiment name: run and sweep folders are grouped under it
     seed: int = rule(0, nonneg_int, "an integer >= 0")
     dry_run: bool = False  # print each job and its cost, train nothing
+    stage: str = rule("all", lambda v: v in ("all", "train", "evaluate"),
+                      "all, train (stop once trained) or evaluate (a trained run's evaluation only)")
     grid: Optional[str] = None  # a sweep's grid (sweeps/<grid>.yaml), read by hydra/sweeper=grid
     job_name: str = MISSING
     run_dir: str = MISSING
@@ -143,6 +145,7 @@ class DataConf:
 
 @dataclass
 class ConditioningConf:
+    repo: Optional[str] = None  # a diffusers repo (hub name or folder) whose subfolders hold the encoders (sd3)
     drop_prob: float = rule(0.464, lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1] (paper: 0.464)")
     cache: bool = True
     context_dim: int = rule(MISSING, positive_int, "an integer > 0")

@@ -50,10 +50,14 @@ class HFTextEncoder(nn.Module):
     model_class: "auto" (AutoModel, e.g. MiniLM/BERT), "clip" (CLIPTextModelWithProjection) or "t5"
     (T5EncoderModel). hidden_layer: which hidden state gives the tokens (-2: penultimate, as SD3 uses for
     CLIP). pooling: "projection" (CLIP's projected EOS embedding), "mean" (mask-weighted mean) or "none".
+    subfolder / tokenizer_subfolder: where model and tokenizer sit in a diffusers repo (SD3's `text_encoder_2`,
+    `tokenizer_2`). attention_mask: whether the encoder sees the padding mask; SD3 was trained without it
+    (`StableDiffusion3Pipeline.encode_prompt` passes none), so conditioning=sd3 passes none either.
     """
 
     def __init__(self, name: str, kind: str = "clip", model_class: str = "auto", tokenizer: str | None = None,
-                 config: dict | None = None, hidden_layer: int = -1, pooling: str = "mean", max_length: int = 77):
+                 config: dict | None = None, hidden_layer: int = -1, pooling: str = "mean", max_length: int = 77,
+                 subfolder: str | None = None, tokenizer_subfolder: str | None = None, attention_mask: bool = True):
         super().__init__()
         import transformers as tf
 
@@ -64,9 +68,12 @@ class HFTextEncoder(nn.Module):
             cfg_cls = {"auto": tf.BertConfig, "clip": tf.CLIPTextConfig, "t5": tf.T5Config}[model_class]
             model = (tf.BertModel if model_class == "auto" else cls)(cfg_cls(**config))
         else:
-            model = from_local(cls.from_pretrained, name, "text encoder name", "conditioning=minilm")
+            model = from_local(cls.from_pretrained, name, "text encoder name", "conditioning=minilm",
+                               **({"subfolder": subfolder} if subfolder else {}))
         self.tokenizer = from_local(tf.AutoTokenizer.from_pretrained, tokenizer, "text encoder tokenizer",
-                                    "conditioning=minilm")
+                                    "conditioning=minilm",
+                                    **({"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}))
+        self.attention_mask = attention_mask
         self.model = model.eval().requires_grad_(False)
         self.kind, self.hidden_layer, self.pooling, self.max_length = kind, hidden_layer, pooling, max_length
         self.width = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
@@ -78,8 +85,8 @@ class HFTextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         tok = self.tokenizer(list(captions), padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt").to(device)
-        out = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"),
-                         output_hidden_states=True)
+        mask = tok.get("attention_mask") if self.attention_mask else None
+        out = self.model(input_ids=tok["input_ids"], attention_mask=mask, output_hidden_states=True)
         tokens = out.hidden_states[self.hidden_layer]  # (B, L, D)
         if self.pooling == "projection":
             pooled = out.text_embeds

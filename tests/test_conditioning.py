@@ -119,7 +119,7 @@ def test_table_warmed_on_cpu_follows_the_conditioner_to_the_gpu():
     assert out.context.is_cuda and out.pooled.is_cuda
 
 
-@pytest.mark.parametrize("group,name", [("conditioning=sd3", "openai/clip-vit-large-patch14"),
+@pytest.mark.parametrize("group,name", [("conditioning=sd3", "stabilityai/stable-diffusion-3-medium-diffusers"),
                                         ("autoencoder=sd3_vae", "stabilityai/stable-diffusion-3-medium-diffusers")])
 def test_cli_missing_weights_is_one_line(tmp_path, group, name):
     """Through the CLI too (hydra wraps what a configured class raises): one line naming what to download."""

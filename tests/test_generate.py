@@ -14,7 +14,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     r = run_cli(tiny(root, steps=4))
     assert r.returncode == 0, r.stderr[-3000:]
-    return next((root / "runs").rglob("best.ckpt")).parent.parent
+    return next((root / "runs").rglob("best.safetensors")).parent.parent
 
 
 def test_grid_of_prompts_is_written_and_reproducible(run_dir, tmp_path, capsys):
@@ -32,10 +32,10 @@ def test_grid_of_prompts_is_written_and_reproducible(run_dir, tmp_path, capsys):
 
 def test_bad_run_folder_or_checkpoint_is_one_line(run_dir, tmp_path, capsys):
     assert main([str(tmp_path / "nothing"), "x"]) == 2
-    assert "no checkpoints/best.ckpt" in capsys.readouterr().err
+    assert "no checkpoints/best.safetensors" in capsys.readouterr().err
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    del ckpt["rfsweep"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    del ckpt["rfsweep"]  # and no config.json beside it
     torch.save(ckpt, tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert main([str(tmp_path / "run"), "x"]) == 2
     err = capsys.readouterr().err

@@ -61,7 +61,7 @@ def test_one_wandb_run_per_job_with_grouping_keys_summaries_and_tables(sweep):
         table = json.loads((folder / "files" / s["eval/results/path"]).read_text())
         assert table["columns"] == list(columns()) and len(table["data"]) == 3  # two settings and the real images
         (ref,) = [a for a in run.artifacts if a.type == "model"]
-        assert [c.ref for c in ref.manifest.contents] == [(job / "checkpoints" / "best.ckpt").resolve().as_uri()]
+        assert [c.ref for c in ref.manifest.contents] == [(job / "checkpoints" / "best.safetensors").resolve().as_uri()]
 
 
 def test_joblib_workers_open_one_run_per_job(tmp_path):

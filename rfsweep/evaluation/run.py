@@ -30,21 +30,25 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
 @torch.no_grad()
 def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
-             grid_dir: str | Path | None = None, grid_size: int = 64, stop=None) -> list[dict]:
+             grid_dir: str | Path | None = None, grid_size: int = 64, stop=None, done=(),
+             on_row=None) -> list[dict]:
     """One row per (weights, steps, cfg): {weights, steps, cfg, <each registered metric>, n_samples}.
 
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
-    saved as `<setting_name>.png` with their prompts. `stop()`, if given, is asked before each setting after the
-    first: True raises
-    EvaluationStopped (a pre-emption signal; the job is requeued and evaluates again).
+    saved as `<setting_name>.png` with their prompts. Settings in `done` ((weights, steps, cfg) triples, evaluated
+    earlier) are skipped; `on_row(row)` is called as each setting finishes (the caller writes it, so a pre-emption
+    keeps the finished settings). `stop()`, if given, is asked before each setting after the first: True raises
+    EvaluationStopped (a pre-emption signal; the job is requeued and evaluates the rest).
     """
     if ref_stats.evaluator_id != evaluator.id:
         raise ValueError(f"reference statistics were computed with {ref_stats.evaluator_id!r}, "
                          f"not with the evaluator {evaluator.id!r}")
     prompts = eval_prompts(prompts, n_samples)
     text = evaluator.encode_texts(prompts)  # (N, d)
-    rows = []
+    rows, done = [], {(w, int(s), round(float(c), 6)) for w, s, c in done}
     for w, (steps, cfg) in itertools.product(weights, settings):
+        if (w, int(steps), round(float(cfg), 6)) in done:
+            continue
         if rows and stop is not None and stop():
             raise EvaluationStopped(f"stopped after {len(rows)} of {len(weights) * len(settings)} settings")
         feats, shown = [], []
@@ -58,4 +62,6 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
         if grid_dir is not None:
             shown = torch.cat(shown)
             save_captioned_grid(shown, prompts[: len(shown)], Path(grid_dir) / f"{setting_name(w, steps, cfg)}.png")
+        if on_row is not None:
+            on_row(rows[-1])
     return rows

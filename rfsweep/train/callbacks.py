@@ -3,6 +3,7 @@ progress for `python -m analysis status`, and a recorded failure when training b
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -35,6 +36,42 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
+
+
+class BestWeights(L.Callback):
+    """`best.safetensors`: the raw and EMA weights (no optimizer state) of the step with the lowest EMA validation
+    loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
+    far travels in last.ckpt, so a resumed run keeps comparing against it."""
+
+    def __init__(self, path: str | Path, monitor: str = "val/loss_ema"):
+        self.path, self.monitor = Path(path), monitor
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or trainer.sanity_checking or not math.isfinite(float(value)):
+            return
+        if self.best_score is None or float(value) < self.best_score:
+            self.best_score, self.best_step = float(value), trainer.global_step
+            if trainer.is_global_zero:
+                self.save(pl_module)
+
+    def save(self, pl_module) -> None:
+        from safetensors.torch import save
+
+        from rfsweep.atomic import atomic_write
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in pl_module.state_dict().items()}
+        meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
+        with atomic_write(self.path) as f:
+            f.write(save(tensors, metadata=meta))
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
 
 
 class Preemption(L.Callback):

@@ -25,7 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except FileNotFoundError:
         raise
     except Exception as e:

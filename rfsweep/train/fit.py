@@ -66,11 +66,12 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
     writes the run's files."""
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from rfsweep.backbones.flops import train_flops_per_sample
     from rfsweep.train.callbacks import (
         BestValidation,
+        BestWeights,
         EMAUpdate,
         FailureRecorder,
         PeriodicCheckpoint,
@@ -81,9 +82,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
 
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
     periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss_ema", mode="min", save_top_k=1,
-                           enable_version_counter=False, auto_insert_metric_name=False,
-                           save_on_train_epoch_end=False)
+    best = BestWeights(ckpt_dir / runfolder.BEST)
     if tr.compile:
         module.net.compile()
     from rfsweep.console import StepProgressBar, interactive, tidy_logging
@@ -116,8 +115,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
     if not guard.stop_requested() and trainer.is_global_zero:
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
-                               best_val_loss_ema=None if best.best_model_score is None
-                               else float(best.best_model_score))
+                               best_val_loss_ema=best.best_score)
     return trainer.global_step
 
 
@@ -159,20 +157,37 @@ def _step_of(ckpt: Path) -> int:
 
 
 def evaluated_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint evaluation uses: the lowest EMA validation loss, else the last one."""
+    """The weights evaluation uses: best.safetensors (lowest EMA validation loss), else last.ckpt."""
     ckpt_dir = runfolder.checkpoint_dir(run_dir)
     return ckpt_dir / runfolder.BEST if (ckpt_dir / runfolder.BEST).is_file() else ckpt_dir / runfolder.LAST
 
 
-def load_weights(module, run_dir: Path) -> dict:
-    """Load `evaluated_checkpoint`; returns its info."""
-    from rfsweep.train.checkpoint_io import load_checkpoint
+def read_weights(path: Path) -> tuple[dict, int, float | None]:
+    """(state dict, step, EMA validation loss) of best.safetensors (memory-mapped) or a Lightning checkpoint."""
+    from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
 
-    path = evaluated_checkpoint(run_dir)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # truncated or not a safetensors file
+            raise CheckpointError(f"weights {path} are corrupt ({type(e).__name__}: {e})") from e
+        score = meta.get("val/loss_ema")
+        return state, int(meta.get("step", 0)), None if score in (None, "None") else float(score)
     ckpt = load_checkpoint(path)
-    module.load_state_dict(ckpt["state_dict"])
     score = None
     for key, state in ckpt.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            score = float(state["best_model_score"])
-    return {"path": str(path), "step": int(ckpt["global_step"]), "val_loss": score}
+        if key.startswith("BestWeights") and state.get("best_score") is not None:
+            score = float(state["best_score"])
+    return ckpt["state_dict"], int(ckpt["global_step"]), score
+
+
+def load_weights(module, run_dir: Path) -> dict:
+    """Load `evaluated_checkpoint` into the module; returns its path, step and EMA validation loss."""
+    path = evaluated_checkpoint(run_dir)
+    state, step, score = read_weights(path)
+    module.load_state_dict(state)
+    return {"path": str(path), "step": step, "val_loss": score}

@@ -1,0 +1,65 @@
+"""Evaluation at scale: results written per setting (a stop keeps the finished ones; the rerun evaluates only the
+rest and ends where an uninterrupted evaluation ends), evaluation as its own job (stage=train, then stage=evaluate)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from rfsweep.builders import build_module
+from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.evaluate import build_evaluator, evaluate_run
+from rfsweep.evaluation.run import EvaluationStopped
+from rfsweep.results import read_results
+from rfsweep.runfolder import read_status
+from rfsweep.train.fit import fit, load_weights
+from tests.helpers import compose_cfg, run_cli, tiny
+
+EVAL = ["eval=embedded", "eval.n_samples=16", "eval.batch_size=16", "eval.weights=[ema,raw]",
+        "eval.settings=[[2,1.0],[3,5.0]]"]
+
+
+def _trained(tmp_path):
+    cfg = compose_cfg([*tiny(tmp_path, 4), *EVAL], run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    fit(cfg, module, data, tmp_path / "run", PreemptionGuard())
+    info = load_weights(module, tmp_path / "run")
+    return cfg, module, info, [(int(s), float(c)) for s, c in cfg.eval.settings]
+
+
+def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
+    cfg, module, info, settings = _trained(tmp_path / "a")
+    run = tmp_path / "a" / "run"
+    full = pd.DataFrame(evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg)))
+    (run / "results.csv").unlink()
+    asked = []
+    with pytest.raises(EvaluationStopped):
+        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: asked.append(1) or True)
+    kept = read_results(run / "results.csv")
+    assert len(kept) == 2 and set(kept["weights"]) == {"ema", "real"}  # the first setting and the real images
+    calls = []
+    evaluator = build_evaluator(cfg)
+    encode = evaluator.encode_images
+    evaluator.encode_images = lambda x: calls.append(len(x)) or encode(x)
+    evaluate_run(cfg, module, run, info, settings, evaluator)
+    assert len(calls) == 3  # only the three settings left were sampled
+    done = read_results(run / "results.csv")
+    cols = ["weights", "steps", "cfg", "clip_score", "fid"]
+    key = ["weights", "steps", "cfg"]
+    pd.testing.assert_frame_equal(done[cols].sort_values(key).reset_index(drop=True),
+                                  full[cols].sort_values(key).reset_index(drop=True), check_dtype=False)
+
+
+def test_evaluation_is_its_own_job(tmp_path):
+    args = [*tiny(tmp_path, 4), *EVAL]
+    r = run_cli([*args, "stage=evaluate"])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "not trained" in errors[0], r.stderr[-2000:]
+    r = run_cli([*args, "stage=train"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = next((tmp_path / "runs").rglob("status.json")).parent
+    assert read_status(run)["state"] == "trained" and not (run / "results.csv").exists()
+    assert "skip:" in run_cli([*args, "stage=train"]).stdout  # trained is finished for stage=train
+    r = run_cli([*args, "stage=evaluate"])
+    assert r.returncode == 0 and read_status(run)["state"] == "done", r.stderr[-2000:]
+    assert len(read_results(run / "results.csv")) == 5

@@ -54,8 +54,9 @@ def build_data(cfg: DictConfig):
     from rfsweep.data.module import DataModule
 
     tr = cfg.trainer
-    return DataModule(cfg.data.name, tr.batch_size, tr.max_steps, cfg.data.resolution, cfg.seed, cfg.data.path,
-                      tr.n_val, tr.num_workers, cfg.data.seed)
+    return DataModule(name=cfg.data.name, batch_size=tr.batch_size, max_steps=tr.max_steps,
+                      resolution=cfg.data.resolution, seed=cfg.seed, path=cfg.data.path, n_val=tr.n_val,
+                      num_workers=tr.num_workers, data_seed=cfg.data.seed)
 
 
 def build_module(cfg: DictConfig, formulation=None):

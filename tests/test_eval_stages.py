@@ -63,3 +63,10 @@ def test_evaluation_is_its_own_job(tmp_path):
     r = run_cli([*args, "stage=evaluate"])
     assert r.returncode == 0 and read_status(run)["state"] == "done", r.stderr[-2000:]
     assert len(read_results(run / "results.csv")) == 5
+
+
+def test_an_evaluator_without_weights_fails_before_training(tmp_path):
+    r = run_cli([*tiny(tmp_path, 300), "eval=clip_l14"])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "ViT-L-14" in errors[0], r.stderr[-2000:]
+    assert not list((tmp_path / "runs").rglob("*.ckpt")) and not list((tmp_path / "runs").rglob("status.json"))

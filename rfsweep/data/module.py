@@ -22,7 +22,7 @@ def collate(items: list[dict]) -> dict:
 
 
 class DataModule(L.LightningDataModule):
-    def __init__(self, name: str, batch_size: int, max_steps: int, resolution: int = 8, seed: int = 0,
+    def __init__(self, *, name: str, batch_size: int, max_steps: int, resolution: int = 8, seed: int = 0,
                  path: str | None = None, n_val: int = 256, num_workers: int = 0, data_seed: int = 0):
         """`seed` orders the training stream; `data_seed` fixes the data set itself (splits, scenes, captions),
         so runs with different seeds train and are evaluated on the same data."""

@@ -28,7 +28,14 @@ def build_conditioner(cfg: DictConfig):
     from rfsweep.conditioning import Conditioner
 
     c = cfg.conditioning
-    cond = Conditioner([instantiate(e) for e in c.encoders], drop_prob=c.drop_prob, cache=c.cache)
+    lazy = cfg.data.name == "precomputed"  # training reads embeddings: encoders only for evaluation prompts
+
+    def encoder(e):
+        if str(e._target_).endswith("HFTextEncoder"):
+            return instantiate(e, dtype=str(c.dtype), lazy=lazy)
+        return instantiate(e)
+
+    cond = Conditioner([encoder(e) for e in c.encoders], drop_prob=c.drop_prob, cache=c.cache)
     for key in ("context_dim", "pooled_dim", "clip_tokens"):
         if getattr(cond, key) != c[key]:
             raise ConfigError(f"config error: conditioning.{key}={c[key]} but its encoders give {getattr(cond, key)} "
@@ -56,7 +63,7 @@ def build_data(cfg: DictConfig):
     tr = cfg.trainer
     return DataModule(name=cfg.data.name, batch_size=tr.batch_size, max_steps=tr.max_steps,
                       resolution=cfg.data.resolution, seed=cfg.seed, path=cfg.data.path, n_val=tr.n_val,
-                      num_workers=tr.num_workers, data_seed=cfg.data.seed)
+                      num_workers=tr.num_workers, data_seed=cfg.data.seed, accumulate=tr.accumulate_grad_batches)
 
 
 def build_module(cfg: DictConfig, formulation=None):
@@ -77,6 +84,7 @@ def build_model(cfg: DictConfig, formulation=None, warm=None):
     net = build_backbone(cfg)
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
             "backbone": cfg.backbone.label, "seed": int(cfg.seed), "latent_shape": list(latent_shape(cfg)),
+            "encodes_online": cfg.data.name != "precomputed",
             "config": OmegaConf.to_container(cfg, resolve=True)}
     optimizer = instantiate(cfg.optimizer)  # a partial: AdamW(params) (conf/optimizer, _partial_)
     conditioner = build_conditioner(cfg)

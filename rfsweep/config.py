@@ -43,9 +43,11 @@ def _cross_checks(cfg: DictConfig) -> None:
     from rfsweep.data import dataset_names, needs_path
 
     tr = cfg.trainer
-    if tr.batch_size % tr.devices:
-        raise ConfigError(f"config error: trainer.batch_size={tr.batch_size} does not split over "
-                          f"trainer.devices={tr.devices} (allowed: a multiple of {tr.devices}; the batch is global)")
+    parts = tr.devices * tr.num_nodes * tr.accumulate_grad_batches
+    if tr.batch_size % parts:
+        raise ConfigError(f"config error: trainer.batch_size={tr.batch_size} does not split over trainer.devices="
+                          f"{tr.devices} x trainer.num_nodes={tr.num_nodes} x trainer.accumulate_grad_batches="
+                          f"{tr.accumulate_grad_batches} (allowed: a multiple of {parts}; the batch is global)")
     if cfg.data.name not in dataset_names():
         raise ConfigError(f"config error: data.name={cfg.data.name!r} is unknown "
                           f"(allowed: {', '.join(dataset_names())})")
@@ -53,6 +55,10 @@ def _cross_checks(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")
+    if cfg.trainer.accelerator == "gpu":
+        from rfsweep.memory import check_fits
+
+        check_fits(cfg)  # the memory plan, before any job starts
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1
     if (res // ds) % patch:

@@ -183,6 +183,10 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
             return Outcome(0, "rank")
         if guard.stop_requested():
             return _stopped(cfg, run_dir, guard, step, "training")
+        if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
+            from rfsweep.builders import build_model
+
+            module = build_model(cfg, module.formulation)
     if cfg.stage == "train":  # evaluation is its own job (stage=evaluate), e.g. on other nodes
         print(f"trained: {run_dir} (evaluate with stage=evaluate)", flush=True)
         return Outcome(0, "done", "trained (stage=train)")

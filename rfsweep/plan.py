@@ -38,8 +38,15 @@ def dry_run_line(cfg: DictConfig) -> str:
         f = job_flops(cfg)
     except Exception as e:  # e.g. a backbone read from a checkpoint folder: no estimate, the plan still lists the job
         return f"{head} (no estimate: {type(e).__name__})"
+    from rfsweep.memory import memory_plan
+
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
     hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
+    try:
+        memory = memory_plan(cfg).describe()
+    except Exception as e:
+        memory = f"? ({type(e).__name__})"
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "
             f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
-            f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu)")
+            f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu) "
+            f"memory={memory}")

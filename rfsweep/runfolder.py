@@ -41,8 +41,28 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
-def last_checkpoint(run_dir: str | Path) -> Path:
-    return checkpoint_dir(run_dir) / LAST
+def last_checkpoint(run_dir: str | Path, recover: bool = False) -> Path:
+    """`last.ckpt` (a file, or FSDP's sharded folder). `recover`: finish a folder swap a kill interrupted."""
+    last = checkpoint_dir(run_dir) / LAST
+    old = last.with_name(LAST + ".old")
+    if recover and not last.exists() and old.is_dir():
+        os.replace(old, last)
+    return last
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Replace the folder `target` by `new` (FSDP's sharded checkpoint): `target` moves aside, `new` takes its
+    name, the old one goes. A kill in between leaves `target.old`, which `last_checkpoint(recover=True)` restores."""
+    import shutil
+
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def job_context() -> dict:

@@ -72,7 +72,11 @@ class TrainerConf:
     """Lightning's side of training: device, precision, steps, batch, schedule, checkpoints, loader."""
 
     accelerator: str = rule("cpu", lambda v: v in ("cpu", "gpu"), "cpu or gpu")
-    devices: int = rule(1, positive_int, "an integer > 0 (more than 1: DDP, the global batch split over devices)")
+    devices: int = rule(1, positive_int, "an integer > 0 (more than 1: DDP or FSDP, the global batch split over them)")
+    num_nodes: int = rule(1, positive_int, "an integer > 0 (nodes of devices each; under SLURM one task per device)")
+    strategy: str = rule("ddp", lambda v: v in ("ddp", "fsdp"),
+                         "ddp (replicas) or fsdp (weights, gradients, optimizer state and EMA sharded per block)")
+    accumulate_grad_batches: int = rule(1, positive_int, "an integer > 0 (micro-batches per optimizer step)")
     precision: str = rule("32-true", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
     max_steps: int = rule(1500, positive_int, "an integer > 0")
     batch_size: int = rule(64, positive_int, "an integer > 0 (the global batch)")
@@ -146,6 +150,8 @@ class DataConf:
 @dataclass
 class ConditioningConf:
     repo: Optional[str] = None  # a diffusers repo (hub name or folder) whose subfolders hold the encoders (sd3)
+    dtype: str = rule("float32", lambda v: v in ("float32", "bfloat16", "float16"),
+                      "float32, bfloat16 or float16 (the frozen text encoders' weights)")
     drop_prob: float = rule(0.464, lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1] (paper: 0.464)")
     cache: bool = True
     context_dim: int = rule(MISSING, positive_int, "an integer > 0")
@@ -242,6 +248,7 @@ class ClusterConf:
     max_requeues: int = rule(20, nonneg_int, "an integer >= 0")  # plain sbatch: restarts (SLURM_RESTART_COUNT)
     lease_timeout_s: float = rule(600.0, lambda v: number(v) and v >= 10, "a number of seconds >= 10")
     tflops_per_gpu: float = rule(400.0, lambda v: number(v) and v > 0, "a number > 0 (achieved TFLOP/s per GPU)")
+    gpu_memory_gb: float = rule(80.0, lambda v: number(v) and v > 0, "a number > 0 (memory of one GPU, for the plan)")
 
 
 @dataclass

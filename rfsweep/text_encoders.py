@@ -44,6 +44,23 @@ def from_local(load, name: str, key: str, instead: str, **kw):
         ) from e
 
 
+def _check_weights(name: str, sub: dict) -> None:
+    """A model's weight files are on this machine (without reading them): else WeightsUnavailable, at once."""
+    from transformers.utils import cached_file
+
+    for file in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json"):
+        try:
+            if cached_file(name, file, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                           **sub) is not None:
+                return
+        except (OSError, ValueError):
+            break
+    raise WeightsUnavailable(f"text encoder name={name!r}: no weights in the local Hugging Face cache and they cannot "
+                             f"be downloaded here; fetch them on a machine with internet (`hf download {name}`) or use "
+                             f"conditioning=minilm")
+
+
 class HFTextEncoder(nn.Module):
     """A frozen `transformers` text model.
 
@@ -57,32 +74,45 @@ class HFTextEncoder(nn.Module):
 
     def __init__(self, name: str, kind: str = "clip", model_class: str = "auto", tokenizer: str | None = None,
                  config: dict | None = None, hidden_layer: int = -1, pooling: str = "mean", max_length: int = 77,
-                 subfolder: str | None = None, tokenizer_subfolder: str | None = None, attention_mask: bool = True):
+                 subfolder: str | None = None, tokenizer_subfolder: str | None = None, attention_mask: bool = True,
+                 dtype: str = "float32", lazy: bool = False):
         super().__init__()
         import transformers as tf
 
         name = _minilm_path() if name == "minilm" else name
         tokenizer = _minilm_path() if tokenizer == "minilm" else (tokenizer or name)
         cls = {"auto": tf.AutoModel, "clip": tf.CLIPTextModelWithProjection, "t5": tf.T5EncoderModel}[model_class]
+        sub = {"subfolder": subfolder} if subfolder else {}
+        self._dtype = getattr(torch, dtype)
+        self.register_buffer("_where", torch.zeros(0), persistent=False)  # follows .to(device): where to load
+        self._load = lambda: from_local(cls.from_pretrained, name, "text encoder name", "conditioning=minilm",
+                                        torch_dtype=self._dtype, **sub)
         if config is not None:  # random weights of the same class, for tests and benchmarks
             cfg_cls = {"auto": tf.BertConfig, "clip": tf.CLIPTextConfig, "t5": tf.T5Config}[model_class]
             model = (tf.BertModel if model_class == "auto" else cls)(cfg_cls(**config))
+        elif lazy:  # loaded on first use (pre-encoded training: only evaluation prompts need it); checked now
+            _check_weights(name, sub)
+            model = None
+            hf_config = from_local(tf.AutoConfig.from_pretrained, name, "text encoder name", "conditioning=minilm",
+                                   **sub)
         else:
-            model = from_local(cls.from_pretrained, name, "text encoder name", "conditioning=minilm",
-                               **({"subfolder": subfolder} if subfolder else {}))
+            model = self._load()
         self.tokenizer = from_local(tf.AutoTokenizer.from_pretrained, tokenizer, "text encoder tokenizer",
                                     "conditioning=minilm",
                                     **({"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}))
         self.attention_mask = attention_mask
-        self.model = model.eval().requires_grad_(False)
+        self.model = None if model is None else model.eval().requires_grad_(False)
         self.kind, self.hidden_layer, self.pooling, self.max_length = kind, hidden_layer, pooling, max_length
-        self.width = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
-        self.pooled_width = 0 if pooling == "none" else (
-            model.config.projection_dim if pooling == "projection" else self.width)
+        hc = model.config if model is not None else hf_config
+        hc = getattr(hc, "text_config", hc)
+        self.width = hc.hidden_size if hasattr(hc, "hidden_size") else hc.d_model
+        self.pooled_width = 0 if pooling == "none" else (hc.projection_dim if pooling == "projection" else self.width)
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.model.parameters()).device
+        device = self._where.device
+        if self.model is None:
+            self.model = self._load().eval().requires_grad_(False).to(device)
         tok = self.tokenizer(list(captions), padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt").to(device)
         mask = tok.get("attention_mask") if self.attention_mask else None

@@ -57,8 +57,9 @@ stage $T_E2E e2e bash -c "$PY -m rfsweep $(echo $E2E) conditioning=hash logger=c
   paths.runs=$RUNS name=gpu_check > '$OUT/e2e.log' 2>&1"
 grep -E "^(done|skip|error|failed|pre-empted)|Error" "$OUT/e2e.log" | tail -n 5
 run=$(dirname "$(find "$RUNS" -name results.csv 2>/dev/null | head -n 1)")
-for f in results.csv metrics.csv samples.png status.json; do cp "$run/$f" "$OUT/e2e_$f" 2>/dev/null; done
+for f in results.csv metrics.csv samples.png status.json model.json; do cp "$run/$f" "$OUT/e2e_$f" 2>/dev/null; done
 cut -d, -f1-12 "$OUT/e2e_results.csv" 2>/dev/null
+grep -E '"(peak_gpu_bytes|planned_gpu_bytes|planned)"' "$OUT/e2e_model.json" 2>/dev/null  # memory plan vs measured
 
 if [ "${BENCH:-1}" = "1" ]; then
   echo "== 3. benchmark: rfsweep MM-DiT vs diffusers ($BENCH_ARGS)"

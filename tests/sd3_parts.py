@@ -68,6 +68,7 @@ def write_sd3(folder: Path, seed: int = 0) -> Path:
 
 def sd3_overrides(folder: Path) -> list[str]:
     """conditioning=sd3 autoencoder=sd3_vae pointed at the folder, at its widths."""
-    return ["conditioning=sd3", f"conditioning.repo={folder}", f"conditioning.context_dim={CONTEXT_DIM}",
+    return ["conditioning=sd3", f"conditioning.repo={folder}", "conditioning.dtype=float32",
+            f"conditioning.context_dim={CONTEXT_DIM}",
             f"conditioning.pooled_dim={POOLED_DIM}", "autoencoder=sd3_vae", f"autoencoder.name={folder}",
             "data.resolution=16"]

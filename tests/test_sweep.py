@@ -17,7 +17,7 @@ def test_formulation_grid_dry_run_lists_122_jobs(tmp_path):
     assert len(lines) == 122 == len(set(lines))
     heads = {ln.split(" backbone=")[0] for ln in lines}
     assert heads == {f"dry-run: variant={v} dataset={d}" for v in ALL_VARIANTS for d in ("imagenet", "cc12m")}
-    assert all("gpu_hours=" in ln and "params=0.3M" in ln for ln in lines)  # each job's cost, before any compute
+    assert all("gpu_hours=" in ln and "params=2025.8M" in ln and "GB per GPU" in ln for ln in lines)  # each job's cost
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))
 
 

@@ -23,12 +23,14 @@ def collate(items: list[dict]) -> dict:
 
 class DataModule(L.LightningDataModule):
     def __init__(self, *, name: str, batch_size: int, max_steps: int, resolution: int = 8, seed: int = 0,
-                 path: str | None = None, n_val: int = 256, num_workers: int = 0, data_seed: int = 0):
+                 path: str | None = None, n_val: int = 256, num_workers: int = 0, data_seed: int = 0,
+                 accumulate: int = 1):
         """`seed` orders the training stream; `data_seed` fixes the data set itself (splits, scenes, captions),
         so runs with different seeds train and are evaluated on the same data."""
         super().__init__()
         self.name, self.batch_size, self.max_steps = name, batch_size, max_steps
         self.resolution, self.seed, self.path, self.n_val, self.num_workers = resolution, seed, path, n_val, num_workers
+        self.accumulate = accumulate
         self.train = build_dataset(name, "train", resolution, data_seed, path)
         self.val = build_dataset(name, "val", resolution, data_seed, path)
 
@@ -39,7 +41,8 @@ class DataModule(L.LightningDataModule):
         start = (lambda: trainer.global_step) if trainer is not None else 0
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(SampleStream(self.train, self.seed),
-                          batch_sampler=StreamSampler(self.batch_size, start, self.max_steps, rank, world),
+                          batch_sampler=StreamSampler(self.batch_size, start, self.max_steps, rank, world,
+                                                      self.accumulate),
                           collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

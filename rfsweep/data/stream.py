@@ -39,26 +39,30 @@ class SampleStream(Dataset):
 
 
 class StreamSampler(Sampler):
-    """Yields, for steps [start, end), this rank's shard of each global batch of `batch_size` stream positions.
+    """Yields, for steps [start, end), this rank's shard of each global batch of `batch_size` stream positions, in
+    `accumulate` micro-batches (gradient accumulation: a step's micro-batches together are the rank's shard).
 
     `start_step` may be a callable read each time an iterator is made (the trainer's global step): Lightning
     re-creates the iterator on a restart, and the stream must pick up at the step about to run.
     """
 
     def __init__(self, batch_size: int, start_step: int | Callable[[], int], end_step: int, rank: int = 0,
-                 world: int = 1):
-        if batch_size % world or not 0 <= rank < world:
-            raise ValueError(f"batch_size={batch_size} must split evenly over world={world} (rank={rank})")
+                 world: int = 1, accumulate: int = 1):
+        if batch_size % (world * accumulate) or not 0 <= rank < world:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world={world} x "
+                             f"accumulate={accumulate} (rank={rank})")
         self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
-        self.shard, self.rank = batch_size // world, rank
+        self.shard, self.rank, self.accumulate = batch_size // world, rank, accumulate
 
     def _start(self) -> int:
         return self.start_step() if callable(self.start_step) else self.start_step
 
     def __len__(self) -> int:
-        return max(self.end_step - self._start(), 0)
+        return max(self.end_step - self._start(), 0) * self.accumulate
 
     def __iter__(self):
+        micro = self.shard // self.accumulate
         for step in range(self._start(), self.end_step):
             first = step * self.batch_size + self.rank * self.shard
-            yield list(range(first, first + self.shard))
+            for j in range(self.accumulate):
+                yield list(range(first + j * micro, first + (j + 1) * micro))

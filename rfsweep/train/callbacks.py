@@ -13,12 +13,39 @@ from rfsweep import runfolder
 from rfsweep.cluster.signals import PreemptionGuard
 
 
+def sharded(trainer) -> bool:
+    """Training under FSDP (Lightning's ModelParallelStrategy): weights are DTensors, checkpoints folders."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(trainer.strategy, ModelParallelStrategy)
+
+
+def full_state_dict(pl_module) -> dict:
+    """The module's state dict with whole tensors on the CPU: gathered from the shards under FSDP (a collective:
+    every rank calls it; rank 0 gets the tensors), as is otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    state = pl_module.state_dict()
+    if not any(isinstance(v, DTensor) for v in state.values()):
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def completed_step(trainer, batch_idx: int) -> bool:
+    """True after the micro-batch that ends an optimizer step (every batch without gradient accumulation): EMA,
+    checkpoints and stops happen at step boundaries only, so a resumed run repeats an uninterrupted one."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
 class EMAUpdate(L.Callback):
-    """Updates the module's EMA after each training batch. It must come first among the callbacks, so that
+    """Updates the module's EMA after each optimizer step. It must come first among the callbacks, so that
     a checkpoint written at the same step already holds the updated EMA."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.update_ema()
+        if completed_step(trainer, batch_idx):
+            pl_module.update_ema()
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -28,10 +55,24 @@ class PeriodicCheckpoint(L.Callback):
         self.dirpath, self.every = Path(dirpath), every
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.dirpath / runfolder.LAST, weights_only=False)
+        target = self.dirpath / runfolder.LAST
+        if not sharded(trainer):
+            trainer.save_checkpoint(target, weights_only=False)  # AtomicCheckpointIO: temp file, rename
+            return
+        import shutil
+
+        partial = target.with_name(runfolder.LAST + ".partial")  # every rank writes its shards, then one swap
+        if trainer.is_global_zero and partial.exists():
+            shutil.rmtree(partial)
+        trainer.strategy.barrier()
+        trainer.save_checkpoint(partial, weights_only=False)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            runfolder.swap_in(partial, target)
+        trainer.strategy.barrier()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0:
+        if completed_step(trainer, batch_idx) and trainer.global_step % self.every == 0:
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -54,15 +95,22 @@ class BestWeights(L.Callback):
             return
         if self.best_score is None or float(value) < self.best_score:
             self.best_score, self.best_step = float(value), trainer.global_step
-            if trainer.is_global_zero:
-                self.save(pl_module)
+            self.save(trainer, pl_module)
 
-    def save(self, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.best_score is None and not self.path.exists():  # never validated: the final weights are evaluated
+            self.best_step = trainer.global_step
+            self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> None:
+        """Every rank calls it (gathering FSDP's shards is collective); rank 0 writes."""
         from safetensors.torch import save
 
         from rfsweep.atomic import atomic_write
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in pl_module.state_dict().items()}
+        tensors = full_state_dict(pl_module)
+        if not trainer.is_global_zero:
+            return
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
         with atomic_write(self.path) as f:
             f.write(save(tensors, metadata=meta))
@@ -86,6 +134,8 @@ class Preemption(L.Callback):
         self.guard.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not completed_step(trainer, batch_idx):
+            return
         stop = self.guard.stop_requested()
         if trainer.world_size > 1:  # a signal to any rank stops all at the same step (the save is collective)
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

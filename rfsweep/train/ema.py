@@ -14,7 +14,10 @@ def make_ema(net: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net, for parameters and floating buffers."""
-    e = [p for p in ema.parameters()] + [b for b in ema.buffers() if b.is_floating_point()]
-    n = [p for p in net.parameters()] + [b for b in net.buffers() if b.is_floating_point()]
-    torch._foreach_lerp_(e, [x.detach().to(y.dtype) for x, y in zip(n, e)], 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * net, for parameters and floating buffers. Under FSDP the parameters are
+    DTensors sharded alike in both copies (each rank updates its shard), the buffers plain tensors: two updates."""
+    for e, n in (([p for p in ema.parameters()], [p for p in net.parameters()]),
+                 ([b for b in ema.buffers() if b.is_floating_point()],
+                  [b for b in net.buffers() if b.is_floating_point()])):
+        if e:
+            torch._foreach_lerp_(e, [x.detach().to(y.dtype) for x, y in zip(n, e)], 1.0 - decay)

@@ -61,6 +61,25 @@ def write_model_info(module, run_dir: Path, batch_size: int) -> None:
         json.dump(info, f, indent=1)
 
 
+def record_peak_memory(cfg: DictConfig, run_dir: Path) -> None:
+    """model.json gets the GPU's peak allocated bytes of this launch next to the memory plan's estimate (the GPU
+    check compares them)."""
+    import torch
+
+    from rfsweep.atomic import atomic_write
+    from rfsweep.memory import memory_plan
+
+    if not torch.cuda.is_available():
+        return
+    path = run_dir / runfolder.MODEL_INFO
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    plan = memory_plan(cfg)
+    info.update(peak_gpu_bytes=int(torch.cuda.max_memory_allocated()), planned_gpu_bytes=int(plan.total),
+                planned=plan.describe())
+    with atomic_write(path, "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tracker=None) -> int:
     """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
     `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
@@ -102,17 +121,21 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         trainer = L.Trainer(
             accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
             val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
-            callbacks=callbacks, logger=logs or False, plugins=_plugins(), enable_progress_bar=bar,
+            callbacks=callbacks, logger=logs or False, plugins=_plugins(tr.strategy), enable_progress_bar=bar,
+            strategy=_strategy(tr), num_nodes=tr.num_nodes, accumulate_grad_batches=tr.accumulate_grad_batches,
             default_root_dir=str(run_dir), deterministic=tr.deterministic,
             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=log_every,
+            enable_checkpointing=False,  # rfsweep's own: last.ckpt (PeriodicCheckpoint), best.safetensors (BestWeights)
             use_distributed_sampler=False,  # the data module shards the training stream itself, by rank
         )
-    last = runfolder.last_checkpoint(run_dir)
+    last = runfolder.last_checkpoint(run_dir, recover=process_rank() == 0)
     if process_rank() == 0:
         runfolder.write_status(run_dir, "running", step=_step_of(last), max_steps=int(tr.max_steps))
         write_model_info(module, run_dir, tr.batch_size)
     with _quiet():
-        trainer.fit(module, data, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+    if trainer.is_global_zero and tr.accelerator == "gpu":
+        record_peak_memory(cfg, run_dir)
     if not guard.stop_requested() and trainer.is_global_zero:
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
                                best_val_loss_ema=best.best_score)
@@ -131,27 +154,40 @@ def _quiet():
         yield
 
 
-def _plugins() -> list:
-    """Atomic checkpoints; under SLURM, Lightning's environment without its own auto-requeue (rfsweep's guard
-    requeues exactly once, `rfsweep.cluster.signals`)."""
+def _strategy(tr: DictConfig):
+    """ddp: replicas (one process or DDP over devices x nodes); fsdp: FSDP2 (`fully_shard`) through Lightning's
+    ModelParallelStrategy, data-parallel only, sharded checkpoints (a folder `last.ckpt/`, swapped in whole). FSDP
+    runs on CPUs too (gloo), where the tests check it."""
+    if tr.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size=tr.devices * tr.num_nodes, tensor_parallel_size=1,
+                                     save_distributed_checkpoint=True)
+    return "ddp" if tr.devices * tr.num_nodes > 1 else "auto"
+
+
+def _plugins(strategy: str = "ddp") -> list:
+    """Atomic checkpoints (for files; FSDP's sharded folders are swapped in whole, `PeriodicCheckpoint`); under SLURM,
+    Lightning's environment without its own auto-requeue (rfsweep's guard requeues exactly once)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from rfsweep.train.checkpoint_io import AtomicCheckpointIO
 
-    plugins = [AtomicCheckpointIO()]
+    plugins = [] if strategy == "fsdp" else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
 
 
 def _step_of(ckpt: Path) -> int:
-    """The global step a checkpoint holds, without loading its tensors (0 without one)."""
-    if not ckpt.is_file():
-        return 0
+    """The global step a checkpoint (a file, or FSDP's folder with its meta.pt) holds, without its tensors."""
     import torch
 
+    path = ckpt / "meta.pt" if ckpt.is_dir() else ckpt
+    if not path.is_file():
+        return 0
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception:
         return 0
 

@@ -57,7 +57,24 @@ class DiffusionModule(L.LightningModule):
         self.autoencoder.to(self.device)
 
     def on_fit_start(self) -> None:
-        self.place_frozen()
+        if self.meta.get("encodes_online", True):  # pre-encoded data: the encoders stay off the GPU while training
+            self.place_frozen()
+
+    def configure_model(self) -> None:
+        """FSDP (trainer.strategy=fsdp, Lightning's ModelParallelStrategy): every block of the backbone, then the
+        backbone, is sharded over the data-parallel ranks (FSDP2's `fully_shard`: weights, gradients and optimizer
+        state); the EMA copy is sharded the same way, so its update stays shard-local. Under DDP: nothing to do."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp = mesh["data_parallel"]
+        for net in (self.net, self.ema_net):
+            for block in getattr(net, "blocks", []):
+                fully_shard(block, mesh=dp)
+            fully_shard(net, mesh=dp)
+        self._sharded = True
 
     # -- data -------------------------------------------------------------------------------------
     def step_generator(self, step: int) -> torch.Generator:
@@ -85,17 +102,20 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Every random draw of the step (caption drop, t, noise) is made for the whole global batch from the
-        # step's generator, in that order, and this rank keeps its shard: a run's draws do not depend on the
-        # number of devices (with one device this is the plain draw).
+        # step's generator, in that order, and this rank's micro-batch keeps its slice: a run's draws depend
+        # neither on the number of devices nor on gradient accumulation (with one device, one micro-batch per
+        # step, this is the plain draw). The micro-batch j of rank r holds global positions (r k + j) n ...
         rank, world = self._rank_world()
+        k = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         g = self.step_generator(self.global_step)
         n = len(batch["caption"])
-        mine = slice(rank * n, (rank + 1) * n)
-        keep = self.conditioner.drop_mask(n * world, g, self.device)[mine]
+        total, first = n * world * k, (rank * k + batch_idx % k) * n
+        mine = slice(first, first + n)
+        keep = self.conditioner.drop_mask(total, g, self.device)[mine]
         b = self.to_batch(batch, keep)
         x0 = b.latents
-        t = self.formulation.sample_t(n * world, generator=g, device=x0.device, dtype=x0.dtype)[mine]
-        eps = torch.randn((n * world, *x0.shape[1:]), generator=g, device=x0.device, dtype=x0.dtype)[mine]
+        t = self.formulation.sample_t(total, generator=g, device=x0.device, dtype=x0.dtype)[mine]
+        eps = torch.randn((total, *x0.shape[1:]), generator=g, device=x0.device, dtype=x0.dtype)[mine]
         loss = self.formulation.loss(self.net, x0, b.cond, t=t, eps=eps).mean()
         here = torch.isfinite(loss).item()
         everywhere = here if world == 1 else not self.trainer.strategy.reduce_boolean_decision(not here, all=False)

@@ -1,0 +1,130 @@
+"""The memory plan of a training job: bytes per GPU for weights, gradients, optimizer state, EMA and activations,
+under DDP or FSDP, with or without activation checkpointing, from the config alone (the backbone built on the meta
+device). `dry_run=true` prints it; `rfsweep.config.validate` refuses, before any job starts, a GPU config whose plan
+exceeds `cluster.gpu_memory_gb`.
+
+- Weights, gradients, the EMA copy: fp32, 4 bytes per parameter each; AdamW's two moments: 8. Under DDP every GPU
+  holds all of them (20 bytes per parameter); under FSDP each holds 1 / GPUs of them, plus the gathered fp32 weights
+  of the unit being computed and the next one (FSDP2 prefetches: two blocks, and the root's own parameters).
+- Activations: the bytes autograd saves for backward, counted on the meta device for one sample of this backbone at
+  this size (exact for the eager fp32 model, with PyTorch's math attention), times the micro-batch per GPU
+  (batch / GPUs / accumulation). On a GPU in bf16 the count is halved and the attention matrices (which flash and
+  cuDNN attention never store) are left out; torch.compile saves less still, so this is an upper estimate there.
+  With `backbone.grad_checkpointing` the saves are the blocks' inputs plus one block recomputed at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from omegaconf import DictConfig, OmegaConf
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    params: int
+    gpus: int
+    strategy: str
+    micro_batch: int
+    weights: float  # bytes per GPU
+    gradients: float
+    optimizer: float
+    ema: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.ema + self.activations
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {getattr(self, k) / GB:.1f}" for k in
+                          ("weights", "gradients", "optimizer", "ema", "activations"))
+        return (f"{self.total / GB:.1f} GB per GPU ({self.strategy} over {self.gpus} GPUs, micro-batch "
+                f"{self.micro_batch}: {parts})")
+
+
+def _saved_bytes(net, shape, tokens: int, context_dim: int, pooled_dim: int) -> tuple[int, int]:
+    """(bytes autograd saves for one sample, of which attention probabilities), counted on the meta device."""
+    import torch
+
+    params = {id(p) for p in net.parameters()}
+    total = probs = 0
+
+    def pack(t):
+        nonlocal total, probs
+        if id(t) in params or (t._base is not None and id(t._base) in params):  # weights (and their views)
+            return t
+        n = t.numel() * t.element_size()
+        total += n
+        if t.grad_fn is not None and "Softmax" in type(t.grad_fn).__name__:
+            probs += n
+        return t
+
+    with torch.device("meta"):
+        x, t = torch.zeros(1, *shape), torch.full((1,), 0.5)
+        ctx, pooled = torch.zeros(1, tokens, context_dim), torch.zeros(1, pooled_dim)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x, t, ctx, pooled)
+    return total, probs
+
+
+@lru_cache(maxsize=32)
+def _measure(backbone_json: str, shape: tuple, tokens: int, context_dim: int, pooled_dim: int) -> dict:
+    import torch
+    from hydra.utils import instantiate
+
+    node = {k: v for k, v in json.loads(backbone_json).items() if k != "label"}
+    out = {}
+    for ckpt in (False, True):
+        with torch.device("meta"):
+            net = instantiate({**node, "grad_checkpointing": ckpt})
+        out[ckpt] = _saved_bytes(net, shape, tokens, context_dim, pooled_dim)
+    blocks = list(getattr(net, "blocks", []))
+    block_params = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    out.update(params=sum(p.numel() for p in net.parameters()), block_params=max(block_params, default=0),
+               root_params=sum(p.numel() for p in net.parameters()) - sum(block_params), depth=len(blocks))
+    return out
+
+
+def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
+    """The plan of a job's config over `gpus` GPUs (default devices x nodes)."""
+    from rfsweep.builders import context_len, latent_shape
+
+    tr = cfg.trainer
+    gpus = gpus or int(tr.devices) * int(tr.num_nodes)
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    m = _measure(json.dumps(backbone, sort_keys=True), tuple(latent_shape(cfg)), context_len(cfg),
+                 int(cfg.conditioning.context_dim), int(cfg.conditioning.pooled_dim))
+    micro = max(1, int(tr.batch_size) // (gpus * int(tr.accumulate_grad_batches)))
+    ckpt = bool(backbone.get("grad_checkpointing", False))
+    saved, probs = m[ckpt]
+    if ckpt and m["depth"]:  # one block recomputed at a time, with its own saves
+        saved += (m[False][0] - m[True][0]) / m["depth"]
+    if tr.accelerator == "gpu":
+        saved = (saved - probs) * (0.5 if "16" in str(tr.precision) else 1.0)
+    p = m["params"]
+    if tr.strategy == "fsdp":
+        shard = p / gpus
+        gathered = 4 * (m["root_params"] + 2 * m["block_params"])
+        weights, grads, optim, ema = 4 * shard + gathered, 4 * shard, 8 * shard, 4 * shard
+    else:
+        weights, grads, optim, ema = 4 * p, 4 * p, 8 * p, 4 * p
+    return MemoryPlan(p, gpus, str(tr.strategy), micro, weights, grads, optim, ema, saved * micro)
+
+
+def check_fits(cfg: DictConfig) -> None:
+    """Refuse (ConfigError, one line) a GPU config whose plan exceeds the GPUs' memory."""
+    from rfsweep.config import ConfigError
+
+    if cfg.trainer.accelerator != "gpu":
+        return
+    plan = memory_plan(cfg)
+    limit = float(cfg.cluster.gpu_memory_gb) * GB
+    if plan.total > limit:
+        raise ConfigError(f"config error: the memory plan needs {plan.describe()} on {cfg.cluster.gpu_memory_gb:g} GB "
+                          f"GPUs (cluster.gpu_memory_gb) (allowed: a plan that fits: trainer.strategy=fsdp, "
+                          f"backbone.grad_checkpointing=true, more GPUs, or trainer.accumulate_grad_batches)")

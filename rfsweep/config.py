@@ -55,12 +55,12 @@ def _cross_checks(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")
-    if cfg.trainer.accelerator == "gpu":
-        from rfsweep.memory import check_fits
-
-        check_fits(cfg)  # the memory plan, before any job starts
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1
     if (res // ds) % patch:
         raise ConfigError(f"config error: data.resolution={res} gives a latent grid of {res // ds}, not divisible "
                           f"by backbone.patch_size={patch} (allowed: resolution / {ds} divisible by {patch})")
+    if cfg.trainer.accelerator == "gpu":
+        from rfsweep.memory import check_fits
+
+        check_fits(cfg)  # the memory plan, before any job starts

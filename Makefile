@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install test test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+.PHONY: install bench-data test test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -46,6 +46,9 @@ rank-table: $(STAMP)               ## Tables 1-2 and Fig. 3: make rank-table RES
 
 bench: $(STAMP)                    ## rfsweep MM-DiT vs diffusers SD3Transformer2DModel, one training step
 	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_backbones.py $(ARGS)
+
+bench-data: $(STAMP)               ## items/s of the pre-encoded training loader, SD3-shaped items, 2 workers
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_data.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check rfsweep analysis tests benchmarks hydra_plugins

@@ -63,7 +63,17 @@ def build_data(cfg: DictConfig):
     tr = cfg.trainer
     return DataModule(name=cfg.data.name, batch_size=tr.batch_size, max_steps=tr.max_steps,
                       resolution=cfg.data.resolution, seed=cfg.seed, path=cfg.data.path, n_val=tr.n_val,
-                      num_workers=tr.num_workers, data_seed=cfg.data.seed, accumulate=tr.accumulate_grad_batches)
+                      num_workers=tr.num_workers, data_seed=cfg.data.seed, accumulate=tr.accumulate_grad_batches,
+                      expect=encoding(cfg))
+
+
+def encoding(cfg: DictConfig) -> dict | None:
+    """The encoding a pre-encoded folder must have been written with for this config (None for other data)."""
+    if cfg.data.name != "precomputed":
+        return None
+    from rfsweep.data.precomputed import signature
+
+    return signature(cfg)
 
 
 def build_module(cfg: DictConfig, formulation=None):

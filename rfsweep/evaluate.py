@@ -7,6 +7,7 @@ Joins the trained module (sampling) to the evaluator and the results schema; eac
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +19,22 @@ from rfsweep.evaluation.run import EvaluationStopped, eval_prompts  # noqa: F401
 from rfsweep.results import REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
+
+
+@contextmanager
+def sampling_precision(cfg: DictConfig, device: torch.device):
+    """On a GPU with eval.bf16: bf16 autocast and TF32 matmuls while sampling (the network evaluations dominate
+    evaluation time); on a CPU: as is."""
+    if device.type != "cuda" or not cfg.eval.get("bf16", True):
+        yield
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def held_out_captions(cfg: DictConfig, n: int) -> list[str]:
@@ -39,7 +56,9 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
     `samples.txt` with the captions."""
     s = cfg.sampler
     captions = held_out_captions(cfg, s.n_grid)
-    images = module.generate(captions, steps=s.steps, guidance=s.guidance, shift=s.shift, seed=cfg.eval.seed)
+    with sampling_precision(cfg, module.device):
+        images = module.generate(captions, steps=s.steps, guidance=s.guidance, shift=s.shift,
+                                 seed=cfg.eval.seed).float()
     (run_dir / "samples.txt").write_text("\n".join(captions) + "\n")
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 
@@ -83,7 +102,9 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seed: int) -> torch.Tensor:
-        return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed, weights=weights)
+        with sampling_precision(cfg, module.device):
+            return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed,
+                                   weights=weights).float()
 
     def keep(row: dict) -> None:
         rows.append({**common, **row})

@@ -131,9 +131,10 @@ def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
         return Outcome(0, "dry-run")
     validate(cfg)
     if cfg.data.name == "precomputed" and cfg.eval.enabled:
+        from rfsweep.builders import encoding
         from rfsweep.data.precomputed import check_reference_images
 
-        check_reference_images(cfg.data.path)  # before training: evaluation would fail only at the end
+        check_reference_images(cfg.data.path, expect=encoding(cfg))  # before training, not at its end
     formulation = build_formulation(formulation_spec(cfg.formulation))
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -136,6 +136,7 @@ class EvalConf:
     settings: Any = rule(None, _settings, "a list of [steps > 0, guidance >= 0] pairs", factory=list)
     seed: int = rule(0, nonneg_int, "an integer >= 0")
     evaluator_args: dict = field(default_factory=dict)
+    bf16: bool = True  # on a GPU, sample under bf16 autocast with TF32 matmuls (ignored on a CPU)
 
 
 @dataclass

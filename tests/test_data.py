@@ -3,7 +3,7 @@ import torch
 
 from rfsweep.data import DataError, build_dataset
 from rfsweep.data.captions import DIGIT_SYNONYMS
-from rfsweep.data.precomputed import PrecomputedDataset, check_reference_images, precompute
+from rfsweep.data.precomputed import PrecomputedDataset, check_reference_images
 from rfsweep.data.shapes import COLOURS, SHAPES, Shapes
 from rfsweep.data.stream import SampleStream, StreamSampler
 
@@ -59,50 +59,85 @@ def test_unknown_dataset_and_missing_path_fail_clearly():
             raise AssertionError("expected DataError")
 
 
-def test_precompute_roundtrip(tmp_path):
-    import pickle
-
-    from rfsweep.autoencoders import IdentityAutoencoder
+def _encoders():
     from rfsweep.conditioning import Conditioner
     from rfsweep.text_encoders import HashTextEncoder
 
-    ds = Shapes("val", size=40)
-    cond = Conditioner([HashTextEncoder(16, 8), HashTextEncoder(24, 8, kind="t5", seed=1)], cache=False)
-    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", batch_size=16, shard_size=12)
-    assert sorted(p.name for p in tmp_path.glob("train-*.safetensors")) == [f"train-0000{k}.safetensors"
-                                                                         for k in range(4)]  # 12 + 12 + 12 + 4
+    return Conditioner([HashTextEncoder(16, 8), HashTextEncoder(24, 8, kind="t5", seed=1)], cache=False)
+
+
+def test_precompute_roundtrip_with_captions_stored_once(tmp_path, monkeypatch):
+    import pickle
+
+    import rfsweep.data.precomputed as pc
+    from rfsweep.autoencoders import IdentityAutoencoder
+
+    monkeypatch.setattr(pc, "ITEMS_PER_SHARD", 12)
+    monkeypatch.setattr(pc, "TEXTS_PER_SHARD", 8)
+    ds, cond = build_dataset("digits", "train"), _encoders()
+    ds = torch.utils.data.Subset(ds, range(40))
+    assert pc.precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", {"kind": "test"}, batch_size=16)
+    folder = tmp_path / "train"
+    assert sorted(p.name for p in folder.glob("items-*")) == [f"items-0000{k}.safetensors" for k in range(4)]
     pre = PrecomputedDataset(tmp_path, "train")
-    assert len(pre) == 40 and [pre[i]["caption"] for i in range(40)] == [ds[i]["caption"] for i in range(40)]
+    raw = ds.dataset
+    n_captions = len({c for i in range(40) for c in raw.caption_options(i)})
+    assert len(pre) == 40 and len(pre.captions) == n_captions < 40 * 5  # synonyms of ten digits, once each
     for i in (0, 11, 12, 23, 36, 39):  # across shard boundaries
-        assert torch.allclose(pre[i]["latents"], ds[i]["image"])
-    parts = cond.encode([ds[13]["caption"]])
-    for (t, p), (t2, p2) in zip(parts, pre[13]["parts"]):
-        assert torch.allclose(t[0], t2, atol=2e-3) and torch.allclose(p[0], p2, atol=2e-3)  # stored in fp16
+        assert torch.allclose(pre[i]["latents"].float(), raw[i]["image"], atol=4e-3)  # fp16
+    for epoch in range(6):  # the synonym redrawn every pass, as the raw reader draws it
+        assert [pre.item(i, epoch)["caption"] for i in range(40)] == [raw.item(i, epoch)["caption"] for i in range(40)]
+    item = pre.item(13, 3)
+    for (t, p), (t2, p2) in zip(cond.encode([item["caption"]]), item["parts"]):
+        assert torch.allclose(t[0], t2.float(), atol=2e-3) and torch.allclose(p[0], p2.float(), atol=2e-3)
     assert torch.equal(pickle.loads(pickle.dumps(pre))[13]["latents"], pre[13]["latents"])  # data-loader workers
     assert not pre.has_images and "image" not in pre[3]  # the training split keeps no images
-    precompute(ds, IdentityAutoencoder(), cond, tmp_path, "test", batch_size=16)  # evaluation splits do
+    shapes = Shapes("val", size=20)
+    pc.precompute(shapes, IdentityAutoencoder(), cond, tmp_path, "test", {"kind": "test"})  # evaluation splits do
     test = PrecomputedDataset(tmp_path, "test")
-    assert test.has_images and (test[3]["image"] - ds[3]["image"]).abs().max() <= 1 / 127.5
+    assert test.has_images and (test[3]["image"] - shapes[3]["image"]).abs().max() <= 1 / 127.5
     check_reference_images(tmp_path, ("test",))
-    with pytest.raises(DataError, match="the train shards hold no reference images"):
+    with pytest.raises(DataError, match="the train split holds no reference images"):
         check_reference_images(tmp_path, ("train",))
-    with pytest.raises(DataError, match="no val shards"):
+    with pytest.raises(DataError, match="no val split"):
         check_reference_images(tmp_path, ("val",))
-    precompute(Shapes("val", size=5), IdentityAutoencoder(), cond, tmp_path, "train", shard_size=12)
-    assert len(PrecomputedDataset(tmp_path, "train")) == 5  # a rerun replaces the split whole
-    (tmp_path / "train-00001.safetensors").write_bytes((tmp_path / "train-00000.safetensors").read_bytes())
-    with pytest.raises(DataError, match="the train split is incomplete"):  # shards and captions disagree
+
+
+def test_precompute_shards_in_parallel_and_resumes(tmp_path, monkeypatch):
+    import rfsweep.data.precomputed as pc
+    from rfsweep.autoencoders import IdentityAutoencoder
+
+    monkeypatch.setattr(pc, "ITEMS_PER_SHARD", 8)
+    monkeypatch.setattr(pc, "TEXTS_PER_SHARD", 8)
+    ds, cond = Shapes("val", size=30), _encoders()
+    assert not pc.precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", {}, shard=(1, 2))  # shards 1, 3
+    with pytest.raises(DataError, match="incomplete"):
         PrecomputedDataset(tmp_path, "train")
-    (tmp_path / "train-00000.safetensors").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="train-00000.safetensors is corrupt"):
-        PrecomputedDataset(tmp_path, "train")
+    folder = tmp_path / "train"
+    assert sorted(p.name for p in folder.glob("items-*")) == ["items-00001.safetensors", "items-00003.safetensors"]
+    stamp = (folder / "items-00001.safetensors").stat().st_mtime_ns
+    (folder / ".items-00000.safetensors.x.tmp").write_bytes(b"interrupted")  # a shard cut short by a kill
+    assert pc.precompute(ds, IdentityAutoencoder(), cond, tmp_path, "train", {}, shard=(0, 2))  # the other task
+    assert (folder / "items-00001.safetensors").stat().st_mtime_ns == stamp  # complete shards are kept
+    whole = tmp_path / "one"
+    pc.precompute(ds, IdentityAutoencoder(), cond, whole, "train", {})
+    a, b = PrecomputedDataset(tmp_path, "train"), PrecomputedDataset(whole, "train")
+    assert all(torch.equal(a[i]["latents"], b[i]["latents"]) and a[i]["caption"] == b[i]["caption"]
+               for i in range(30))
+    with pytest.raises(DataError, match="planned with another"):  # another data set into the same folder
+        pc.precompute(Shapes("val", size=31), IdentityAutoencoder(), cond, tmp_path, "train", {})
+    (folder / "items-00002.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="items-00002.safetensors is corrupt"):
+        PrecomputedDataset(tmp_path, "train")[17]
 
 
-def test_first_layout_single_file_is_read(tmp_path):
-    from safetensors.torch import save_file
+def test_a_folder_encoded_otherwise_is_refused(tmp_path):
+    from rfsweep.autoencoders import IdentityAutoencoder
+    from rfsweep.data.precomputed import precompute
 
-    save_file({"latents": torch.ones(3, 2, 4, 4), "tokens_0": torch.zeros(3, 5, 8).half(),
-               "pooled_0": torch.zeros(3, 8).half()}, str(tmp_path / "val.safetensors"))
-    (tmp_path / "val.captions.txt").write_text("a\nb\nc\n")
-    pre = PrecomputedDataset(tmp_path, "val")
-    assert len(pre) == 3 and pre[2]["latents"].shape == (2, 4, 4) and pre[2]["caption"] == "c"
+    sig = {"autoencoder": {"name": "a"}, "resolution": 8, "conditioning": {"context_dim": 24}}
+    precompute(Shapes("val", size=5), IdentityAutoencoder(), _encoders(), tmp_path, "train", sig)
+    PrecomputedDataset(tmp_path, "train", expect=sig)
+    with pytest.raises(DataError, match=r"encoded with conditioning.context_dim=24, the config has 48") as e:
+        PrecomputedDataset(tmp_path, "train", expect={**sig, "conditioning": {"context_dim": 48}})
+    assert "\n" not in str(e.value)

@@ -92,11 +92,12 @@ def test_imagenet_training_with_coco_evaluation_end_to_end(imagenet, coco, tmp_p
         r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", splits, *data, *enc],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test-00000.safetensors", "train-00000.safetensors",
-                                                                   "val-00000.safetensors"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/items-*.safetensors")) == [
+        "test/items-00000.safetensors", "train/items-00000.safetensors", "val/items-00000.safetensors"]
+    assert all((out / s / "complete.json").is_file() for s in ("train", "val", "test"))
     r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", "train,dev"],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and r.stderr.strip().startswith("error: --splits") and "allowed" in r.stderr
+    assert r.returncode == 1 and "error: --splits" in r.stderr and "allowed" in r.stderr
     ev = ["eval=embedded", "eval.n_samples=2", "eval.batch_size=2", "eval.settings=[[2,1.0]]", "eval.weights=[ema]",
           "trainer.n_val=2", "trainer.batch_size=4"]
     r = run_cli([*tiny(tmp_path, steps=2), "data.name=precomputed", f"data.path={out}", "data.label=imagenet", *ev])

@@ -113,12 +113,12 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
 def _pre_encode(tmp_path, splits=("train", "val", "test"), keep_images=None):
     from rfsweep.builders import build_autoencoder, build_conditioner
     from rfsweep.data import build_dataset
-    from rfsweep.data.precomputed import precompute
+    from rfsweep.data.precomputed import precompute, signature
 
     cfg = compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x"))
     for split in splits:
         ds = torch.utils.data.Subset(build_dataset("shapes", split), range(64))
-        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split,
+        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split, signature(cfg),
                    keep_images=keep_images)
     return ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"]
 
@@ -151,7 +151,7 @@ def test_pre_encoded_data_without_reference_images_is_refused_before_training(tm
     r = run_cli([*tiny(tmp_path, steps=4), *data, "eval=embedded"])
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
-    assert "data.path=" in lines[0] and "the val shards hold no reference images" in lines[0]
+    assert "data.path=" in lines[0] and "the val split holds no reference images" in lines[0]
     assert "allowed" in lines[0] and not list((tmp_path / "runs").rglob("*.ckpt"))
     r = run_cli([*tiny(tmp_path, steps=4), *data])  # eval=none: trains
     assert r.returncode == 0, r.stderr[-2000:]

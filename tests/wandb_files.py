@@ -67,9 +67,9 @@ def read_run(folder: str | Path) -> OfflineRun:
     run = OfflineRun()
     for r in records(path):
         kind = r.WhichOneof("record_type")
-        if kind == "run":
-            run.id, run.group, run.job_type = r.run.run_id, r.run.run_group, r.run.job_type
-            run.tags = list(r.run.tags)
+        if kind == "run":  # the first record, then updates: a field an update leaves empty keeps its value
+            run.id, run.group = r.run.run_id or run.id, r.run.run_group or run.group
+            run.job_type, run.tags = r.run.job_type or run.job_type, list(r.run.tags) or run.tags
             run.config.update({_key(i): json.loads(i.value_json) for i in r.run.config.update})
         elif kind == "config":
             run.config.update({_key(i): json.loads(i.value_json) for i in r.config.update})

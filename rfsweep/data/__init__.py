@@ -51,9 +51,10 @@ def _raw(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None) -> Dataset:
+def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None,
+                  expect: dict | None = None) -> Dataset:
     """One split of a dataset by name: the embedded `digits` / `shapes`, raw `imagenet` / `cc12m` / `coco` files at
-    `path`, or `precomputed` (pre-encoded) at `path`."""
+    `path`, or `precomputed` (pre-encoded) at `path`, checked against the config's encoding `expect`."""
     if split not in SPLITS:
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
     if name in EMBEDDED:
@@ -67,5 +68,5 @@ def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, pat
     if name == "precomputed":
         from rfsweep.data.precomputed import PrecomputedDataset
 
-        return PrecomputedDataset(path, split)
+        return PrecomputedDataset(path, split, expect)
     raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join(dataset_names())})")

@@ -24,6 +24,8 @@ def class_caption(name: str) -> str:
     return f"a photo of a {name}"
 
 
-def draw(choices: tuple[str, ...], seed: int, index: int, epoch: int = 0) -> str:
-    """One of an item's alternatives (a class's synonyms, an image's captions) for a pass over the data."""
+def draw(choices: tuple, seed: int, index: int, epoch: int = 0):
+    """One of an item's alternatives (a class's synonyms, an image's captions) for a pass over the data. The choice
+    depends on (seed, index, epoch) and the number of alternatives only, so pre-encoded data, which keeps every
+    alternative's embedding, redraws exactly what online encoding draws."""
     return random.Random(f"{seed}/{epoch}/{index}").choice(choices)

@@ -70,14 +70,19 @@ class CC12M(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def caption_options(self, i: int) -> tuple[str, ...]:
+        shard, _, _, txt_at, txt_size = self.items[i]
+        with open(shard, "rb") as f:
+            f.seek(txt_at)
+            return (f.read(txt_size).decode("utf-8", errors="replace").strip(),)
+
     def item(self, i: int, epoch: int = 0) -> dict:
-        shard, img_at, img_size, txt_at, txt_size = self.items[i]
+        shard, img_at, img_size, _, _ = self.items[i]
         with open(shard, "rb") as f:
             f.seek(img_at)
             data = f.read(img_size)
-            f.seek(txt_at)
-            caption = f.read(txt_size).decode("utf-8", errors="replace").strip()
-        return {"image": load_image(io.BytesIO(data), self.resolution, name=f"{shard}@{img_at}"), "caption": caption}
+        image = load_image(io.BytesIO(data), self.resolution, name=f"{shard}@{img_at}")
+        return {"image": image, "caption": self.caption_options(i)[0]}
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

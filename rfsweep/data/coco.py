@@ -45,10 +45,14 @@ class COCO(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def caption_options(self, i: int) -> tuple[str, ...]:
+        """Training draws one of the image's captions per pass; evaluation holds out the first."""
+        captions = tuple(self.items[i][1])
+        return captions if self.split == "train" else captions[:1]
+
     def item(self, i: int, epoch: int = 0) -> dict:
-        path, captions = self.items[i]
-        caption = captions[0] if self.split != "train" else draw(captions, self.seed, i, epoch)
-        return {"image": load_image(path, self.resolution), "caption": caption}
+        caption = draw(self.caption_options(i), self.seed, i, epoch)
+        return {"image": load_image(self.items[i][0], self.resolution), "caption": caption}
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

@@ -42,10 +42,14 @@ class Digits(Dataset):
         """Every caption the split can produce (all synonyms of its digits)."""
         return sorted({class_caption(n) for y in set(self.labels.tolist()) for n in DIGIT_SYNONYMS[y]})
 
+    def caption_options(self, i: int) -> tuple[str, ...]:
+        """Item i's possible captions: its digit's synonyms."""
+        return tuple(class_caption(n) for n in DIGIT_SYNONYMS[int(self.labels[i])])
+
     def item(self, i: int, epoch: int = 0) -> dict:
         """Item i with the synonym drawn for `epoch` (training redraws it every pass over the data)."""
-        name = draw(DIGIT_SYNONYMS[int(self.labels[i])], self.seed, i, epoch)
-        return {"image": self.images[i], "caption": class_caption(name), "label": int(self.labels[i])}
+        caption = draw(self.caption_options(i), self.seed, i, epoch)
+        return {"image": self.images[i], "caption": caption, "label": int(self.labels[i])}
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

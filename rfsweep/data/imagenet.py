@@ -58,10 +58,14 @@ class ImageNet(Dataset):
         """Every caption the split can produce (all synonyms of its classes): few enough to encode once."""
         return sorted({class_caption(n) for _, y in self.files for n in self.synonyms[self.wnids[y]]})
 
+    def caption_options(self, i: int) -> tuple[str, ...]:
+        """Item i's possible captions: its class's synonyms (Sec. 5.1)."""
+        return tuple(class_caption(n) for n in self.synonyms[self.wnids[self.files[i][1]]])
+
     def item(self, i: int, epoch: int = 0) -> dict:
         path, label = self.files[i]
-        name = draw(self.synonyms[self.wnids[label]], self.seed, i, epoch)
-        return {"image": load_image(path, self.resolution), "caption": class_caption(name), "label": label}
+        caption = draw(self.caption_options(i), self.seed, i, epoch)
+        return {"image": load_image(path, self.resolution), "caption": caption, "label": label}
 
     def __getitem__(self, i: int) -> dict:
         return self.item(i)

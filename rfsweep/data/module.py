@@ -24,15 +24,15 @@ def collate(items: list[dict]) -> dict:
 class DataModule(L.LightningDataModule):
     def __init__(self, *, name: str, batch_size: int, max_steps: int, resolution: int = 8, seed: int = 0,
                  path: str | None = None, n_val: int = 256, num_workers: int = 0, data_seed: int = 0,
-                 accumulate: int = 1):
+                 accumulate: int = 1, expect: dict | None = None):
         """`seed` orders the training stream; `data_seed` fixes the data set itself (splits, scenes, captions),
         so runs with different seeds train and are evaluated on the same data."""
         super().__init__()
         self.name, self.batch_size, self.max_steps = name, batch_size, max_steps
         self.resolution, self.seed, self.path, self.n_val, self.num_workers = resolution, seed, path, n_val, num_workers
         self.accumulate = accumulate
-        self.train = build_dataset(name, "train", resolution, data_seed, path)
-        self.val = build_dataset(name, "val", resolution, data_seed, path)
+        self.train = build_dataset(name, "train", resolution, data_seed, path, expect)
+        self.val = build_dataset(name, "val", resolution, data_seed, path, expect)
 
     def train_dataloader(self) -> DataLoader:
         # The stream starts where the (possibly restored) trainer stands: data position = global step.

@@ -1,65 +1,83 @@
-"""`python -m rfsweep.data.precompute OUT [overrides]`: encode a dataset's splits once with the configured
-autoencoder and text encoders (App. E.1), for `data.name=precomputed data.path=OUT`.
+"""`python -m rfsweep.data.precompute OUT [options] [overrides]`: encode a dataset's splits once with the configured
+autoencoder and text encoders (App. E.1), for `data.name=precomputed data.path=OUT` (layout: `precomputed`).
 
-Example: python -m rfsweep.data.precompute /data/shapes-minilm data=shapes conditioning=minilm
-`--splits val,test` encodes only those splits, e.g. to put COCO-2014 val (the paper's validation and evaluation
-data) beside a CC12M or ImageNet training split in one folder:
-    python -m rfsweep.data.precompute OUT data=imagenet data.name=imagenet data.path=/data/imagenet --splits train
-    python -m rfsweep.data.precompute OUT data=coco data.path=/data/coco --splits val,test
+    python -m rfsweep.data.precompute /data/shapes-minilm data=shapes conditioning=minilm
+    python -m rfsweep.data.precompute OUT --splits train --device cuda --dtype bf16 --workers 8 --shard 3/16 \\
+        data=imagenet data.name=imagenet data.path=/data/imagenet conditioning=sd3 autoencoder=sd_vae \\
+        data.resolution=256
+    python -m rfsweep.data.precompute OUT --splits val,test data=coco data.path=/data/coco ...   # COCO beside it
+
+--splits: which splits (default all); --shard i/N: this task encodes every N-th shard from i (a SLURM array:
+--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), a rerun resumes; --device, --dtype (fp32, bf16, fp16) of the
+autoencoder (the text encoders' dtype is conditioning.dtype); --workers: image-decoding loader processes;
+--batch-size.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from rfsweep.data import SPLITS, DataError, build_dataset
-from rfsweep.data.precomputed import precompute
+from rfsweep.data.precomputed import precompute, signature
 from rfsweep.sweep import register_resolvers
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-USAGE = "usage: python -m rfsweep.data.precompute OUT [--splits train,val,test] [hydra overrides, e.g. data=shapes]"
-
-
-def _splits(overrides: list[str]) -> tuple[str, ...]:
-    """Remove `--splits a,b` from the overrides and return the splits (default: all)."""
-    if "--splits" not in overrides:
-        return SPLITS
-    i = overrides.index("--splits")
-    value = overrides[i + 1] if i + 1 < len(overrides) else ""
-    del overrides[i : i + 2]
-    splits = tuple(value.split(","))
-    if not value or not set(splits) <= set(SPLITS):
-        raise DataError(f"--splits {value!r} is unknown (allowed: a comma list of {', '.join(SPLITS)})")
-    return splits
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m rfsweep.data.precompute", description=__doc__.split("\n")[0])
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--splits", default=",".join(SPLITS))
+    p.add_argument("--shard", default="0/1", help="i/N: encode every N-th shard from i")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    args, overrides = p.parse_known_args(argv)
+    splits = tuple(args.splits.split(","))
+    if not args.splits or not set(splits) <= set(SPLITS):
+        raise DataError(f"--splits {args.splits!r} is unknown (allowed: a comma list of {', '.join(SPLITS)})")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise DataError(f"--shard {args.shard!r} (allowed: i/N with 0 <= i < N)") from None
+    args.splits, args.shard = splits, (i, n)
+    return args, overrides
 
 
 def main(argv: list[str]) -> None:
     from rfsweep.config import ConfigError
     from rfsweep.text_encoders import WeightsUnavailable
 
-    if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        sys.exit(USAGE)
-    out, overrides = argv[0], list(argv[1:])
     try:
-        splits = _splits(overrides)
+        args, overrides = parse(argv)
         register_resolvers()
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, f"run_dir={out}"])
+            cfg = compose("config", overrides=[*overrides, f"run_dir={args.out}"])
         from rfsweep.builders import build_autoencoder, build_conditioner
 
         datasets = {s: build_dataset(cfg.data.name, s, cfg.data.resolution, cfg.data.seed, cfg.data.path)
-                    for s in splits}  # every split checked before any encoding
+                    for s in args.splits}  # every split checked before any encoding
         ae, cond = build_autoencoder(cfg), build_conditioner(cfg)
     except (DataError, ConfigError, WeightsUnavailable) as e:
         sys.exit(f"error: {e}")
+    sig = signature(cfg)
     for split, ds in datasets.items():
-        precompute(ds, ae, cond, out, split)
-        print(f"{split}: {len(ds)} items -> {out}/{split}-*.safetensors", flush=True)
+        try:
+            done = precompute(ds, ae, cond, args.out, split, sig, shard=args.shard, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, dtype=DTYPES[args.dtype],
+                              seed=int(cfg.data.seed))
+        except DataError as e:
+            sys.exit(f"error: {e}")
+        state = "complete" if done else f"shard {args.shard[0]}/{args.shard[1]} done, other shards pending"
+        print(f"{split}: {len(ds)} items -> {args.out}/{split}/ ({state})", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ class Shapes(Dataset):
         """Every caption of the split (cheap: no rendering)."""
         return [caption(*self.scene(i)) for i in range(self.size)]
 
+    def caption_options(self, i: int) -> tuple[str, ...]:
+        return (caption(*self.scene(i)),)
+
     def item(self, i: int, epoch: int = 0) -> dict:
         if i not in self._items:
             objects, relation = self.scene(i)

@@ -86,9 +86,9 @@ class DiffusionModule(L.LightningModule):
     def to_batch(self, batch: dict, keep: torch.Tensor | None = None) -> Batch:
         """Raw (images, captions) or pre-encoded (latents, parts) to Batch(latents, context, pooled);
         `keep` (B, n_encoders): which encoders' outputs survive caption dropping (None: all)."""
-        if "latents" in batch:
-            latents = batch["latents"]
-            parts = [(t.to(self.device), p.to(self.device)) for t, p in batch["parts"]]
+        if "latents" in batch:  # stored in fp16, computed with in the module's dtype
+            latents = batch["latents"].to(self.device).float()
+            parts = [(t.to(self.device).float(), p.to(self.device).float()) for t, p in batch["parts"]]
         else:
             latents = self.autoencoder.encode(batch["image"])
             parts = self.conditioner.encode(batch["caption"])

@@ -16,6 +16,8 @@ from analysis.tables import table2, write_missing, write_table1, write_table2
 from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS
 from rfsweep.tracking import has_credentials
 
+PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
+
 
 def _load(source: str | None, weights: str | None):
     path = Path(source) if source else latest_sweep()
@@ -107,9 +109,17 @@ def wandb_sync_cmd(args) -> int:
 
 
 def correlate_cmd(args) -> int:
+    import pandas as pd
+
+    if (args.b is None) == (args.paper is None):
+        raise ValueError("correlate needs a second sweep or --paper (allowed: A B, or A --paper [FILE])")
     _, a, _ = _load(args.a, args.weights)
-    _, b, _ = _load(args.b, args.weights)
-    ta, tb = rank_table(a), rank_table(b)
+    ta = rank_table(a)
+    if args.paper is not None:
+        tb = pd.read_csv(args.paper)  # the paper's published rows (variant, all, 5 steps, 50 steps)
+    else:
+        _, b, _ = _load(args.b, args.weights)
+        tb = rank_table(b)
     rho = rank_correlation(ta, tb, args.column)
     n = len(common_ranks(ta, tb, args.column))
     print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r})")
@@ -201,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     y.set_defaults(func=wandb_sync_cmd)
     c = sub.add_parser("correlate", help="Spearman correlation of two sweeps' Table 1 ranks")
     c.add_argument("a", help="sweep directory or results CSV")
-    c.add_argument("b", help="sweep directory or results CSV")
+    c.add_argument("b", nargs="?", help="sweep directory or results CSV (or --paper)")
+    c.add_argument("--paper", nargs="?", const=str(PAPER_TABLE1), default=None,
+                   help=f"correlate with the paper's published Table 1 rows (default file: {PAPER_TABLE1.name})")
     c.add_argument("--column", default="all", choices=["all", "5 steps", "50 steps"])
     c.add_argument("--weights", choices=WEIGHTS)
     c.set_defaults(func=correlate_cmd)

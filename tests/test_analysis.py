@@ -266,3 +266,22 @@ def test_cli_no_sweep_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["rank-table"]) == 2
     assert "multirun" in capsys.readouterr().err
+
+
+def test_correlate_with_the_papers_published_rows(tmp_path, capsys):
+    import pandas as pd
+
+    from analysis.__main__ import PAPER_TABLE1, main
+
+    paper = pd.read_csv(PAPER_TABLE1)
+    assert len(paper) == 16 and list(paper.columns) == ["variant", "all", "5 steps", "50 steps"]
+    order = list(paper.sort_values("all")["variant"])
+    fam = {"rf": "rf", "edm": "edm", "eps": "eps", "v/": "v"}
+    for name, ranked in (("same", order), ("reversed", order[::-1])):
+        rows = [row(v, next(f for k, f in fam.items() if v.startswith(k)), "imagenet", "ema", s, 5.0,
+                    clip=0.3 - 0.01 * i, fid=1.0 + i) for s in (5, 50) for i, v in enumerate(ranked)]
+        write_results(tmp_path / f"{name}.csv", rows)
+        assert main(["correlate", str(tmp_path / f"{name}.csv"), "--paper"]) == 0
+        out = capsys.readouterr().out
+        want = "1.000" if name == "same" else "-1.000"
+        assert f"spearman rho = {want} over 16 common variants" in out, out

@@ -150,8 +150,8 @@ def test_sampling_grid(name):
     else:
         key = "edm" if name.startswith("edm") else name.split("(")[0] if name in want else "rf"
         assert abs(g[0].item() - want[key]) < 1e-12, (name, g[0].item())
-    if name.startswith("rf"):
-        torch.testing.assert_close(g, torch.linspace(1, 0, 11, dtype=F64))
+    if name.startswith("rf"):  # SD3's grid: 10 times from 1 to the first training timestep 1/1000, then 0
+        torch.testing.assert_close(g, torch.cat([torch.linspace(1, 1e-3, 10, dtype=F64), torch.zeros(1, dtype=F64)]))
     if name.startswith("edm("):  # Karras et al. 2022 Eq. 5, rho = 7, sigma in [0.002, 80], then 0
         i = torch.arange(10, dtype=F64) / 9
         sigma = (80 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7

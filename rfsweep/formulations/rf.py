@@ -7,14 +7,21 @@ import torch
 from rfsweep.formulations.base import Formulation, VelocityRF
 from rfsweep.formulations.densities import DENSITIES
 from rfsweep.formulations.variants import VariantSpec
+from rfsweep.sampling import time_shift
 
 
 class RectifiedFlow(Formulation):
     """``rf``, ``rf/lognorm(m, s)``, ``rf/mode(s)``, ``rf/cosmap``: one path, four training densities.
 
     Sampling a density pi(t) is the weighting ``w^pi = t / (1 - t) pi(t)`` of the unified loss (Sec. 3.1).
-    Grid: uniform t from 1 to 0 (the rf frame is the native frame).
+    Grid: SD3's own (sd3.5 `sd3_impls`, diffusers' `FlowMatchEulerDiscreteScheduler`): N times evenly spaced from
+    t = 1 to the shifted t of the first of the 1000 training timesteps (1/1000), each shifted, then 0. diffusers
+    shifts that smallest t twice (it is taken from the already shifted training sigmas), and so does this grid: at
+    shift 3 and 28 steps it ends 0.19983, 0.11091, 0.00893, 0; at shift 1 and 5 steps it is 1, 0.75025, 0.5005,
+    0.25075, 0.001, 0 (the last step, from 0.001 to 0, does almost nothing).
     """
+
+    T = 1000  # training timesteps of SD3's discrete schedule
 
     frame, prediction = "rf", VelocityRF()
 
@@ -32,5 +39,9 @@ class RectifiedFlow(Formulation):
     def sample_t(self, n, generator=None, device=None, dtype=None):
         return self._draw(n, **self.params, generator=generator, device=device, dtype=dtype)
 
-    def _grid(self, n_steps):
-        return torch.linspace(1, 0, n_steps + 1, dtype=torch.float64)
+    def sampling_grid(self, n_steps: int, shift: float = 1.0) -> torch.Tensor:
+        if n_steps < 1:
+            raise ValueError(f"n_steps={n_steps}: need at least one step")
+        t_min = float(time_shift(torch.tensor(1.0 / self.T, dtype=torch.float64), shift))
+        t = time_shift(torch.linspace(1.0, t_min, n_steps, dtype=torch.float64), shift)
+        return torch.cat([t, t.new_zeros(1)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +62,22 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
 
 
-def read_run(folder: str | Path) -> OfflineRun:
-    """An `offline-run-*` folder's run."""
+def read_run(folder: str | Path, wait: float = 60.0) -> OfflineRun:
+    """An `offline-run-*` folder's run, once its file holds the exit record. wandb-core writes the file from its
+    service process and may still be flushing it when `run.finish()` returns in-process (seen under CI load: a
+    file without its records yet), so the reader waits up to `wait` seconds for the exit record."""
     (path,) = Path(folder).glob("run-*.wandb")
+    deadline = time.monotonic() + wait
+    while True:
+        run = _parse(path)
+        if run.exit_code is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _parse(path: Path) -> OfflineRun:
     run = OfflineRun()
-    for r in records(path):
+    for r in _complete_records(path):
         kind = r.WhichOneof("record_type")
         if kind == "run":  # the first record, then updates: a field an update leaves empty keeps its value
             run.id, run.group = r.run.run_id or run.id, r.run.run_group or run.group
@@ -85,6 +97,16 @@ def read_run(folder: str | Path) -> OfflineRun:
         elif kind == "exit":
             run.exit_code = r.exit.exit_code
     return run
+
+
+def _complete_records(path: Path):
+    """The records of a file that may still be growing: a truncated last record ends the reading."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        yield from records(path)
+    except (DecodeError, struct.error, ValueError):
+        return
 
 
 def offline_runs(root: str | Path) -> list[Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from analysis.collect import collect, latest_sweep
 from analysis.completeness import missing
-from analysis.figures import fig3
+from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import table2, write_missing, write_table1, write_table2
 from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS
@@ -51,6 +51,11 @@ def rank_table_cmd(args) -> int:
         print(f"note: no Fig. 3 (no rows at cfg=5.0 weights={w})", file=sys.stderr)
     else:
         figures["fig3"] = out / "fig3.png"
+        deg = fig3_degradation(df, weights=w)
+        deg.to_csv(out / "fig3.csv", index=False)
+        least = deg[deg["least"]]
+        print("Fig. 3, the family that degrades least from the most to the fewest steps (fig3.csv): "
+              + ", ".join(f"{r.dataset} {r.metric}: {r.family}" for r in least.itertuples()), file=sys.stderr)
     print((out / "table1.md").read_text(), end="")
     use_wandb = args.wandb if args.wandb is not None else has_credentials()
     if use_wandb:

@@ -54,6 +54,26 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
     return save_figure(fig, path)
 
 
+def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
+    """What Fig. 3 claims, as numbers: per dataset, metric and family, the family's median (the bold line) at the
+    most and at the fewest sampling steps, and how much worse it gets from the one to the other (in the metric's
+    own units, positive = worse); `least` marks the family that degrades least in each panel."""
+    sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
+    rows = []
+    for m in METRICS.values():
+        med = sel.groupby(["dataset", "family", "steps"])[m.name].median()
+        for (ds, fam), s in med.groupby(level=["dataset", "family"]):
+            s = s.droplevel(["dataset", "family"])
+            few, most = s.loc[s.index.min()], s.loc[s.index.max()]
+            rows.append({"dataset": ds, "metric": m.name, "family": fam, "steps": f"{s.index.max()}->{s.index.min()}",
+                         "at_most_steps": most, "at_fewest_steps": few,
+                         "worse_by": (most - few) if m.direction == "max" else (few - most)})
+    out = pd.DataFrame(rows, columns=["dataset", "metric", "family", "steps", "at_most_steps", "at_fewest_steps",
+                                      "worse_by"])
+    out["least"] = out.groupby(["dataset", "metric"])["worse_by"].transform("min") == out["worse_by"]
+    return out
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure as PNG (creating the folder) and free it."""
     fig.tight_layout()

@@ -11,7 +11,7 @@ import pytest
 
 from analysis import collect, latest_sweep, missing, pareto_ranks, rank_correlation, rank_table, table2
 from analysis.__main__ import main
-from analysis.figures import fig3
+from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import setting_ranks
 from analysis.tables import write_table2
 from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, write_results
@@ -202,13 +202,28 @@ def test_fig3_needs_cfg5_rows(tmp_path):
     assert fig3(df, tmp_path / "f.png").stat().st_size > 10_000
 
 
+def test_fig3_degradation_is_each_family_median_from_most_to_fewest_steps():
+    rows = []
+    for fam, variants, fid50, fid5 in [("rf", ("rf", "rf/cosmap", "rf/mode(1.29)"), (40, 50, 60), (45, 90, 61)),
+                                       ("eps", ("eps/linear",), (30,), (80,))]:
+        for v, a, b in zip(variants, fid50, fid5):
+            rows += [row(v, fam, steps=50, fid=a, clip=0.30), row(v, fam, steps=5, fid=b, clip=0.25),
+                     row(v, fam, steps=5, cfg=1.0, fid=999.0), row(v, fam, steps=5, weights="raw", fid=999.0)]
+    d = fig3_degradation(pd.DataFrame(rows)).set_index(["metric", "family"])
+    assert d.loc[("fid", "rf"), "at_most_steps"] == 50 and d.loc[("fid", "rf"), "at_fewest_steps"] == 61
+    assert d.loc[("fid", "rf"), "worse_by"] == 11 and d.loc[("fid", "eps"), "worse_by"] == 50  # lower FID is better
+    assert d.loc[("clip_score", "rf"), "worse_by"] == pytest.approx(0.05)  # higher CLIP is better
+    assert d.loc[("fid", "rf"), "least"] and not d.loc[("fid", "eps"), "least"]
+    assert d.loc[("fid", "rf"), "steps"] == "50->5"
+
+
 # --- CLI ------------------------------------------------------------------------------------------------------
 def test_cli_complete_sweep(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "sweep", grid())
     assert main(["rank-table", "--results", str(sweep)]) == 0
     out = sweep / "analysis"
     assert pd.read_csv(out / "table1.csv").columns.tolist() == ["variant", "all", "5 steps", "50 steps"]
-    for f in ("table1.md", "table1.tex", "table2.csv", "table2.md", "table2.tex", "fig3.png"):
+    for f in ("table1.md", "table1.tex", "table2.csv", "table2.md", "table2.tex", "fig3.png", "fig3.csv"):
         assert (out / f).stat().st_size > 0, f
     assert not (out / "missing.txt").exists()
     assert "| variant | all | 5 steps | 50 steps |" in capsys.readouterr().out

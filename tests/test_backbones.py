@@ -260,3 +260,16 @@ def test_transformer_backbones_are_initialised_alike(name):
         fan_out, fan_in = m.weight.shape
         assert m.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.15), name
         assert m.bias is None or torch.count_nonzero(m.bias) == 0
+
+
+def test_mlp_skip_passes_the_input_through():
+    """skip=True: a fresh network is still the zero function, and its scalar gate c(t, c_vec) x lets the output
+    equal the input (what eps- and v-prediction need at low SNR) without any of it passing the width."""
+    kw = dict(in_channels=4, context_dim=CTX, pooled_dim=VEC, depth=2, width=8, input_size=(8, 8))
+    net = build_backbone("mlp", skip=True, **kw)
+    x, t, c, v = inputs(shape=(8, 8))
+    assert net(x, t, c, v).abs().max() == 0
+    with torch.no_grad():
+        net.skip.bias.fill_(1.0)
+    torch.testing.assert_close(net(x, t, c, v), x)
+    assert build_backbone("mlp", **kw).skip is None  # off by default: earlier runs' weights still load

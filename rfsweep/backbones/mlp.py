@@ -50,6 +50,7 @@ class MLPDenoiser(nn.Module):
         qk_norm: bool = False,
         grad_checkpointing: bool = False,
         input_size: int | tuple[int, int] = 8,
+        skip: bool = False,
     ):
         super().__init__()
         del heads, patch_size, pos_embed_max_size, qk_norm  # no meaning for an MLP
@@ -65,6 +66,12 @@ class MLPDenoiser(nn.Module):
         self.proj_out = nn.Linear(width, n_in)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        # skip: the output gets c(t, c_vec) x, a scalar per sample times the input, so the network can pass its
+        # input through (noise and velocity prediction copy much of it) without squeezing it through `width`
+        self.skip = nn.Linear(width, 1) if skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor
@@ -78,4 +85,7 @@ class MLPDenoiser(nn.Module):
             h = checkpointed(block, h, mod, enabled=self.grad_checkpointing)
         shift, scale = final.chunk(2, dim=1)
         h = modulate(layer_norm(h[:, None]), shift, scale)[:, 0]
-        return self.proj_out(h).view(x.shape)
+        out = self.proj_out(h).view(x.shape)
+        if self.skip is not None:
+            out = out + self.skip(y).view(-1, *([1] * (x.ndim - 1))) * x
+        return out

@@ -17,17 +17,25 @@ from rfsweep.results import REAL  # noqa: E402
 FAMILY_COLORS = dict(zip(FAMILIES, ("tab:red", "tab:blue", "tab:green", "tab:orange")))  # one per family
 
 
+def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
+    """What Fig. 3 draws: the rows at `cfg` with `weights`, each variant's mean (over seeds) per dataset and steps,
+    datasets in the order the rows give them."""
+    sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
+    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[[m.name for m in METRICS.values()]]
+    order = {d: i for i, d in enumerate(dict.fromkeys(sel["dataset"]))}
+    return pts.mean().sort_values("dataset", key=lambda c: c.map(order), kind="stable")
+
+
 def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema") -> Path | None:
     """Save Fig. 3 to ``path``: per dataset one panel per registered metric against the sampling steps present
     at ``cfg``; each variant a thin line in its family's colour, each family's median bold, and the
     reference (real images) as a dashed line when the evaluation wrote one.
     Returns None (and writes nothing) when no row matches."""
-    sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
-    if sel.empty:
+    pts = _points(df, cfg, weights)
+    if pts.empty:
         return None
     metrics = sorted(METRICS.values(), key=lambda m: m.direction)  # FID first, as the paper draws it
-    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[[m.name for m in metrics]].mean()
-    datasets = list(dict.fromkeys(sel["dataset"]))
+    datasets = list(dict.fromkeys(pts["dataset"]))
     steps = sorted(pts["steps"].unique())
     fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(datasets)),
                              squeeze=False)
@@ -58,10 +66,10 @@ def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -
     """What Fig. 3 claims, as numbers: per dataset, metric and family, the family's median (the bold line) at the
     most and at the fewest sampling steps, and how much worse it gets from the one to the other (in the metric's
     own units, positive = worse); `least` marks the family that degrades least in each panel."""
-    sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
+    pts = _points(df, cfg, weights)
     rows = []
     for m in METRICS.values():
-        med = sel.groupby(["dataset", "family", "steps"])[m.name].median()
+        med = pts.groupby(["dataset", "family", "steps"])[m.name].median()
         for (ds, fam), s in med.groupby(level=["dataset", "family"]):
             s = s.droplevel(["dataset", "family"])
             few, most = s.loc[s.index.min()], s.loc[s.index.max()]

@@ -33,9 +33,13 @@ class Outcome:
     reason: str = ""
 
 
+def eval_settings(cfg: DictConfig) -> list[tuple[int, float]]:
+    """The sampler settings the job evaluates, as (steps, cfg)."""
+    return [(int(s), float(c)) for s, c in cfg.eval.settings]
+
+
 def expected_results(cfg: DictConfig) -> list[tuple]:
-    settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
-    return [(w, s, c) for w in cfg.eval.weights for s, c in settings]
+    return [(w, s, c) for w in cfg.eval.weights for s, c in eval_settings(cfg)]
 
 
 def run_finished(cfg: DictConfig) -> bool:
@@ -197,9 +201,8 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
     grid, captions = write_samples(cfg, module, run_dir)
     tracker.log_samples(grid, captions, info["step"])
     if cfg.eval.enabled:
-        settings = [(int(s), float(c)) for s, c in cfg.eval.settings]
         try:
-            evaluate_run(cfg, module, run_dir, info, settings, evaluator, stop=guard.stop_requested,
+            evaluate_run(cfg, module, run_dir, info, eval_settings(cfg), evaluator, stop=guard.stop_requested,
                          tracker=tracker)
         except EvaluationStopped:
             return _stopped(cfg, run_dir, guard, info["step"], "evaluation")

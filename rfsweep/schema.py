@@ -224,7 +224,9 @@ class MLPConf(BackboneBase):
     width: int = rule(176, positive_int, "an integer > 0")
     mlp_ratio: float = rule(2.0, lambda v: number(v) and v > 0, "a number > 0")
     input_size: int = rule(8, positive_int, "an integer > 0")
-    skip: bool = False  # c(t) x added to the output: the input passes through without the width's bottleneck
+    # c(t, c_vec) x added to the output (conf/backbone/mlp.yaml turns it on); off by default, here as in MLPDenoiser,
+    # so a run's config.json that predates the key still builds the network its weights were trained with
+    skip: bool = False
 
 
 @dataclass

@@ -215,6 +215,12 @@ def test_fig3_degradation_is_each_family_median_from_most_to_fewest_steps():
     assert d.loc[("clip_score", "rf"), "worse_by"] == pytest.approx(0.05)  # higher CLIP is better
     assert d.loc[("fid", "rf"), "least"] and not d.loc[("fid", "eps"), "least"]
     assert d.loc[("fid", "rf"), "steps"] == "50->5"
+    # seeds are averaged per variant first, then the family's median taken over its variants, as Fig. 3 draws it
+    seeds = [row("v/linear", "v", steps=50, fid=0.0), row("v/linear", "v", steps=5, fid=10.0),
+             row("v/linear", "v", steps=50, fid=0.0, seed=1), row("v/linear", "v", steps=5, fid=30.0, seed=1),
+             row("v/cos", "v", steps=50, fid=0.0), row("v/cos", "v", steps=5, fid=100.0)]
+    v = fig3_degradation(pd.DataFrame(seeds)).set_index(["metric", "family"])
+    assert v.loc[("fid", "v"), "at_fewest_steps"] == 60 and v.loc[("fid", "v"), "worse_by"] == 60
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

@@ -116,9 +116,15 @@ def wandb_sync_cmd(args) -> int:
 def correlate_cmd(args) -> int:
     import pandas as pd
 
+    from analysis.ranking import metric_agreement
+
     if (args.b is None) == (args.paper is None):
         raise ValueError("correlate needs a second sweep or --paper (allowed: A B, or A --paper [FILE])")
-    _, a, _ = _load(args.a, args.weights)
+    a = pd.concat([_load(s, args.weights)[1] for s in [args.a, *args.also]], ignore_index=True)
+    runs = a[a["weights"] != REAL]  # the reference rows of the real images repeat in every sweep
+    if args.also and runs.duplicated(["variant", "dataset", "backbone", "seed", "weights", "steps", "cfg"]).any():
+        raise ValueError(f"--also: {', '.join(args.also)} repeat(s) runs of {args.a} (allowed: sweeps of other "
+                         f"seeds, e.g. seed=1 name=demo_seed1)")
     ta = rank_table(a)
     if args.paper is not None:
         tb = pd.read_csv(args.paper)  # the paper's published rows (variant, all, 5 steps, 50 steps)
@@ -127,7 +133,13 @@ def correlate_cmd(args) -> int:
         tb = rank_table(b)
     rho = rank_correlation(ta, tb, args.column)
     n = len(common_ranks(ta, tb, args.column))
-    print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r})")
+    seeds = sorted(a["seed"].dropna().unique().astype(int).tolist()) if "seed" in a else []
+    pooled = f", seeds {', '.join(map(str, seeds))} pooled" if args.also else ""
+    print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r}{pooled})")
+    if args.by_metric:
+        agree = metric_agreement(a, tb, args.column)
+        print("by data set and metric (each metric alone, best first, averaged over the column's settings):")
+        print(agree.to_markdown(index=False, floatfmt=".2f"))
     return 0
 
 
@@ -221,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"correlate with the paper's published Table 1 rows (default file: {PAPER_TABLE1.name})")
     c.add_argument("--column", default="all", choices=["all", "5 steps", "50 steps"])
     c.add_argument("--weights", choices=WEIGHTS)
+    c.add_argument("--also", action="append", default=[], metavar="SWEEP",
+                   help="another seed's sweep of the same grid, pooled with A (repeatable): each setting's "
+                        "metrics are averaged over seeds before ranking, as for seeds within one sweep")
+    c.add_argument("--by-metric", action="store_true",
+                   help="also show, per data set, how each metric alone (and the Pareto rank) agrees")
     c.set_defaults(func=correlate_cmd)
     f = sub.add_parser("fig4", help="Fig. 4: validation-loss curves per backbone of a sweep")
     f.add_argument("sweep", help="sweep directory (e.g. multirun/backbone_comparison)")

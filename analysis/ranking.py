@@ -55,6 +55,13 @@ def setting_ranks(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pts.assign(rank=pd.Series(dtype=int))
 
 
+def column_rows(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of ``df`` whose setting counts towards Table 1's ``column`` (all, 5 steps, 50 steps)."""
+    if column not in TABLE1_COLUMNS[1:]:
+        raise ValueError(f"column {column!r} (allowed: {', '.join(TABLE1_COLUMNS[1:])})")
+    return df if column == "all" else df[df["steps"] == int(column.split()[0])]
+
+
 def rank_table(df: pd.DataFrame) -> pd.DataFrame:
     """Table 1: each variant's rank averaged over all settings, over those with 5 steps and with 50 steps.
 
@@ -64,11 +71,7 @@ def rank_table(df: pd.DataFrame) -> pd.DataFrame:
     r = setting_ranks(df)
     if r.empty:
         raise ValueError("no ranked results: every row is a reference row or the frame is empty")
-    out = pd.DataFrame({
-        "all": r.groupby("variant")["rank"].mean(),
-        "5 steps": r[r["steps"] == 5].groupby("variant")["rank"].mean(),
-        "50 steps": r[r["steps"] == 50].groupby("variant")["rank"].mean(),
-    })
+    out = pd.DataFrame({c: column_rows(r, c).groupby("variant")["rank"].mean() for c in TABLE1_COLUMNS[1:]})
     out = out.rename_axis("variant").reset_index()
     return out.sort_values(["all", "variant"], ignore_index=True)[TABLE1_COLUMNS]
 
@@ -85,3 +88,26 @@ def rank_correlation(t1: pd.DataFrame, t2: pd.DataFrame, column: str = "all") ->
         raise ValueError(f"need at least 2 common variants with a {column!r} rank, got {len(m)}")
     rho = spearmanr(m[f"{column}_x"], m[f"{column}_y"]).statistic
     return float(rho)
+
+
+def metric_agreement(df: pd.DataFrame, table: pd.DataFrame, column: str = "all") -> pd.DataFrame:
+    """Where a sweep agrees with another Table 1 (e.g. the paper's): for each dataset and metric, the Spearman
+    correlation between the variants ordered by that metric alone (best first) and ``table[column]``, averaged
+    over the settings of ``column``; plus the row ``rank`` (the sweep's own Pareto rank per setting).
+
+    Columns: dataset, metric, rho, settings (how many settings were averaged). Only variants in both count.
+    """
+    r = column_rows(setting_ranks(df), column)
+    ref = table.set_index("variant")[column].dropna()
+    rows = []
+    for ds, part in r.groupby("dataset", sort=False):
+        for name in ["rank", *METRICS]:
+            sign = -1.0 if name != "rank" and METRICS[name].direction == "max" else 1.0
+            rhos = []
+            for _, g in part.groupby(SETTING_KEYS):
+                x = (sign * g.set_index("variant")[name]).reindex(ref.index).dropna()
+                if x.nunique() > 1:  # a setting where every variant ties says nothing
+                    rhos.append(spearmanr(x, ref[x.index]).statistic)
+            rows.append({"dataset": ds, "metric": name, "rho": float(np.mean(rhos)) if rhos else np.nan,
+                         "settings": len(rhos)})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "rho", "settings"])

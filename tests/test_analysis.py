@@ -306,3 +306,44 @@ def test_correlate_with_the_papers_published_rows(tmp_path, capsys):
         out = capsys.readouterr().out
         want = "1.000" if name == "same" else "-1.000"
         assert f"spearman rho = {want} over 16 common variants" in out, out
+
+
+def _paper_ordered_rows(seed=0, clip_order=1):
+    """The paper's 16 variants on two data sets: FID in the paper's order, CLIP in it (1) or reversed (-1)."""
+    from analysis.__main__ import PAPER_TABLE1
+
+    order = list(pd.read_csv(PAPER_TABLE1).sort_values("all")["variant"])
+    n = len(order)
+    return [row(v, v.split("/")[0].split("(")[0], ds, w, s, 5.0, seed=seed, fid=1.0 + i,
+                clip=0.5 - (i if clip_order == 1 else n - 1 - i) / 64)  # exact in binary: seeds' means tie
+            for ds in ("digits", "shapes") for w in WEIGHTS for s in (5, 50) for i, v in enumerate(order)]
+
+
+def test_metric_agreement_tells_the_metrics_apart():
+    from analysis.__main__ import PAPER_TABLE1
+    from analysis.ranking import metric_agreement
+
+    df = pd.DataFrame(_paper_ordered_rows(clip_order=-1))
+    agree = metric_agreement(df, pd.read_csv(PAPER_TABLE1), "all").set_index(["dataset", "metric"])["rho"]
+    assert agree[("digits", "fid")] == pytest.approx(1.0) and agree[("shapes", "fid")] == pytest.approx(1.0)
+    assert agree[("digits", "clip_score")] == pytest.approx(-1.0)
+    five = metric_agreement(df, pd.read_csv(PAPER_TABLE1), "5 steps")
+    assert (five[five["metric"] != "rank"]["settings"] == 2).all()  # the 5-step settings only: 2 weights x 1 sampler setting
+    with pytest.raises(ValueError, match="allowed"):
+        metric_agreement(df, pd.read_csv(PAPER_TABLE1), "7 steps")
+
+
+def test_correlate_pools_seeds_and_refuses_a_repeated_sweep(tmp_path, capsys):
+    write_results(tmp_path / "s0.csv", _paper_ordered_rows(seed=0))
+    write_results(tmp_path / "s1.csv", _paper_ordered_rows(seed=1, clip_order=-1))
+    assert main(["correlate", str(tmp_path / "s0.csv"), "--paper"]) == 0
+    assert "rho = 1.000" in capsys.readouterr().out
+    # pooled: seed 1's CLIP order is the paper's reversed; averaged with seed 0 the CLIP scores tie, FID decides
+    assert main(["correlate", str(tmp_path / "s0.csv"), "--also", str(tmp_path / "s1.csv"), "--paper",
+                 "--by-metric"]) == 0
+    out = capsys.readouterr().out
+    assert "rho = 1.000 over 16 common variants (column 'all', seeds 0, 1 pooled)" in out
+    assert "| digits    | clip_score |" in out
+    assert main(["correlate", str(tmp_path / "s0.csv"), "--also", str(tmp_path / "s0.csv"), "--paper"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "repeat" in err

@@ -328,7 +328,7 @@ def test_metric_agreement_tells_the_metrics_apart():
     assert agree[("digits", "fid")] == pytest.approx(1.0) and agree[("shapes", "fid")] == pytest.approx(1.0)
     assert agree[("digits", "clip_score")] == pytest.approx(-1.0)
     five = metric_agreement(df, pd.read_csv(PAPER_TABLE1), "5 steps")
-    assert (five[five["metric"] != "rank"]["settings"] == 2).all()  # the 5-step settings only: 2 weights x 1 sampler setting
+    assert (five[five["metric"] != "rank"]["settings"] == 2).all()  # 5 steps only: 2 weights x 1 setting
     with pytest.raises(ValueError, match="allowed"):
         metric_agreement(df, pd.read_csv(PAPER_TABLE1), "7 steps")
 

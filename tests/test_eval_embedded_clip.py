@@ -13,7 +13,7 @@ def clip():
     return EmbeddedCLIP.load()
 
 
-@pytest.mark.parametrize("name", ["digits", "shapes"])
+@pytest.mark.parametrize("name", ["digits", "colour_digits", "shapes"])
 def test_retrieval_on_held_out_images(clip, name):
     assert retrieval_accuracy(clip, name, "test") >= 0.9
 
@@ -33,7 +33,7 @@ def test_features_normalised_and_resolution_agnostic(clip):
 
 
 def test_mismatched_captions_score_lower(clip):
-    for name in ("digits", "shapes"):
+    for name in ("digits", "colour_digits", "shapes"):
         images, captions = load_split(name, "test")
         img = clip.encode_images(images)
         matched = clip_score(img, clip.encode_texts(captions))
@@ -42,8 +42,31 @@ def test_mismatched_captions_score_lower(clip):
 
 
 def test_training_is_deterministic():
-    data = [load_split("digits", "train", 64), load_split("shapes", "train", 64)]
+    data = [(*load_split("digits", "train", 64), True), (*load_split("shapes", "train", 64), False)]
     a, b = (train(steps=3, seed=1, batch_size=16, data=data).model.state_dict() for _ in range(2))
     c = train(steps=3, seed=2, batch_size=16, data=data).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_canonical_captions_merge_synonyms_only():
+    from rfsweep.evaluation.train_clip import canonical
+
+    assert canonical("a photo of a septet") == canonical("a photo of a 7") == "a photo of a seven"
+    assert canonical("a photo of a red half dozen") == "a photo of a red six"
+    assert canonical("a photo of a red six") != canonical("a photo of a blue six")
+    assert canonical("a red circle") == "a red circle"
+
+
+def test_colour_names_the_colour_of_the_digit():
+    from rfsweep.data import build_dataset
+    from rfsweep.data.shapes import COLOURS
+
+    grey, colour = build_dataset("digits", "test"), build_dataset("colour_digits", "test")
+    assert len(grey) == len(colour) and len({c.split()[4] for c in colour.captions()}) == len(COLOURS)
+    for i in range(20):
+        name = colour[i]["caption"].split()[4]
+        ink = grey[i]["image"][0] > -1  # where the grey digit has ink
+        rgb = (colour[i]["image"][:, ink] + 1) / (grey[i]["image"][0, ink] + 1)  # per channel: the colour
+        assert torch.allclose(rgb, torch.tensor(COLOURS[name])[:, None] * torch.ones_like(rgb), atol=1e-5)
+        assert (colour[i]["image"][:, ~ink] == -1).all()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from rfsweep.data.digits import Digits
+from rfsweep.data.digits import ColourDigits, Digits
 from rfsweep.data.shapes import Shapes
 
-EMBEDDED = {"digits": Digits, "shapes": Shapes}
+EMBEDDED = {"digits": Digits, "colour_digits": ColourDigits, "shapes": Shapes}
 # Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
 RAW_READERS = {"imagenet": "rfsweep.data.imagenet:ImageNet", "cc12m": "rfsweep.data.cc12m:CC12M",
                "coco": "rfsweep.data.coco:COCO"}
@@ -53,8 +53,8 @@ def _raw(name: str):
 
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None,
                   expect: dict | None = None) -> Dataset:
-    """One split of a dataset by name: the embedded `digits` / `shapes`, raw `imagenet` / `cc12m` / `coco` files at
-    `path`, or `precomputed` (pre-encoded) at `path`, checked against the config's encoding `expect`."""
+    """One split of a dataset by name: the embedded `digits` / `colour_digits` / `shapes`, raw `imagenet` / `cc12m` /
+    `coco` files at `path`, or `precomputed` (pre-encoded) at `path`, checked against the config's encoding `expect`."""
     if split not in SPLITS:
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
     if name in EMBEDDED:

@@ -1,10 +1,10 @@
 """Train the embedded evaluator: `python -m rfsweep.evaluation.train_clip [--out PATH] [--seed 0] [--steps N]`.
 
-A tiny open_clip `CLIP` (see `clip_model.py`) trained contrastively on the train splits of `digits` and
-`shapes` at 8x8, one data set per batch, alternating. Captions that mean the same within a batch are all
-positives (soft targets): identical captions ("a red circle"), and digit captions naming the same digit
-by different synonyms ("a photo of a 7", "a photo of a septet"), which no image could tell apart.
-Digits images are jittered by up to one pixel (1437 training images overfit otherwise).
+A tiny open_clip `CLIP` (see `clip_model.py`) trained contrastively on the train splits of the embedded data sets
+(`digits`, `colour_digits`, `shapes`) at 8x8, one data set per batch, in turn. Captions that mean the same within
+a batch are all positives (soft targets): identical captions ("a red circle"), and digit captions naming the same
+digit by different synonyms ("a photo of a 7", "a photo of a septet"), which no image could tell apart.
+Digit images are jittered by up to one pixel (1437 training images overfit otherwise).
 Deterministic given the seed on one CPU thread.
 Writes PATH (.safetensors, fp16) and PATH with suffix .json ({"config", "vocab", "train"}).
 """
@@ -22,14 +22,28 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rfsweep.data import build_dataset
+from rfsweep.data import EMBEDDED, build_dataset
 from rfsweep.data.captions import DIGIT_SYNONYMS, class_caption
 from rfsweep.data.shapes import COLOURS, RELATIONS, SHAPES
 from rfsweep.evaluation.clip_model import DEFAULT_CONFIG, WordTokenizer, build_model, build_vocab
 from rfsweep.evaluation.evaluators import EMBEDDED_WEIGHTS, EmbeddedCLIP
 
 RESOLUTION = 8
-CANONICAL = {class_caption(s): class_caption(syn[0]) for syn in DIGIT_SYNONYMS for s in syn}
+SETS = tuple(EMBEDDED)  # what the evaluator is trained on and tested with, in turn
+DIGIT_NAME = {s: syn[0] for syn in DIGIT_SYNONYMS for s in syn}  # synonym -> the digit's first name
+PREFIX = class_caption("")
+
+
+def canonical(caption: str) -> str:
+    """One caption per meaning: a digit caption with the digit's first name ("a photo of a red septet" -> "a photo
+    of a red seven"); any other caption as it is."""
+    if not caption.startswith(PREFIX):
+        return caption
+    rest = caption[len(PREFIX):]
+    colour, _, name = rest.partition(" ")
+    if colour in COLOURS and name in DIGIT_NAME:
+        return class_caption(f"{colour} {DIGIT_NAME[name]}")
+    return class_caption(DIGIT_NAME[rest]) if rest in DIGIT_NAME else caption
 
 
 def jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -51,11 +65,11 @@ def load_split(name: str, split: str, n: int | None = None) -> tuple[torch.Tenso
     return torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
 
 
-def train(steps: int = 1500, seed: int = 0, batch_size: int = 256, lr: float = 2e-3, config=DEFAULT_CONFIG,
+def train(steps: int = 2250, seed: int = 0, batch_size: int = 256, lr: float = 2e-3, config=DEFAULT_CONFIG,
           log_every: int = 0, data=None) -> EmbeddedCLIP:
-    """data: [(images, captions) of digits, of shapes], the train splits unless given."""
-    data = data or [load_split("digits", "train"), load_split("shapes", "train")]
-    vocab = build_vocab(c for _, caps in data for c in caps)
+    """data: [(images, captions, jitter?)] per data set, the train splits of `SETS` unless given."""
+    data = data or [(*load_split(n, "train"), n != "shapes") for n in SETS]
+    vocab = build_vocab(c for _, caps, _ in data for c in caps)
     torch.manual_seed(seed)
     model = build_model(config, len(vocab)).train()
     tok = WordTokenizer(vocab, config["text_cfg"]["context_length"])
@@ -65,13 +79,13 @@ def train(steps: int = 1500, seed: int = 0, batch_size: int = 256, lr: float = 2
         opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        images, captions = data[step % 2]
+        images, captions, shift = data[step % len(data)]
         idx = torch.randint(len(captions), (batch_size,), generator=gen)
         caps = [captions[i] for i in idx.tolist()]
-        keys = [CANONICAL.get(c, c) for c in caps]
+        keys = [canonical(c) for c in caps]
         same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)  # (B, B) symmetric positives
-        x = jitter(images[idx], gen) if step % 2 == 0 else images[idx]
+        x = jitter(images[idx], gen) if shift else images[idx]
         img, txt, scale = model(x, tok(caps))
         logits = scale * img @ txt.T
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
@@ -107,14 +121,16 @@ def shapes_candidates(caption: str) -> list[str]:
 @torch.no_grad()
 def retrieval_accuracy(evaluator, name: str, split: str = "test") -> float:
     """Fraction of `split` images whose best caption is the true one. digits: among the 10 canonical
-    captions "a photo of a <zero..nine>"; shapes: among `shapes_candidates`."""
+    captions "a photo of a <zero..nine>"; colour_digits: among the 60 "a photo of a <colour> <zero..nine>";
+    shapes: among `shapes_candidates`."""
     images, captions = load_split(name, split)
     feats = evaluator.encode_images(images)
-    if name == "digits":
-        canon = [class_caption(syn[0]) for syn in DIGIT_SYNONYMS]
-        names = {class_caption(s): k for k, syn in enumerate(DIGIT_SYNONYMS) for s in syn}
+    if name in ("digits", "colour_digits"):
+        colours = [f"{c} " for c in COLOURS] if name == "colour_digits" else [""]
+        canon = [class_caption(c + syn[0]) for c in colours for syn in DIGIT_SYNONYMS]
         pred = (feats @ evaluator.encode_texts(canon).T).argmax(1)
-        return float((pred == torch.tensor([names[c] for c in captions])).float().mean())
+        truth = torch.tensor([canon.index(canonical(c)) for c in captions])
+        return float((pred == truth).float().mean())
     cands = [shapes_candidates(c) for c in captions]
     unique = sorted({c for cs in cands for c in cs})
     text = dict(zip(unique, evaluator.encode_texts(unique)))
@@ -135,13 +151,13 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=EMBEDDED_WEIGHTS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2250)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     ev = train(args.steps, args.seed, log_every=250)
     info = {"seed": args.seed, "steps": args.steps, "seconds": round(time.time() - t0, 1)}
-    info.update({f"{n}_test_accuracy": retrieval_accuracy(ev, n) for n in ("digits", "shapes")})
+    info.update({f"{n}_test_accuracy": retrieval_accuracy(ev, n) for n in SETS})
     save(ev, args.out, info)
     print(json.dumps(info), "->", args.out)
 

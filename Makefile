@@ -31,7 +31,7 @@ test-all: $(STAMP)
 run: $(STAMP)                      ## one run on the embedded default (a few minutes on a CPU)
 	$(PY) -m rfsweep $(ARGS)
 
-demo: $(STAMP)                     ## the 122-job formulation grid on digits + shapes, then Tables 1-2
+demo: $(STAMP)                     ## the 122-job formulation grid on colour_digits + shapes, then Tables 1-2
 	@start=$$(date +%s); OMP_NUM_THREADS=1 $(PY) -m rfsweep +experiment=demo -m $(ARGS) && \
 	  echo "demo grid: $$(( $$(date +%s) - start )) s"
 	$(PY) -m analysis rank-table --results multirun/demo $(if $(OUT),--out $(OUT),)

@@ -13,7 +13,7 @@ from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import table2, write_missing, write_table1, write_table2
-from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS
+from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
 from rfsweep.tracking import has_credentials
 
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
@@ -121,6 +121,7 @@ def correlate_cmd(args) -> int:
     if (args.b is None) == (args.paper is None):
         raise ValueError("correlate needs a second sweep or --paper (allowed: A B, or A --paper [FILE])")
     a = pd.concat([_load(s, args.weights)[1] for s in [args.a, *args.also]], ignore_index=True)
+    check_one_evaluator(a, " + ".join([args.a, *args.also]))
     runs = a[a["weights"] != REAL]  # the reference rows of the real images repeat in every sweep
     if args.also and runs.duplicated(["variant", "dataset", "backbone", "seed", "weights", "steps", "cfg"]).any():
         raise ValueError(f"--also: {', '.join(args.also)} repeat(s) runs of {args.a} (allowed: sweeps of other "

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfsweep.results import MANIFEST_FILE, RESULTS_FILE, ResultsError, columns, read_results, validate_rows
+from rfsweep.results import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    ResultsError,
+    check_one_evaluator,
+    columns,
+    read_results,
+    validate_rows,
+)
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -32,7 +40,7 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     ``manifest.json`` at its root if present) or a single CSV file of schema rows (no manifest)."""
     source = Path(source)
     if source.is_file():
-        return read_results(source), None
+        return check_one_evaluator(read_results(source), str(source)), None
     if not source.is_dir():
         raise ResultsError(f"{source}: no such results file or sweep directory")
     manifest_path = source / MANIFEST_FILE
@@ -42,7 +50,7 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
         raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
     frames = [read_results(f) for f in files]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns()))
-    return (validate_rows(df) if frames else df), manifest
+    return (check_one_evaluator(validate_rows(df), str(source)) if frames else df), manifest
 
 
 def _is_sweep(d: Path) -> bool:

@@ -63,9 +63,10 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 
 
-def _earlier_rows(run_dir: Path, step: int) -> list[dict]:
-    """Rows of this checkpoint's evaluation written before a pre-emption (another checkpoint's rows are dropped)."""
-    from rfsweep.results import ResultsError, read_results
+def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
+    """Rows of this checkpoint's evaluation by this evaluator written before a pre-emption (another checkpoint's or
+    another evaluator's rows are dropped: evaluated again)."""
+    from rfsweep.results import EVALUATOR, ResultsError, read_results
 
     path = run_dir / RESULTS_FILE
     if not path.is_file():
@@ -74,7 +75,9 @@ def _earlier_rows(run_dir: Path, step: int) -> list[dict]:
         df = read_results(path)
     except ResultsError:
         return []
-    df = df[(df["ckpt_step"] == step) | (df["weights"] == REAL)]
+    if EVALUATOR not in df.columns:
+        return []
+    df = df[((df["ckpt_step"] == step) | (df["weights"] == REAL)) & (df[EVALUATOR] == evaluator_id)]
     return [] if (df["weights"] != REAL).sum() == 0 else df.to_dict("records")
 
 
@@ -93,8 +96,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     shift = cfg.sampler.shift
     common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
               "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
-              "seed": meta["seed"], "run_dir": str(run_dir)}
-    rows = _earlier_rows(run_dir, info["step"])
+              "seed": meta["seed"], "run_dir": str(run_dir), "evaluator": evaluator.id}
+    rows = _earlier_rows(run_dir, info["step"], evaluator.id)
     if not any(r["weights"] == REAL for r in rows):
         real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
                                   data_path=cfg.data.path)

@@ -52,7 +52,18 @@ def run_finished(cfg: DictConfig) -> bool:
         return state in ("trained", runfolder.FINISHED)
     if state != runfolder.FINISHED:
         return False
-    return not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected_results(cfg))
+    return not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected_results(cfg),
+                                                    evaluator=configured_evaluator_id(cfg))
+
+
+def configured_evaluator_id(cfg: DictConfig) -> str:
+    """The id of the evaluator the config names, without loading it: results of another evaluator are not this
+    job's (after `make train-clip`, finished runs are evaluated again, not retrained)."""
+    from rfsweep.evaluation.evaluators import evaluator_id
+
+    e = cfg.eval
+    return evaluator_id(e.evaluator, **(OmegaConf.to_container(e.evaluator_args, resolve=True)
+                                         if e.get("evaluator_args") else {}))
 
 
 def check_multi_device(cfg: DictConfig) -> None:

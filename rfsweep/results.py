@@ -25,6 +25,8 @@ MANIFEST_FILE = "manifest.json"
 
 KEYS = ("variant", "family", "dataset", "backbone", "weights", "steps", "cfg")  # one setting of one run
 TAIL = ("n_samples", "ckpt_step", "val_loss", "seed", "run_dir")
+EVALUATOR = "evaluator"  # optional column: the evaluator's id (files written before it existed lack it)
+UNRECORDED = "unrecorded"
 
 
 def columns() -> tuple[str, ...]:
@@ -62,7 +64,9 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ResultsError(f"missing columns {missing}; required: {list(cols)}")
-    df = df.loc[:, list(cols)].copy()
+    df = df.loc[:, list(cols) + ([EVALUATOR] if EVALUATOR in df.columns else [])].copy()
+    if EVALUATOR in df.columns:
+        df[EVALUATOR] = _evaluator_column(df)
     for col, dtype in {**_DTYPES, **{m: "float64" for m in metric_names()}}.items():
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna() & df[col].notna()
@@ -112,15 +116,38 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             raise ResultsError("no final newline, the write was cut short")
         df = pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""],
                          dtype={"variant": str, "family": str, "dataset": str, "backbone": str,
-                                "weights": str, "run_dir": str})
+                                "weights": str, "run_dir": str, EVALUATOR: str})
         return validate_rows(df)
     except (OSError, ValueError, pd.errors.ParserError) as e:  # UnicodeDecodeError is a ValueError
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ResultsError(f"{path}: corrupt or truncated results file ({msg})") from e
 
 
-def results_complete(path: str | os.PathLike, expected_settings: Iterable[tuple] | None = None) -> bool:
-    """True if ``path`` exists, parses, and holds every expected setting.
+def _evaluator_column(df: pd.DataFrame) -> pd.Series:
+    if EVALUATOR not in df.columns:
+        return pd.Series(UNRECORDED, index=df.index)
+    return df[EVALUATOR].fillna(UNRECORDED).astype(str).replace("", UNRECORDED)
+
+
+def evaluators(df: pd.DataFrame) -> list[str]:
+    """The evaluator ids of a frame's rows (``unrecorded`` for rows written before results named it)."""
+    return sorted(set(_evaluator_column(df)))
+
+
+def check_one_evaluator(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Refuse (ResultsError, one line) a frame whose rows come from more than one evaluator: their CLIP scores and
+    FIDs are not comparable."""
+    col = _evaluator_column(df)
+    if col.nunique() > 1:
+        counts = ", ".join(f"{i} ({n} rows)" for i, n in col.value_counts().sort_index().items())
+        raise ResultsError(f"{where}: results of {col.nunique()} evaluators ({counts}); allowed: one (rerun the "
+                           f"sweep with the evaluator wanted: finished runs are re-evaluated, not retrained)")
+    return df
+
+
+def results_complete(path: str | os.PathLike, expected_settings: Iterable[tuple] | None = None,
+                     evaluator: str | None = None) -> bool:
+    """True if ``path`` exists, parses, and holds every expected setting (computed by ``evaluator``, if given).
 
     ``expected_settings``: (weights, steps, cfg) triples, or (steps, cfg) pairs meaning every WEIGHTS;
     default SETTINGS. Used by the sweep to skip finished runs.
@@ -131,5 +158,7 @@ def results_complete(path: str | os.PathLike, expected_settings: Iterable[tuple]
         df = read_results(path)
     except ResultsError:
         return False
+    if evaluator is not None:
+        df = df[_evaluator_column(df) == evaluator]
     have = {(w, int(s), round(float(c), 6)) for w, s, c in zip(df["weights"], df["steps"], df["cfg"])}
     return all((w, int(s), round(float(c), 6)) in have for w, s, c in expected)

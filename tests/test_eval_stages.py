@@ -70,3 +70,46 @@ def test_an_evaluator_without_weights_fails_before_training(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "ViT-L-14" in errors[0], r.stderr[-2000:]
     assert not list((tmp_path / "runs").rglob("*.ckpt")) and not list((tmp_path / "runs").rglob("status.json"))
+
+
+def _other_evaluator(tmp_path):
+    """The shipped embedded CLIP with one weight nudged: another evaluator (another id) of the same shape."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rfsweep.evaluation.evaluators import EMBEDDED_WEIGHTS
+
+    state = load_file(str(EMBEDDED_WEIGHTS))
+    name = next(iter(state))
+    state[name] = (state[name].float() + 1e-2).to(state[name].dtype)
+    out = tmp_path / "other_clip.safetensors"
+    save_file(state, str(out))
+    shutil.copy(EMBEDDED_WEIGHTS.with_suffix(".json"), out.with_suffix(".json"))
+    return out
+
+
+def test_results_of_another_evaluator_are_evaluated_again_not_trained_again(tmp_path):
+    from analysis.collect import collect
+    from rfsweep.evaluation.evaluators import embedded_id
+    from rfsweep.results import ResultsError, write_results
+
+    args = [*tiny(tmp_path, 4), *EVAL]
+    assert run_cli(args).returncode == 0
+    run = next((tmp_path / "runs").rglob("status.json")).parent
+    first = read_results(run / "results.csv")
+    assert set(first["evaluator"]) == {embedded_id()}
+    ckpts = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
+    r = run_cli(args)
+    assert r.returncode == 0 and "skip:" in r.stdout  # the same evaluator: finished
+    other = _other_evaluator(tmp_path)
+    r = run_cli([*args, f"+eval.evaluator_args.weights={other}"])
+    assert r.returncode == 0 and "skip:" not in r.stdout, r.stderr[-2000:]
+    again = read_results(run / "results.csv")
+    assert set(again["evaluator"]) == {embedded_id(other)} and len(again) == len(first)  # every row evaluated again
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts  # not trained again
+    # a sweep whose runs were evaluated by two evaluators is refused by the analysis, in one line
+    write_results(tmp_path / "sweep" / "a" / "results.csv", first)
+    write_results(tmp_path / "sweep" / "b" / "results.csv", again.assign(seed=1))
+    with pytest.raises(ResultsError, match="2 evaluators"):
+        collect(tmp_path / "sweep")

@@ -140,3 +140,23 @@ def test_results_complete(tmp_path):
     assert not results_complete(path, [(5, 5.0)])  # a (steps, cfg) pair means both weights
     path.write_text("variant,family\nrf")
     assert not results_complete(path)
+
+
+def test_the_evaluator_column_is_optional_kept_and_checked(tmp_path):
+    from rfsweep.results import EVALUATOR, UNRECORDED, check_one_evaluator, evaluators
+
+    old = grid()
+    write_results(tmp_path / "old.csv", old)  # written before results named their evaluator
+    assert EVALUATOR not in read_results(tmp_path / "old.csv").columns
+    assert evaluators(read_results(tmp_path / "old.csv")) == [UNRECORDED]
+    new = grid().assign(evaluator="embedded_clip:abc")
+    write_results(tmp_path / "new.csv", new)
+    back = read_results(tmp_path / "new.csv")
+    assert set(back[EVALUATOR]) == {"embedded_clip:abc"}
+    assert results_complete(tmp_path / "new.csv", evaluator="embedded_clip:abc")
+    assert not results_complete(tmp_path / "new.csv", evaluator="embedded_clip:def")
+    assert not results_complete(tmp_path / "old.csv", evaluator="embedded_clip:abc")  # unknown provenance: redo
+    check_one_evaluator(back, "x")
+    mixed = pd.concat([read_results(tmp_path / "old.csv"), back], ignore_index=True)
+    with pytest.raises(ResultsError, match=r"x: results of 2 evaluators \(embedded_clip:abc \(\d+ rows\), unrecorded"):
+        check_one_evaluator(mixed, "x")

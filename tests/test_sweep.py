@@ -6,7 +6,7 @@ import pandas as pd
 
 from analysis.__main__ import main as analysis_main
 from rfsweep.formulations import ALL_VARIANTS
-from rfsweep.results import SETTINGS, columns
+from rfsweep.results import EVALUATOR, SETTINGS, columns
 from tests.helpers import run_cli, tiny
 
 
@@ -33,7 +33,7 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     files = sorted(sweep.rglob("results.csv"))
     assert len(files) == 2
     df = pd.read_csv(files[0])
-    assert list(df.columns) == list(columns())
+    assert list(df.columns) == [*columns(), EVALUATOR]  # the schema, then the evaluator that computed the rows
     assert set(zip(df.weights, df.steps, df.cfg)) == {("ema", 5, 5.0), ("ema", 25, 5.0), ("real", 0, 0.0)}
     assert df.fid.ge(0).all() and df.clip_score.between(-1, 1).all() and (df.n_samples == 16).all()
     stamp = [f.stat().st_mtime_ns for f in files]

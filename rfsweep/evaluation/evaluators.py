@@ -28,6 +28,29 @@ class EvaluatorUnavailable(RuntimeError):
     """The evaluator's weights cannot be loaded here (offline, not cached)."""
 
 
+def embedded_id(weights: str | Path = EMBEDDED_WEIGHTS) -> str:
+    """The embedded CLIP's id: its weights' digest (a retrained evaluator is another evaluator)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise EvaluatorUnavailable(f"eval.evaluator_args.weights={str(path)!r}: no such file (allowed: the shipped "
+                                   f"{EMBEDDED_WEIGHTS.name}, or weights written by make train-clip)")
+    return f"embedded_clip:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def openclip_id(model_name: str = "ViT-L-14", pretrained: str | None = "openai") -> str:
+    return f"open_clip:{model_name}:{Path(pretrained).name if pretrained else 'random'}"
+
+
+def evaluator_id(name: str = "embedded", **kwargs) -> str:
+    """The id `build_evaluator(name, **kwargs)` would have, without loading a model (a run's results are its
+    evaluator's: `rfsweep.results` rows carry it)."""
+    if name == "embedded":
+        return embedded_id(kwargs.get("weights", EMBEDDED_WEIGHTS))
+    if name == "openclip":
+        return openclip_id(kwargs.get("model_name", "ViT-L-14"), kwargs.get("pretrained", "openai"))
+    raise ValueError(f"eval.evaluator={name!r} is unknown (allowed: embedded, openclip)")
+
+
 class Evaluator:
     id: str
     dim: int
@@ -120,7 +143,7 @@ class OpenCLIPEvaluator(Evaluator):
         self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.dim = self.encode_texts([""]).shape[1]
-        self.id = f"open_clip:{model_name}:{weights_name}"
+        self.id = openclip_id(model_name, weights_name if weights_name != "random" else None)
 
     def preprocess(self, images):
         x = F.interpolate(images, size=self.size, mode="bicubic", align_corners=False).add(1).div(2)
@@ -147,11 +170,11 @@ class EmbeddedCLIP(Evaluator):
     @classmethod
     def load(cls, weights: str | Path = EMBEDDED_WEIGHTS, config: str | Path | None = None, device="cpu"):
         weights = Path(weights)
+        digest = embedded_id(weights)
         meta = json.loads(Path(config or weights.with_suffix(".json")).read_text())
         model = build_model(meta["config"], len(meta["vocab"]))
         model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        return cls(model, meta["config"], meta["vocab"], device, id=f"embedded_clip:{digest}")
+        return cls(model, meta["config"], meta["vocab"], device, id=digest)
 
     def preprocess(self, images):
         if images.shape[-2:] != (self.size, self.size):

@@ -13,7 +13,7 @@ from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import table2, write_missing, write_table1, write_table2
-from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
+from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
 from rfsweep.tracking import has_credentials
 
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
@@ -123,7 +123,7 @@ def correlate_cmd(args) -> int:
     a = pd.concat([_load(s, args.weights)[1] for s in [args.a, *args.also]], ignore_index=True)
     check_one_evaluator(a, " + ".join([args.a, *args.also]))
     runs = a[a["weights"] != REAL]  # the reference rows of the real images repeat in every sweep
-    if args.also and runs.duplicated(["variant", "dataset", "backbone", "seed", "weights", "steps", "cfg"]).any():
+    if args.also and runs.duplicated([*KEYS, "seed"]).any():
         raise ValueError(f"--also: {', '.join(args.also)} repeat(s) runs of {args.a} (allowed: sweeps of other "
                          f"seeds, e.g. seed=1 name=demo_seed1)")
     ta = rank_table(a)
@@ -134,8 +134,7 @@ def correlate_cmd(args) -> int:
         tb = rank_table(b)
     rho = rank_correlation(ta, tb, args.column)
     n = len(common_ranks(ta, tb, args.column))
-    seeds = sorted(a["seed"].dropna().unique().astype(int).tolist()) if "seed" in a else []
-    pooled = f", seeds {', '.join(map(str, seeds))} pooled" if args.also else ""
+    pooled = f", seeds {', '.join(map(str, sorted(set(runs['seed'].astype(int)))))} pooled" if args.also else ""
     print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r}{pooled})")
     if args.by_metric:
         agree = metric_agreement(a, tb, args.column)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rfsweep.data import build_dataset
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.run import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
-from rfsweep.results import REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
+from rfsweep.results import EVALUATOR, REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -66,7 +66,7 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
 def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
     """Rows of this checkpoint's evaluation by this evaluator written before a pre-emption (another checkpoint's or
     another evaluator's rows are dropped: evaluated again)."""
-    from rfsweep.results import EVALUATOR, ResultsError, read_results
+    from rfsweep.results import ResultsError, of_evaluator, read_results
 
     path = run_dir / RESULTS_FILE
     if not path.is_file():
@@ -75,9 +75,7 @@ def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
         df = read_results(path)
     except ResultsError:
         return []
-    if EVALUATOR not in df.columns:
-        return []
-    df = df[((df["ckpt_step"] == step) | (df["weights"] == REAL)) & (df[EVALUATOR] == evaluator_id)]
+    df = of_evaluator(df[(df["ckpt_step"] == step) | (df["weights"] == REAL)], evaluator_id)
     return [] if (df["weights"] != REAL).sum() == 0 else df.to_dict("records")
 
 
@@ -96,7 +94,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     shift = cfg.sampler.shift
     common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
               "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
-              "seed": meta["seed"], "run_dir": str(run_dir), "evaluator": evaluator.id}
+              "seed": meta["seed"], "run_dir": str(run_dir), EVALUATOR: evaluator.id}
     rows = _earlier_rows(run_dir, info["step"], evaluator.id)
     if not any(r["weights"] == REAL for r in rows):
         real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,

@@ -129,6 +129,11 @@ def _evaluator_column(df: pd.DataFrame) -> pd.Series:
     return df[EVALUATOR].fillna(UNRECORDED).astype(str).replace("", UNRECORDED)
 
 
+def of_evaluator(df: pd.DataFrame, evaluator: str) -> pd.DataFrame:
+    """The rows that ``evaluator`` (an id) computed; none of a file written before results named their evaluator."""
+    return df[_evaluator_column(df) == evaluator]
+
+
 def evaluators(df: pd.DataFrame) -> list[str]:
     """The evaluator ids of a frame's rows (``unrecorded`` for rows written before results named it)."""
     return sorted(set(_evaluator_column(df)))
@@ -159,6 +164,6 @@ def results_complete(path: str | os.PathLike, expected_settings: Iterable[tuple]
     except ResultsError:
         return False
     if evaluator is not None:
-        df = df[_evaluator_column(df) == evaluator]
+        df = of_evaluator(df, evaluator)
     have = {(w, int(s), round(float(c), 6)) for w, s, c in zip(df["weights"], df["steps"], df["cfg"])}
     return all((w, int(s), round(float(c), 6)) in have for w, s, c in expected)

@@ -57,6 +57,9 @@ def test_weights_found_in_the_hf_cache_are_loaded(tiny_model_name, tmp_path, mon
     monkeypatch.setitem(_PRETRAINED, TINY, {"tiny": _pcfg(hf_hub="rfsweep/tiny/")})
     ev = OpenCLIPEvaluator(tiny_model_name, "tiny", cache_dir=str(tmp_path))
     assert ev.id == f"open_clip:{TINY}:tiny"
+    from rfsweep.evaluation.evaluators import evaluator_id  # the id a run's config gives, without loading a model
+
+    assert evaluator_id("openclip", model_name=tiny_model_name, pretrained="tiny", cache_dir=str(tmp_path)) == ev.id
     captions = ["a green triangle"]
     expected = source.eval().encode_text(open_clip.get_tokenizer(TINY)(captions), normalize=True)
     assert torch.allclose(ev.encode_texts(captions), expected, atol=1e-6)

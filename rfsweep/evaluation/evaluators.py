@@ -28,7 +28,7 @@ class EvaluatorUnavailable(RuntimeError):
     """The evaluator's weights cannot be loaded here (offline, not cached)."""
 
 
-def embedded_id(weights: str | Path = EMBEDDED_WEIGHTS) -> str:
+def embedded_id(weights: str | Path = EMBEDDED_WEIGHTS, **_) -> str:
     """The embedded CLIP's id: its weights' digest (a retrained evaluator is another evaluator)."""
     path = Path(weights)
     if not path.is_file():
@@ -37,18 +37,8 @@ def embedded_id(weights: str | Path = EMBEDDED_WEIGHTS) -> str:
     return f"embedded_clip:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
-def openclip_id(model_name: str = "ViT-L-14", pretrained: str | None = "openai") -> str:
+def openclip_id(model_name: str = "ViT-L-14", pretrained: str | None = "openai", **_) -> str:
     return f"open_clip:{model_name}:{Path(pretrained).name if pretrained else 'random'}"
-
-
-def evaluator_id(name: str = "embedded", **kwargs) -> str:
-    """The id `build_evaluator(name, **kwargs)` would have, without loading a model (a run's results are its
-    evaluator's: `rfsweep.results` rows carry it)."""
-    if name == "embedded":
-        return embedded_id(kwargs.get("weights", EMBEDDED_WEIGHTS))
-    if name == "openclip":
-        return openclip_id(kwargs.get("model_name", "ViT-L-14"), kwargs.get("pretrained", "openai"))
-    raise ValueError(f"eval.evaluator={name!r} is unknown (allowed: embedded, openclip)")
 
 
 class Evaluator:
@@ -119,7 +109,7 @@ class OpenCLIPEvaluator(Evaluator):
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                  device: str | torch.device = "cpu", cache_dir: str | None = None):
-        kwargs, weights_name = {}, Path(pretrained).name if pretrained else "random"
+        kwargs, ident = {}, openclip_id(model_name, pretrained)  # before `pretrained` becomes the cached file
         if pretrained and open_clip.get_pretrained_cfg(model_name, pretrained):
             cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
             path = _cached_checkpoint(model_name, pretrained, cache_dir)
@@ -143,7 +133,7 @@ class OpenCLIPEvaluator(Evaluator):
         self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.dim = self.encode_texts([""]).shape[1]
-        self.id = openclip_id(model_name, weights_name if weights_name != "random" else None)
+        self.id = ident
 
     def preprocess(self, images):
         x = F.interpolate(images, size=self.size, mode="bicubic", align_corners=False).add(1).div(2)
@@ -185,10 +175,21 @@ class EmbeddedCLIP(Evaluator):
         return self.tokenizer(captions)
 
 
+def _kind(name: str):
+    """`eval.evaluator`'s (builder, id) pair: "embedded" (the shipped tiny CLIP) or "openclip" (default ViT-L-14 /
+    openai); the id function takes the builder's arguments and ignores those the id does not depend on."""
+    kinds = {"embedded": (EmbeddedCLIP.load, embedded_id), "openclip": (OpenCLIPEvaluator, openclip_id)}
+    if name not in kinds:
+        raise ValueError(f"eval.evaluator={name!r} is unknown (allowed: {', '.join(kinds)})")
+    return kinds[name]
+
+
 def build_evaluator(name: str = "embedded", device="cpu", **kwargs) -> Evaluator:
-    """`eval.evaluator`: "embedded" (the shipped tiny CLIP) or "openclip" (default ViT-L-14 / openai)."""
-    if name == "embedded":
-        return EmbeddedCLIP.load(device=device, **kwargs)
-    if name == "openclip":
-        return OpenCLIPEvaluator(device=device, **kwargs)
-    raise ValueError(f"eval.evaluator={name!r} is unknown (allowed: embedded, openclip)")
+    """The evaluator `eval.evaluator` names, built with `eval.evaluator_args`."""
+    return _kind(name)[0](device=device, **kwargs)
+
+
+def evaluator_id(name: str = "embedded", **kwargs) -> str:
+    """The id `build_evaluator(name, **kwargs)` would have, without loading a model (a run's results are its
+    evaluator's: `rfsweep.results` rows carry it)."""
+    return _kind(name)[1](**kwargs)

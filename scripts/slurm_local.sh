@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node SLURM on this machine, for `make test-cluster` (test infrastructure: rfsweep itself never needs
 # SLURM). Debian's slurm-wlm, slurmdbd, munge and MariaDB, run as root without systemd:
-#   scripts/slurm_local.sh up      install what is missing, write the configs, start the daemons, wait until ready
+#   scripts/slurm_local.sh up      install what is missing, write the configs, start the daemons, wait until ready,
+#                                  cancel every job left in the queue (the tests start with an empty one)
 #   scripts/slurm_local.sh down    stop the daemons this script started (by their pid files)
 #   scripts/slurm_local.sh status  what runs
 # Safe to run twice: `up` starts only what is not running and rewrites only configs it wrote itself (a slurm.conf
@@ -16,6 +17,8 @@ MARK="# written by rfsweep scripts/slurm_local.sh"
 DB_PORT=${RFSWEEP_SLURM_DB_PORT:-3317}
 DBD_PORT=6829
 CLUSTER=rfsweep
+# how long a requeued job waits before it may start again (SLURM holds it for cred_expire + 1 s; default 120 s)
+CRED_EXPIRE=${RFSWEEP_SLURM_REQUEUE_HOLD_S:-10}
 HOST=$(hostname -s)
 
 log() { echo "slurm_local: $*" >&2; }
@@ -33,6 +36,9 @@ install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 }
+
+# the configs' digest; absent files count as empty (a fresh machine has none: `cat` failing must not end the script)
+configs_digest() { { cat "$CONF" "$DBD_CONF" 2>/dev/null || true; } | md5sum; }
 
 ours_or_absent() { [[ ! -e $1 ]] || head -n1 "$1" | grep -qF "$MARK"; }
 
@@ -54,6 +60,7 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
@@ -70,7 +77,7 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 JobRequeue=1
 ReturnToService=2
-MinJobAge=600
+MinJobAge=3600
 KillWait=30
 InactiveLimit=0
 SchedulerParameters=sched_interval=5,bf_interval=5
@@ -143,22 +150,34 @@ start_daemons() {
   state=$(sinfo -h -n "$HOST" -o %T 2>/dev/null || true)
   if [[ $state == down* || $state == drain* ]]; then scontrol update nodename="$HOST" state=resume || true; fi
   sacct -n -X -S now >/dev/null || { log "error: sacct does not answer"; exit 1; }
-  log "up: $(sinfo -h -o '%P %D %T %c CPUs %m MB') (state and logs in $STATE)"
 }
 
 up() {
   install
   mkdir -p "$STATE"
   local before
-  before=$(cat "$CONF" "$DBD_CONF" 2>/dev/null | md5sum)
+  before=$(configs_digest)
   write_configs
-  if [[ $before != "$(cat "$CONF" "$DBD_CONF" | md5sum)" ]] && alive "$STATE/slurmctld.pid"; then
+  if [[ $before != "$(configs_digest)" ]] && alive "$STATE/slurmctld.pid"; then
     log "config changed: restarting the daemons"
     stop slurmd; stop slurmctld; stop slurmdbd
   fi
   start_munge
   start_db
   start_daemons
+  purge_queue
+  log "up: $(sinfo -h -o '%P %D %T %c CPUs %m MB') (state and logs in $STATE)"
+}
+
+purge_queue() {  # jobs left by an earlier session come back with slurmctld's state: the tests start with none
+  local jobs
+  jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+  [[ -z ${jobs// } ]] && return
+  log "cancelling jobs left in the queue: $jobs"
+  # shellcheck disable=SC2086
+  scancel $jobs 2>/dev/null || true
+  for _ in $(seq 150); do [[ -z $(squeue -h -o %A 2>/dev/null) ]] && return; sleep 0.2; done
+  log "warning: jobs still in the queue after 30 s: $(squeue -h -o '%A %T' | tr '\n' ' ')"
 }
 
 stop() {  # stop one daemon by its pid file, wait for it to exit

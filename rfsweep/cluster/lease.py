@@ -1,9 +1,20 @@
-"""One trainer per run folder: a lease file (host, pid, SLURM job, heartbeat) taken before a job touches the run.
+"""One trainer per run folder: a lease file (host, pid, SLURM job, step and restart, heartbeat) taken before a job
+touches the run.
 
 A second process that finds a fresh lease refuses with one line naming the holder. A lease is stale, and taken
-over, when its holder is gone: the same host and a dead pid, the same SLURM job (a requeued job is the only
-instance of its job id), or a heartbeat older than `timeout_s` (a holder on another host that died with its node).
-A thread renews the heartbeat every `timeout_s / 10` seconds while the lease is held.
+over, when its holder is gone:
+- its heartbeat is older than `timeout_s` (a holder on another host that died with its node);
+- its holder is on this host and its pid is dead;
+- it comes from an earlier instance of this SLURM job: the same job id with a lower `SLURM_RESTART_COUNT` (SLURM
+  ended that instance before it requeued the job);
+- the file is torn or corrupt (nobody can prove they hold it).
+A live holder of the same SLURM job and the same restart (a second `srun ... &`, a second pane of one `salloc`) is
+not stale.
+
+A thread renews the heartbeat every `timeout_s / 10` seconds (0.5 s at least) while the lease is held. A read it
+cannot parse is retried at the next beat, a removed lease file is re-created; a readable lease with another token
+means another process took the run over (we were presumed dead): the thread sets `lease.lost`, records the new
+holder in `lease.taken_by`, calls `on_lost(taken_by)` once and stops renewing. The trainer polls `lease.lost`.
 
 Taking a lease is atomic on a local or NFS file system: a hard link of a complete file for a free folder; a stale
 lease is replaced by a rename and then read back, so of two processes taking over at once only one keeps it.
@@ -14,13 +25,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from rfsweep.atomic import atomic_write
-from rfsweep.cluster.slurm import slurm_job_id
+from rfsweep.cluster.slurm import restart_count, slurm_job_id
 from rfsweep.runfolder import LEASE
 
 
@@ -29,6 +43,8 @@ class LeaseHeld(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # no pid recorded (0 and -1 would ask about a process group or every process)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,37 +57,52 @@ def _alive(pid: int) -> bool:
 def describe(lease: dict, now: float | None = None) -> str:
     age = (now or time.time()) - float(lease.get("heartbeat", 0))
     job = f", SLURM job {lease['slurm_job']}" if lease.get("slurm_job") else ""
+    if job and lease.get("slurm_step") is not None:
+        job += f" step {lease['slurm_step']}"
+    if job and lease.get("slurm_restarts"):
+        job += f" restart {lease['slurm_restarts']}"
     return f"host {lease.get('host')} pid {lease.get('pid')}{job}, heartbeat {age:.0f} s ago"
 
 
 def read_lease(run_dir: str | Path) -> dict | None:
+    """The lease; None when there is none; {} for a torn or corrupt file."""
     try:
-        return json.loads((Path(run_dir) / LEASE).read_text())
+        lease = json.loads((Path(run_dir) / LEASE).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return {}  # torn or corrupt: nobody can prove they hold it; treated as stale
+    return lease if isinstance(lease, dict) else {}
 
 
 def is_stale(lease: dict, timeout_s: float, now: float | None = None) -> bool:
     if not lease:
         return True
     now = time.time() if now is None else now
-    if now - float(lease.get("heartbeat", 0)) > timeout_s:
-        return True
-    if lease.get("host") == socket.gethostname() and not _alive(int(lease.get("pid", -1))):
-        return True
-    job = slurm_job_id()
-    return bool(job and lease.get("slurm_job") == job and lease.get("pid") != os.getpid())
+    try:
+        if now - float(lease.get("heartbeat", 0)) > timeout_s:
+            return True
+        if lease.get("host") == socket.gethostname() and not _alive(int(lease.get("pid", -1))):
+            return True
+        job = slurm_job_id()
+        return bool(job and lease.get("slurm_job") == job and int(lease.get("slurm_restarts", 0)) < restart_count())
+    except (TypeError, ValueError):
+        return True  # corrupt fields
 
 
 class Lease:
-    """`with Lease(run_dir, timeout_s):` holds the run folder or raises LeaseHeld."""
+    """`with Lease(run_dir, timeout_s, on_lost=None) as lease:` holds the run folder or raises LeaseHeld.
+    `lease.lost` (a threading.Event) is set once another process has taken the run over; `lease.taken_by` is then
+    its lease record, and `on_lost(taken_by)` has been called once from the heartbeat thread."""
 
-    def __init__(self, run_dir: str | Path, timeout_s: float = 600.0):
+    def __init__(self, run_dir: str | Path, timeout_s: float = 600.0,
+                 on_lost: Callable[[dict], object] | None = None):
         self.path = Path(run_dir) / LEASE
         self.timeout_s = float(timeout_s)
         self.token = uuid.uuid4().hex
+        self.on_lost = on_lost
+        self.lost = threading.Event()
+        self.taken_by: dict = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,44 +111,68 @@ class Lease:
         job = slurm_job_id()
         if job:
             rec["slurm_job"] = job
+            rec["slurm_restarts"] = restart_count()
+            if os.environ.get("SLURM_STEP_ID"):
+                rec["slurm_step"] = os.environ["SLURM_STEP_ID"]
         return rec
 
     def _write(self) -> None:
         with atomic_write(self.path, "w") as f:
             f.write(json.dumps(self._record()))
 
-    def acquire(self) -> Lease:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _link(self) -> bool:
+        """Our record as the lease if there is none (atomic, complete); False if a lease is there."""
         tmp = self.path.with_name(f".{LEASE}.{self.token}")
         tmp.write_text(json.dumps(self._record()))
         try:
-            os.link(tmp, self.path)  # atomic, complete, and fails if a lease is there
+            os.link(tmp, self.path)
+            return True
         except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def acquire(self) -> Lease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._link():
             held = read_lease(self.path.parent)
             if held is not None and not is_stale(held, self.timeout_s):
                 raise LeaseHeld(f"{self.path.parent} is being trained by {describe(held)} (allowed: one process per "
                                 f"run folder; the lease is taken over once its holder is gone or its heartbeat is "
-                                f"older than cluster.lease_timeout_s={self.timeout_s:g})") from None
+                                f"older than cluster.lease_timeout_s={self.timeout_s:g})")
             self._write()
             time.sleep(0.05)  # another taker's rename lands in this window; whoever reads its own token keeps it
             mine = read_lease(self.path.parent) or {}
             if mine.get("token") != self.token:
-                raise LeaseHeld(f"{self.path.parent} was just taken over by {describe(mine)}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+                raise LeaseHeld(f"{self.path.parent} was just taken over by {describe(mine)}")
         self._thread = threading.Thread(target=self._beat, name="rfsweep-lease", daemon=True)
         self._thread.start()
         return self
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.timeout_s / 10, 0.5)):
-            held = read_lease(self.path.parent) or {}
-            if held.get("token") != self.token:  # taken over (we were presumed dead): stop renewing
+            held = read_lease(self.path.parent)
+            if held and held.get("token") != self.token:  # taken over (we were presumed dead): stop renewing
+                self._lose(held)
                 return
             try:
-                self._write()
+                if held is None:  # removed while we hold it: re-create, unless a new holder linked one meanwhile
+                    self._link()
+                else:  # ours, or unreadable (retried at the next beat)
+                    self._write()
             except OSError:
                 pass  # a full or flaky disk: the next beat retries; the lease only goes stale after timeout_s
+
+    def _lose(self, held: dict) -> None:
+        self.taken_by = held
+        self.lost.set()
+        print(f"lease: {self.path.parent} was taken over by {describe(held)}; this process no longer holds it",
+              file=sys.stderr, flush=True)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(held)
+            except Exception:
+                traceback.print_exc()
 
     def release(self) -> None:
         self._stop.set()
@@ -125,7 +180,7 @@ class Lease:
             self._thread.join(timeout=5)
             self._thread = None
         held = read_lease(self.path.parent) or {}
-        if held.get("token") == self.token:
+        if held.get("token") == self.token:  # never another holder's lease
             self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Lease:

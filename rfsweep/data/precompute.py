@@ -2,21 +2,23 @@
 autoencoder and text encoders (App. E.1), for `data.name=precomputed data.path=OUT` (layout: `precomputed`).
 
     python -m rfsweep.data.precompute /data/shapes-minilm data=shapes conditioning=minilm
-    python -m rfsweep.data.precompute OUT --splits train --device cuda --dtype bf16 --workers 8 --shard 3/16 \\
+    python -m rfsweep.data.precompute OUT --splits train --device cuda --dtype bf16 --workers 8 --shard auto \\
         data=imagenet data.name=imagenet data.path=/data/imagenet conditioning=sd3 autoencoder=sd_vae \\
-        data.resolution=256
+        data.resolution=256                                                 # one task of a SLURM array
     python -m rfsweep.data.precompute OUT --splits val,test data=coco data.path=/data/coco ...   # COCO beside it
 
---splits: which splits (default all); --shard i/N: this task encodes every N-th shard from i (a SLURM array:
---shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), a rerun resumes; --device, --dtype (fp32, bf16, fp16) of the
-autoencoder (the text encoders' dtype is conditioning.dtype); --workers: image-decoding loader processes;
---batch-size.
+--splits: which splits (default all); --shard i/N: this task encodes every N-th shard from i, a rerun resumes;
+--shard auto: i/N of this SLURM array task (any --array=A-B[:S][%T]; 0/1 outside an array); --device, --dtype
+(fp32, bf16, fp16) of the autoencoder (the text encoders' dtype is conditioning.dtype); --workers: image-decoding
+loader processes; --batch-size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -28,13 +30,29 @@ from rfsweep.sweep import register_resolvers
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHARD_ALLOWED = "i/N with 0 <= i < N, or auto in a SLURM array --array=A-B[:S][%T] or outside one"
+SLURM_ARRAY = ("ID", "MIN", "MAX", "STEP", "COUNT")
+
+
+def shard_from_slurm(env: Mapping[str, str]) -> tuple[int, int]:
+    """This SLURM array task's shard (i, N): i = (task id - min) / step, N = the array's task count, so the tasks
+    of --array=A-B[:S] (a % throttle is not in the variables) cover 0..N-1 once each; (0, 1) outside an array."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return 0, 1
+    shown = ", ".join(f"SLURM_ARRAY_TASK_{k}={env.get(f'SLURM_ARRAY_TASK_{k}')}" for k in SLURM_ARRAY)
+    try:
+        task, lo, hi, step, n = (int(env[f"SLURM_ARRAY_TASK_{k}"]) for k in SLURM_ARRAY)
+        assert step >= 1 and lo <= task <= hi and (task - lo) % step == 0 and n == (hi - lo) // step + 1
+    except (KeyError, ValueError, AssertionError):
+        raise DataError(f"--shard 'auto' with inconsistent {shown} (allowed: {SHARD_ALLOWED})") from None
+    return (task - lo) // step, n
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m rfsweep.data.precompute", description=__doc__.split("\n")[0])
     p.add_argument("out", help="the folder to write")
     p.add_argument("--splits", default=",".join(SPLITS))
-    p.add_argument("--shard", default="0/1", help="i/N: encode every N-th shard from i")
+    p.add_argument("--shard", default="0/1", help="i/N: encode every N-th shard from i; auto: this SLURM array task")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--workers", type=int, default=0)
@@ -43,11 +61,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     splits = tuple(args.splits.split(","))
     if not args.splits or not set(splits) <= set(SPLITS):
         raise DataError(f"--splits {args.splits!r} is unknown (allowed: a comma list of {', '.join(SPLITS)})")
-    try:
-        i, n = (int(x) for x in args.shard.split("/"))
-        assert 0 <= i < n
-    except (ValueError, AssertionError):
-        raise DataError(f"--shard {args.shard!r} (allowed: i/N with 0 <= i < N)") from None
+    if args.shard == "auto":
+        i, n = shard_from_slurm(os.environ)
+    else:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise DataError(f"--shard {args.shard!r} (allowed: {SHARD_ALLOWED})") from None
     args.splits, args.shard = splits, (i, n)
     return args, overrides
 

@@ -23,10 +23,13 @@ than the training config (another autoencoder, encoders, resolution or dtype), o
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
@@ -95,7 +98,7 @@ def _ensure_plan(folder: Path, plan: dict, captions: list[str], options: torch.T
                             f"(allowed: the same encoding, or another folder)")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(folder / "captions.txt", "w") as f:
+    with atomic_write(folder / "captions.txt", "w", encoding="utf-8") as f:
         f.write("\n".join(captions) + "\n")
     with atomic_write(folder / "options.safetensors") as f:
         f.write(save({"options": options.contiguous()}))
@@ -198,6 +201,66 @@ def write_encoded(root: str | Path, split: str, latents: torch.Tensor, parts: li
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
+# The line breaks other than "\n" that `str.splitlines` splits on, in UTF-8 (and read_text turns "\r" into "\n")
+_OTHER_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+class Captions(Sequence):
+    """A split's distinct captions as one UTF-8 buffer (captions.txt as written) and int64 offsets (n + 1): caption
+    k is buffer[offsets[k] : offsets[k + 1] - 1], decoded when asked. A few objects whatever the count, so that loader
+    workers, which touch every Python object they hold, do not copy-on-write a list of millions of strings."""
+
+    def __init__(self, buffer: np.ndarray, offsets: np.ndarray):
+        self.buffer, self.offsets = buffer, offsets
+
+    @classmethod
+    def read(cls, path: Path) -> Captions:
+        """The captions `read_text().splitlines()` gives, without building them. The writer joins them with "\\n"
+        and `plan_split` collapses whitespace, so a caption holds no line break; a file with one (`write_encoded` of
+        raw captions) goes through splitlines, which splits on more than "\\n", so that it reads as it always did."""
+        data = path.read_bytes()
+        if any(b in data for b in _OTHER_BREAKS):
+            data = "".join(c + "\n" for c in path.read_text(encoding="utf-8").splitlines()).encode()
+        else:
+            decoder = codecs.getincrementaldecoder("utf-8")()  # undecodable fails here, as read_text did
+            for k in range(0, len(data), 1 << 24):
+                decoder.decode(data[k : k + (1 << 24)])
+            decoder.decode(b"", final=True)
+            if data and not data.endswith(b"\n"):
+                data += b"\n"  # splitlines: a last line needs no terminator
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(buffer == ord("\n")) + 1
+        return cls(buffer, np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)]))
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.nbytes + self.offsets.nbytes
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, k: int) -> str:
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError("caption index out of range")
+        k = k % n
+        return self.buffer[self.offsets[k] : self.offsets[k + 1] - 1].tobytes().decode()
+
+
+def table_bytes(root: str | Path, split: str) -> int:
+    """A split's `PrecomputedDataset.table_bytes` (captions buffer, offsets, options) from plan.json's caption count
+    and the sizes of captions.txt and of options.safetensors' data, without building the dataset: what each loader
+    worker holds, for a memory plan made before any job. Exact for the files the writer writes."""
+    folder = split_dir(root, split)
+    if not (folder / "plan.json").is_file():
+        raise DataError(f"data.path={root}: no {split} split (allowed: {ALLOWED})")
+    plan = _read_json(folder / "plan.json", root)
+    with open(folder / "options.safetensors", "rb") as f:
+        header = int.from_bytes(f.read(8), "little")  # safetensors: u64 header length, JSON header, the data
+    options = (folder / "options.safetensors").stat().st_size - 8 - header
+    return (folder / "captions.txt").stat().st_size + 8 * (plan["captions"] + 1) + options
+
+
 class PrecomputedDataset(Dataset):
     """One split of a pre-encoded folder: items {"latents" (fp16), "parts": [(tokens_e, pooled_e)] (fp16),
     "caption"} (plus "image" in [-1, 1] where kept); the caption is drawn per pass among the item's options.
@@ -215,9 +278,9 @@ class PrecomputedDataset(Dataset):
             _check_signature(root, split, plan.get("signature", {}), expect)
         self.n, self.s_items, self.s_text = plan["items"], plan["items_per_shard"], plan["texts_per_shard"]
         self.seed, self.has_images = plan.get("seed", 0), bool(plan["images"])
-        self.captions = (self.folder / "captions.txt").read_text().splitlines()
-        with safe_open(str(self.folder / "options.safetensors"), "pt") as f:
-            self.options = [tuple(int(x) for x in row if x >= 0) for row in f.get_tensor("options").tolist()]
+        self.captions = Captions.read(self.folder / "captions.txt")
+        with safe_open(str(self.folder / "options.safetensors"), "np") as f:
+            self.options = f.get_tensor("options")  # (n, m) int32, -1 pads: a row's ids are taken when asked
         if len(self.captions) != plan["captions"] or len(self.options) != self.n:
             raise DataError(f"data.path={root}: the {split} split's captions or options do not match its plan "
                             f"(allowed: {ALLOWED})")
@@ -244,13 +307,21 @@ class PrecomputedDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def table_bytes(self) -> int:
+        """The bytes of the caption and option tables: a loader worker's copy at most (the shards are mapped)."""
+        return self.captions.nbytes + self.options.nbytes
+
+    def _ids(self, i: int) -> tuple[int, ...]:
+        return tuple(c for c in self.options[i].tolist() if c >= 0)
+
     def caption_options(self, i: int) -> tuple[str, ...]:
-        return tuple(self.captions[c] for c in self.options[i])
+        return tuple(self.captions[c] for c in self._ids(i))
 
     def item(self, i: int, epoch: int = 0) -> dict:
         k, r = divmod(i, self.s_items)
         f = self._handle("items", k)
-        cid = draw(self.options[i], self.seed, i, epoch)
+        cid = draw(self._ids(i), self.seed, i, epoch)
         t, row = divmod(cid, self.s_text)
         g = self._handle("text", t)
         out = {"latents": f.get_slice("latents")[r : r + 1][0], "caption": self.captions[cid],

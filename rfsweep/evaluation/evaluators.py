@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -87,6 +86,7 @@ def _cached_checkpoint(model_name: str, pretrained: str, cache_dir: str | None) 
     Never touches the network: open_clip's own resolution calls `hf_hub_download`, which retries and
     waits when offline, so the cache is probed here and open_clip is handed a file path.
     """
+    import open_clip
     from huggingface_hub import try_to_load_from_cache
 
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -109,6 +109,8 @@ class OpenCLIPEvaluator(Evaluator):
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                  device: str | torch.device = "cpu", cache_dir: str | None = None):
+        import open_clip  # here, not at the top: importing it costs seconds, and most jobs never use it
+
         kwargs, ident = {}, openclip_id(model_name, pretrained)  # before `pretrained` becomes the cached file
         if pretrained and open_clip.get_pretrained_cfg(model_name, pretrained):
             cfg = open_clip.get_pretrained_cfg(model_name, pretrained)

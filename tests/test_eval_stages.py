@@ -32,9 +32,10 @@ def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
     run = tmp_path / "a" / "run"
     full = pd.DataFrame(evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg)))
     (run / "results.csv").unlink()
-    asked = []
+    asked = []  # one batch per setting: the stop comes before the second setting's batch
     with pytest.raises(EvaluationStopped):
-        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: asked.append(1) or True)
+        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg),
+                     stop=lambda: len(asked.append(1) or asked) > 1)
     kept = read_results(run / "results.csv")
     assert len(kept) == 2 and set(kept["weights"]) == {"ema", "real"}  # the first setting and the real images
     calls = []
@@ -48,6 +49,23 @@ def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
     key = ["weights", "steps", "cfg"]
     pd.testing.assert_frame_equal(done[cols].sort_values(key).reset_index(drop=True),
                                   full[cols].sort_values(key).reset_index(drop=True), check_dtype=False)
+
+
+def test_a_stop_between_batches_drops_the_setting_under_way(tmp_path):
+    """The stop is asked before every batch, the first setting's too: at the paper's protocol one setting can outlast
+    the time between SLURM's signal and its kill."""
+    cfg, module, info, settings = _trained(tmp_path / "b")
+    run = tmp_path / "b" / "run"
+    sampled = []
+    generate = module.generate
+    module.generate = lambda *a, **k: sampled.append(1) or generate(*a, **k)
+    with pytest.raises(EvaluationStopped):  # before any sample
+        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: True)
+    assert not sampled
+    cfg.eval.batch_size = 8  # two batches per setting; stopped after the first batch of the first setting
+    with pytest.raises(EvaluationStopped):
+        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: len(sampled) >= 1)
+    assert len(sampled) == 1 and not (run / "results.csv").exists()  # nothing of the setting under way is kept
 
 
 def test_evaluation_is_its_own_job(tmp_path):

@@ -17,11 +17,21 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from rfsweep.cluster import slurm
 
 TERM = "SIGTERM"
+LOST = 255  # the code of a lost lease among the ranks' stop codes (signal numbers are smaller)
+
+
+def signal_name(code: int) -> str:
+    """The name of a signal number (a stop code another rank sent)."""
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
 
 
 def preemption_signals() -> tuple[signal.Signals, ...]:
@@ -57,7 +67,9 @@ class PreemptionGuard:
     """Install once per job (`with job_guard() as guard:`); `received` is the first signal's name."""
 
     def __init__(self):
+        self.lost: str | None = None  # why the run folder's lease was lost (another process took it over)
         self.received: str | None = None
+        self.received_at: float | None = None  # when this process first learnt of the stop (time.time())
         self.previous: dict[signal.Signals, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
@@ -84,10 +96,29 @@ class PreemptionGuard:
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
-        self.received = self.received or signal.Signals(signum).name
+        self.note(signal.Signals(signum).name)
+
+    def note(self, name: str) -> None:
+        """Record a stop: a signal caught here, or one another rank caught (`name` is a signal's name)."""
+        if self.received is None:
+            self.received, self.received_at = name, time.time()
+
+    def lose_lease(self, reason: str) -> None:
+        """The lease's heartbeat found another holder: stop at once, write nothing more (`Lease(on_lost=...)`)."""
+        self.lost = self.lost or reason
 
     def stop_requested(self) -> bool:
-        return self.received is not None
+        return self.received is not None or self.lost is not None
+
+    def code(self) -> int:
+        """This process's stop as a number the ranks exchange: LOST, the signal's number, or 0."""
+        if self.lost:
+            return LOST
+        sig = getattr(signal, self.received, None) if self.received else None
+        return int(sig) if isinstance(sig, signal.Signals) else (int(signal.SIGTERM) if self.received else 0)
+
+    def seconds_since_signal(self) -> float | None:
+        return None if self.received_at is None else time.time() - self.received_at
 
     def hand_back(self, requeue: bool = True, max_requeues: int = 20) -> HandBack:
         """After the stop was recorded: requeue the job if the signal asks for it. May not return: submitit's
@@ -99,10 +130,11 @@ class PreemptionGuard:
             if state == "CANCELLED":
                 return HandBack("cancelled", f"not requeued: SLURM job {job} was cancelled")
             return HandBack("preempted", "not requeued: SIGTERM" + (f" (SLURM state {state})" if state else ""))
-        previous = self.previous.get(signal.Signals[sig])
+        signum = getattr(signal, sig, None) if sig.startswith("SIG") else None
+        previous = self.previous.get(signum) if isinstance(signum, signal.Signals) else None
         if callable(previous):  # submitit's checkpoint_and_try_requeue: requeues and exits, or raises
             try:
-                previous(signal.Signals[sig], None)
+                previous(signum, None)
             except Exception as e:  # e.g. submitit's UncompletedJobError: timed out too many times
                 return HandBack("preempted", f"not requeued by submitit: {e}")
             return HandBack("preempted", f"not requeued: the {sig} handler before rfsweep's declined")

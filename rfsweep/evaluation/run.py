@@ -37,8 +37,9 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
     prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
     saved as `<setting_name>.png` with their prompts. Settings in `done` ((weights, steps, cfg) triples, evaluated
     earlier) are skipped; `on_row(row)` is called as each setting finishes (the caller writes it, so a pre-emption
-    keeps the finished settings). `stop()`, if given, is asked before each setting after the first: True raises
-    EvaluationStopped (a pre-emption signal; the job is requeued and evaluates the rest).
+    keeps the finished settings). `stop()`, if given, is asked before each setting and between its batches: True
+    raises EvaluationStopped (a pre-emption signal: the setting under way is dropped, the job is requeued and
+    evaluates the rest; at the paper's protocol one setting can outlast the time between the signal and the kill).
     """
     if ref_stats.evaluator_id != evaluator.id:
         raise ValueError(f"reference statistics were computed with {ref_stats.evaluator_id!r}, "
@@ -49,10 +50,10 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
     for w, (steps, cfg) in itertools.product(weights, settings):
         if (w, int(steps), round(float(cfg), 6)) in done:
             continue
-        if rows and stop is not None and stop():
-            raise EvaluationStopped(f"stopped after {len(rows)} of {len(weights) * len(settings)} settings")
         feats, shown = [], []
         for b, i in enumerate(range(0, n_samples, batch_size)):
+            if stop is not None and stop():
+                raise EvaluationStopped(f"stopped after {len(rows)} of {len(weights) * len(settings)} settings")
             images = sample_fn(w, steps, cfg, prompts[i : i + batch_size], seed + b)
             feats.append(evaluator.encode_images(images).cpu())
             if grid_dir is not None and sum(len(s) for s in shown) < grid_size:

@@ -4,13 +4,14 @@ progress for `python -m analysis status`, and a recorded failure when training b
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
 import lightning as L
 
 from rfsweep import runfolder
-from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.cluster.signals import LOST, PreemptionGuard, signal_name
 
 
 def sharded(trainer) -> bool:
@@ -39,6 +40,15 @@ def completed_step(trainer, batch_idx: int) -> bool:
     return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
+def validation_due(trainer) -> bool:
+    """Whether Lightning validates after the current batch: `val_check_interval` counts batches (`fit` sets it to
+    trainer.val_every x accumulate_grad_batches), from the start of the run (`check_val_every_n_epoch=None`)."""
+    every = trainer.val_check_batch
+    if not trainer.enable_validation or not isinstance(every, int) or every <= 0:
+        return False
+    return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
+
+
 class EMAUpdate(L.Callback):
     """Updates the module's EMA after each optimizer step. It must come first among the callbacks, so that
     a checkpoint written at the same step already holds the updated EMA."""
@@ -49,13 +59,22 @@ class EMAUpdate(L.Callback):
 
 
 class PeriodicCheckpoint(L.Callback):
-    """Writes `<dir>/last.ckpt` every `every` training steps and when training ends."""
+    """Writes `<dir>/last.ckpt` every `every` optimizer steps, at a stop (`request`) and when training ends.
+
+    A checkpoint holds the whole state of its step: at a step with a validation it is written after the validation
+    (and after `BestWeights`, which must come before this callback), so a run resumed from it repeats the
+    validations, the best weights and the evaluated step of an uninterrupted run (Lightning then resumes after the
+    validation, as from its own ModelCheckpoint). A step is written once."""
 
     def __init__(self, dirpath: str | Path, every: int):
         self.dirpath, self.every = Path(dirpath), every
+        self.saved_step: int | None = None
+        self._after_validation = False  # a save waits for this step's validation
+        self._then_stop = False
 
     def save(self, trainer: L.Trainer) -> None:
         target = self.dirpath / runfolder.LAST
+        self.saved_step = trainer.global_step
         if not sharded(trainer):
             trainer.save_checkpoint(target, weights_only=False)  # AtomicCheckpointIO: temp file, rename
             return
@@ -71,12 +90,36 @@ class PeriodicCheckpoint(L.Callback):
             runfolder.swap_in(partial, target)
         trainer.strategy.barrier()
 
+    def request(self, trainer: L.Trainer, then_stop: bool = False) -> None:
+        """Write this step (now, or after its validation when one is due); `then_stop`: training ends there, with
+        no validation Lightning would add for the stop."""
+        self._then_stop = self._then_stop or then_stop
+        if self.saved_step == trainer.global_step:
+            self._finish(trainer)
+        elif validation_due(trainer):
+            self._after_validation = True
+        else:
+            self.save(trainer)
+            self._finish(trainer)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        if self._then_stop:
+            trainer.should_stop = True
+            trainer.limit_val_batches = 0  # Lightning validates on should_stop: a step the schedule never asked for
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if completed_step(trainer, batch_idx) and trainer.global_step % self.every == 0:
+            self.request(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
             self.save(trainer)
+            self._finish(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.save(trainer)
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
 
 
 class BestWeights(L.Callback):
@@ -98,22 +141,31 @@ class BestWeights(L.Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.best_score is None and not self.path.exists():  # never validated: the final weights are evaluated
+        finished = trainer.global_step >= (trainer.max_steps or 0)  # not at a stop: the run goes on after a requeue
+        if finished and self.best_score is None and not self.path.exists():  # never validated: the final weights
             self.best_step = trainer.global_step
             self.save(trainer, pl_module)
 
     def save(self, trainer, pl_module) -> None:
-        """Every rank calls it (gathering FSDP's shards is collective); rank 0 writes."""
-        from safetensors.torch import save
+        """Every rank calls it (gathering FSDP's shards is collective); rank 0 gathers and writes, tensor by tensor
+        (`safetensors.torch.save_file`: no second copy of the weights in memory)."""
+        from safetensors.torch import save_file
 
-        from rfsweep.atomic import atomic_write
-
+        if not sharded(trainer) and not trainer.is_global_zero:
+            return  # DDP: every rank holds the same weights; only the writer copies them to the CPU
         tensors = full_state_dict(pl_module)
         if not trainer.is_global_zero:
             return
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
-        with atomic_write(self.path) as f:
-            f.write(save(tensors, metadata=meta))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step}
@@ -122,11 +174,20 @@ class BestWeights(L.Callback):
         self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
 
 
+class LeaseLost(RuntimeError):
+    """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
+
+
 class Preemption(L.Callback):
-    """On a stop signal noted by the job's `PreemptionGuard`: finish the current step, write `last.ckpt`, stop."""
+    """On a stop noted by the job's `PreemptionGuard` (a signal to any rank): the step ends, `last.ckpt` is written
+    (after the step's validation when one is due, `PeriodicCheckpoint.request`) and training stops. The ranks agree
+    at every step boundary, so all stop at the same step, and each learns which signal it was (a rank the signal did
+    not reach hands the job back as the one it reached). A lost lease (on any rank) ends training at once without a
+    checkpoint: the run folder is another process's now."""
 
     def __init__(self, checkpoint: PeriodicCheckpoint, guard: PreemptionGuard):
         self.checkpoint, self.guard = checkpoint, guard
+        self.stopping = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning installed its own handlers when `fit` began (they would stop without a checkpoint, or requeue a
@@ -134,16 +195,20 @@ class Preemption(L.Callback):
         self.guard.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not completed_step(trainer, batch_idx):
+        if self.stopping or not completed_step(trainer, batch_idx):
             return
-        stop = self.guard.stop_requested()
-        if trainer.world_size > 1:  # a signal to any rank stops all at the same step (the save is collective)
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-            if stop and not self.guard.received:
-                self.guard.received = "peer"
-        if stop:
-            self.checkpoint.save(trainer)
-            trainer.should_stop = True
+        code = self.guard.code()
+        if trainer.world_size > 1:  # every rank's code; the first rank's that has one decides
+            import torch
+
+            codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
+            code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
+        if code == LOST:
+            raise LeaseLost(self.guard.lost or "another rank's lease was taken over")
+        if code:
+            self.guard.note(signal_name(code))
+            self.stopping = True
+            self.checkpoint.request(trainer, then_stop=True)
 
 
 class Progress(L.Callback):
@@ -169,6 +234,12 @@ class Progress(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._mark is not None and trainer.is_global_zero and self.echo:
             self._report(trainer, time.time(), trainer.global_step, write=False)
+
+    def rate(self, step: int) -> float | None:
+        """Steps per second of this launch, from its first step to `step` (validations included)."""
+        if self._mark is None or step <= self._mark[1]:
+            return None
+        return (step - self._mark[1]) / max(time.time() - self._mark[0], 1e-9)
 
     def _report(self, trainer, now: float, step: int, write: bool = True) -> None:
         t0, s0 = self._mark
@@ -243,7 +314,7 @@ class FailureRecorder(L.Callback):
         self.run_dir = run_dir
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or isinstance(exception, LeaseLost):  # a lost folder is not written
             return
         runfolder.write_status(self.run_dir, "failed", step=trainer.global_step,
                                reason=f"{type(exception).__name__}: {exception}")

@@ -110,17 +110,21 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
     flops = train_flops_per_sample(module.net, tuple(module.meta["latent_shape"]), module.conditioner.context_len)
     logs, bar = loggers(cfg, run_dir, tracker), interactive()
-    callbacks = [EMAUpdate(), periodic, Preemption(periodic, guard), best, FailureRecorder(run_dir),
-                 Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar),
+    progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
+    # order matters: the EMA is updated before anything saves the step; the best weights are chosen before the
+    # step's checkpoint is written after its validation (PeriodicCheckpoint)
+    callbacks = [EMAUpdate(), best, *([BestValidation(tracker)] if tracker is not None and tracker.run is not None
+                                      else []),
+                 periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,
                  Throughput(tr.batch_size, flops, log_every)]
     callbacks += [StepProgressBar()] if bar else []
     callbacks += [LearningRateMonitor(logging_interval="step")] if logs else []
-    if tracker is not None and tracker.run is not None:
-        callbacks.append(BestValidation(tracker))
     with _quiet():
         trainer = L.Trainer(
             accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
-            val_check_interval=tr.val_every, check_val_every_n_epoch=None, gradient_clip_val=tr.grad_clip,
+            # Lightning counts val_check_interval in micro-batches: validation every val_every optimizer steps
+            val_check_interval=tr.val_every * tr.accumulate_grad_batches, check_val_every_n_epoch=None,
+            gradient_clip_val=tr.grad_clip,
             callbacks=callbacks, logger=logs or False, plugins=_plugins(tr.strategy), enable_progress_bar=bar,
             strategy=_strategy(tr), num_nodes=tr.num_nodes, accumulate_grad_batches=tr.accumulate_grad_batches,
             default_root_dir=str(run_dir), deterministic=tr.deterministic,
@@ -137,8 +141,10 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     if trainer.is_global_zero and tr.accelerator == "gpu":
         record_peak_memory(cfg, run_dir)
     if not guard.stop_requested() and trainer.is_global_zero:
+        rate = progress.rate(trainer.global_step)
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
-                               best_val_loss_ema=best.best_score)
+                               best_val_loss_ema=best.best_score,
+                               **({"steps_per_s": round(rate, 4)} if rate is not None else {}))
     return trainer.global_step
 
 

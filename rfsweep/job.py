@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep import runfolder
-from rfsweep.cluster.lease import Lease, LeaseHeld
+from rfsweep.cluster.lease import Lease, describe
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.config import ConfigError, validate
 from rfsweep.tracking import job_run
@@ -94,45 +93,71 @@ def execute(cfg: DictConfig) -> int:
     """Run the job; returns its exit code. Records the outcome in the run folder (rank 0, not for dry runs)."""
     from hydra.errors import InstantiationException
 
+    from rfsweep.cluster.ranks import Launch
     from rfsweep.console import tidy_logging
     from rfsweep.train.fit import process_rank
-    from rfsweep.train.module import NonFiniteLossError
 
     bad_input = _bad_input()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tidy_logging()
+    rank0 = process_rank() == 0
+    launch = Launch(cfg.run_dir, int(cfg.trainer.devices) * int(cfg.trainer.num_nodes),
+                    float(cfg.cluster.start_timeout_s))
     with job_guard() as guard:
         try:
             try:
-                result = _run(cfg, guard)
+                result = _run(cfg, guard, launch)
             except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
                 if isinstance(e.__cause__, bad_input):
                     raise e.__cause__ from None
                 raise
-        except LeaseHeld as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            result = Outcome(2, "refused", str(e))
-        except bad_input as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            result = Outcome(2, "failed", str(e))
-        except NonFiniteLossError as e:
-            print(f"failed: {e}; recorded in {cfg.run_dir}/{runfolder.STATUS}", file=sys.stderr, flush=True)
-            result = Outcome(1, "failed", f"{type(e).__name__}: {e}")
-        except Exception as e:  # a bug or a broken node: this job fails, the sweep goes on
-            traceback.print_exc()
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            if process_rank() == 0 and Path(cfg.run_dir, runfolder.STATUS).is_file():
-                status = runfolder.read_status(cfg.run_dir)
-                if status.get("state") != "failed":  # a failure inside training is already recorded
-                    runfolder.write_status(cfg.run_dir, "failed", step=status.get("step"), reason=reason)
-            result = Outcome(1, "failed", reason)
-    if result.outcome not in ("dry-run", "rank") and process_rank() == 0:
+        except Exception as e:  # a job never takes other jobs down: every error ends in an exit code
+            result = _failure(cfg, e, bad_input, rank0)
+            launch.fail(result.reason)  # the other ranks stop waiting for this one
+        finally:
+            launch.close()
+    if result.outcome not in ("dry-run", "rank", "lost") and rank0:
         runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
                                 launch=os.environ.get(LAUNCH_ENV))
     return result.code
 
 
-def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
+def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool) -> Outcome:
+    """The outcome of an exception that ended the job, said in one line (bad input) or with its traceback (a bug or a
+    broken node); a failure is recorded in status.json (rank 0), keeping the stage it happened in (a run that failed
+    while evaluating stays trained: `stage=evaluate` takes it)."""
+    from rfsweep.cluster.lease import LeaseHeld
+    from rfsweep.cluster.ranks import RanksDisagree
+    from rfsweep.train.callbacks import LeaseLost
+    from rfsweep.train.module import NonFiniteLossError
+
+    if isinstance(e, LeaseLost):  # the folder is another process's now: nothing more is written there
+        print(f"error: {e}; this process stopped without writing to {cfg.run_dir}", file=sys.stderr, flush=True)
+        return Outcome(2, "lost", str(e))
+    if isinstance(e, LeaseHeld):
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return Outcome(2, "refused", str(e))
+    if isinstance(e, RanksDisagree):
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return Outcome(2, "failed" if rank0 else "rank", str(e))
+    if isinstance(e, bad_input):
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return Outcome(2, "failed", str(e))
+    if isinstance(e, NonFiniteLossError):
+        print(f"failed: {e}; recorded in {cfg.run_dir}/{runfolder.STATUS}", file=sys.stderr, flush=True)
+        return Outcome(1, "failed", f"{type(e).__name__}: {e}")
+    traceback.print_exception(type(e), e, e.__traceback__)
+    reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    if rank0 and Path(cfg.run_dir, runfolder.STATUS).is_file():
+        status = runfolder.read_status(cfg.run_dir)
+        if status.get("state") != "failed":  # a failure inside training is already recorded
+            trained = status.get("state") in ("trained", runfolder.FINISHED) or status.get("stage") == "evaluation"
+            runfolder.write_status(cfg.run_dir, "failed", step=status.get("step"), reason=reason,
+                                   **({"stage": "evaluation"} if trained else {}))
+    return Outcome(1, "failed", reason)
+
+
+def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
     import torch
 
     from rfsweep.formulations import build_formulation
@@ -159,46 +184,71 @@ def _run(cfg: DictConfig, guard: PreemptionGuard) -> Outcome:
         return Outcome(0, "skipped", "finished earlier")
     check_multi_device(cfg)
     rank0 = process_rank() == 0
-    with Lease(run_dir, cfg.cluster.lease_timeout_s) if rank0 else nullcontext():
+    if not rank0:  # another rank: trains beside rank 0, never evaluates, never holds the lease, writes nothing
+        if _trained(runfolder.read_status(run_dir)):
+            return Outcome(0, "rank", "trained: rank 0 evaluates alone")
+        return _rank_work(cfg, formulation, run_dir, guard, launch)
+    lost = lambda held: guard.lose_lease(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
+    with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost):
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
-        trained = status.get("state") in ("trained", "done") or status.get("stage") == "evaluation"
+        trained = _trained(status)
         if cfg.stage == "evaluate" and not trained:
             raise ConfigError(f"config error: stage=evaluate but {run_dir} is not trained (state "
                               f"{status.get('state', 'not started')}; allowed: stage=all or train first)")
-        if guard.stop_requested() and rank0:  # stopped while starting: nothing new to save, hand the job back
+        if guard.stop_requested():  # stopped while starting: nothing new to save, hand the job back
+            launch.fail("rank 0 was stopped while starting")
             return _stopped(cfg, run_dir, guard, status.get("step") or 0, "evaluation" if trained else "training")
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         from rfsweep.builders import build_module
         from rfsweep.evaluate import build_evaluator
 
-        module, data = build_module(cfg, formulation)
-        evaluator = build_evaluator(cfg) if cfg.eval.enabled and rank0 else None  # missing weights: before training
+        module, data = build_module(cfg, formulation, train=not trained)
+        evaluator = build_evaluator(cfg) if cfg.eval.enabled else None  # missing weights: before training
+        if not trained:
+            launch.agree()  # every rank built its part; a refusal above has told them to stop
         net = module.net
         with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
                 p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None) as tracker:
-            result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained, rank0)
+            result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
             tracker.finish(result.outcome, result.reason)
             return result
 
 
-def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker, trained: bool,
-          rank0: bool) -> Outcome:
-    """Train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
+def _trained(status: dict) -> bool:
+    """Training is over (the run is evaluated, or was stopped or failed while evaluating)."""
+    return status.get("state") in ("trained", runfolder.FINISHED) or status.get("stage") == "evaluation"
+
+
+def _rank_work(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGuard, launch) -> Outcome:
+    """A rank other than 0 of a multi-device run: build, agree with the other ranks, train; rank 0 reports."""
+    import torch
+
+    from rfsweep.builders import build_module
+    from rfsweep.train.fit import fit
+
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    module, data = build_module(cfg, formulation, train=True)
+    launch.agree()
+    fit(cfg, module, data, run_dir, guard)
+    return Outcome(0, "rank")
+
+
+def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker,
+          trained: bool) -> Outcome:
+    """Rank 0: train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
     import torch
 
     from rfsweep.evaluate import EvaluationStopped, evaluate_run, write_samples
     from rfsweep.train.fit import fit, load_weights
 
     if not trained:
-        if rank0:
-            runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
         step = fit(cfg, module, data, run_dir, guard, tracker)
-        if not rank0:  # the other ranks of a multi-device run end with training; rank 0 reports
-            return Outcome(0, "rank")
         if guard.stop_requested():
-            return _stopped(cfg, run_dir, guard, step, "training")
+            return _stopped(cfg, run_dir, guard, step, "training", tracker)
         if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
             from rfsweep.builders import build_model
 
@@ -207,6 +257,8 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
         print(f"trained: {run_dir} (evaluate with stage=evaluate)", flush=True)
         return Outcome(0, "done", "trained (stage=train)")
     info = load_weights(module, run_dir)
+    if guard.stop_requested():  # a signal between training and evaluation: the next launch evaluates
+        return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
     module.place_frozen()
     grid, captions = write_samples(cfg, module, run_dir)
@@ -216,26 +268,42 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
             evaluate_run(cfg, module, run_dir, info, eval_settings(cfg), evaluator, stop=guard.stop_requested,
                          tracker=tracker)
         except EvaluationStopped:
-            return _stopped(cfg, run_dir, guard, info["step"], "evaluation")
+            if guard.lost:
+                from rfsweep.train.callbacks import LeaseLost
+
+                raise LeaseLost(guard.lost) from None
+            return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
     print(f"done: {run_dir}", flush=True)
     return Outcome(0, "done")
 
 
-def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str) -> Outcome:
-    """A stop signal ended the job at a safe point (the checkpoint is written): record it, then hand the job back
-    to the scheduler (requeue) where the signal asks for it."""
+def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str, tracker=None) -> Outcome:
+    """A stop signal ended the job at a safe point (the checkpoint is written): record it, finish the W&B run, then
+    hand the job back to the scheduler (requeue) where the signal asks for it. The W&B run is finished first: a
+    requeue ends every process of the job, W&B's service among them."""
+    if guard.lost:  # not a pre-emption: the folder is another process's
+        from rfsweep.train.callbacks import LeaseLost
+
+        raise LeaseLost(guard.lost)
     record = {"step": int(step), "stage": stage, "signal": guard.received}
+    since = guard.seconds_since_signal()
+    if since is not None:  # how long the stop took: signal_delay_s must leave room for it (README)
+        record["signal_to_handback_s"] = round(since, 2)
     runfolder.write_status(run_dir, "preempted", **record, requeue="handing back to the scheduler")
+    if tracker is not None:
+        tracker.finish("preempted", f"{guard.received} during {stage}")
     try:
         back = guard.hand_back(cfg.cluster.requeue, cfg.cluster.max_requeues)
     except SystemExit:  # submitit requeued the job and ends the process
         runfolder.write_status(run_dir, "preempted", **record, requeue="requeued by submitit")
         runfolder.write_outcome(run_dir, "requeued", f"{guard.received} during {stage}",
                                 launch=os.environ.get(LAUNCH_ENV))
-        print(f"pre-empted at step {step} ({stage}): checkpoint written; requeued by submitit", flush=True)
+        print(f"pre-empted at step {step} ({stage}): checkpoint written; requeued by submitit"
+              + (f" {record['signal_to_handback_s']} s after the signal" if since is not None else ""), flush=True)
         raise
     runfolder.write_status(run_dir, back.state, **record, requeue=back.requeue)
     print(f"pre-empted at step {step} ({stage}): checkpoint written to {runfolder.last_checkpoint(run_dir)}; "
-          f"{back.requeue}; rerun the same command to resume", flush=True)
+          f"{back.requeue}; rerun the same command to resume"
+          + (f" ({record['signal_to_handback_s']} s after the signal)" if since is not None else ""), flush=True)
     return Outcome(3, back.state, f"{guard.received} during {stage}; {back.requeue}")

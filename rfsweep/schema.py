@@ -251,6 +251,8 @@ class ClusterConf:
     requeue: bool = True  # plain sbatch: after the pre-emption checkpoint, scontrol requeue (submitit: its own)
     max_requeues: int = rule(20, nonneg_int, "an integer >= 0")  # plain sbatch: restarts (SLURM_RESTART_COUNT)
     lease_timeout_s: float = rule(600.0, lambda v: number(v) and v >= 10, "a number of seconds >= 10")
+    # how long the ranks of a launch wait for each other to be ready to train (rfsweep.cluster.ranks)
+    start_timeout_s: float = rule(600.0, lambda v: number(v) and v > 0, "a number of seconds > 0")
     tflops_per_gpu: float = rule(400.0, lambda v: number(v) and v > 0, "a number > 0 (achieved TFLOP/s per GPU)")
     gpu_memory_gb: float = rule(80.0, lambda v: number(v) and v > 0, "a number > 0 (memory of one GPU, for the plan)")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import netrc
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -132,15 +133,24 @@ class JobRun:
         self.run.log_artifact(art, aliases=["evaluated", f"step-{info['step']}"])
 
     def finish(self, outcome: str, reason: str = "") -> None:
+        """End the W&B run (once). A failure of W&B itself (its service gone, e.g. killed with the job by a requeue)
+        is said in one line and never changes what the job did."""
         if self.run is None:
             return
         run, self.run = self.run, None
-        run.summary.update({"rfsweep/outcome": outcome, **({"rfsweep/reason": reason} if reason else {})})
-        if outcome in ("preempted", "requeued", "cancelled"):
-            run.mark_preempting()
-            run.finish(exit_code=0)
-        else:
-            run.finish(exit_code=0 if outcome == "done" else 1)
+        try:
+            run.summary.update({"rfsweep/outcome": outcome, **({"rfsweep/reason": reason} if reason else {})})
+            if outcome in ("preempted", "requeued", "cancelled"):
+                run.mark_preempting()
+                run.finish(exit_code=0)
+                import wandb
+
+                wandb.teardown()  # the job is handed back next: its service ends now, not killed by the requeue
+            else:
+                run.finish(exit_code=0 if outcome == "done" else 1)
+        except Exception as e:
+            print(f"warning: W&B could not finish run {run.id} ({type(e).__name__}: {e}); the job's outcome "
+                  f"({outcome}) stands", file=sys.stderr, flush=True)
 
 
 @contextmanager

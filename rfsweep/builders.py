@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -76,22 +77,29 @@ def encoding(cfg: DictConfig) -> dict | None:
     return signature(cfg)
 
 
-def build_module(cfg: DictConfig, formulation=None):
-    """Everything a run needs, built from the config (encoders loaded, nothing trained)."""
+def build_module(cfg: DictConfig, formulation=None, train: bool = False):
+    """Everything a run needs, built from the config (encoders loaded, nothing trained). `train`: for training,
+    where FSDP over several ranks builds the whole backbone on rank 0 only (`DiffusionModule.configure_model`)."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
-    return build_model(cfg, formulation, warm=lambda conditioner: warm_captions(cfg, conditioner, data)), data
+    return build_model(cfg, formulation, warm=lambda conditioner: warm_captions(cfg, conditioner, data),
+                       train=train), data
 
 
-def build_model(cfg: DictConfig, formulation=None, warm=None):
+def build_model(cfg: DictConfig, formulation=None, warm=None, train: bool = False):
     """The DiffusionModule of a config without its data (e.g. to sample from a finished run's checkpoint)."""
+    import torch
+
+    from rfsweep.train.fit import process_rank
     from rfsweep.train.module import DiffusionModule
 
     formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
     tr = cfg.trainer
-    net = build_backbone(cfg)
+    shard = train and tr.strategy == "fsdp" and int(tr.devices) * int(tr.num_nodes) > 1
+    with torch.device("meta") if shard and process_rank() != 0 else nullcontext():
+        net = build_backbone(cfg)
     meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
             "backbone": cfg.backbone.label, "seed": int(cfg.seed), "latent_shape": list(latent_shape(cfg)),
             "encodes_online": cfg.data.name != "precomputed",
@@ -101,7 +109,7 @@ def build_model(cfg: DictConfig, formulation=None, warm=None):
     if warm is not None:
         warm(conditioner)
     return DiffusionModule(net, formulation, conditioner, build_autoencoder(cfg), optimizer, int(tr.warmup_steps),
-                           dict(cfg.ema), cfg.seed, meta)
+                           dict(cfg.ema), cfg.seed, meta, shard=shard)
 
 
 def warm_captions(cfg: DictConfig, conditioner, data) -> None:

@@ -15,8 +15,9 @@ GROUPS = (None, "trainer", "optimizer", "ema", "sampler", "eval", "data", "condi
           "logger", "cluster", "paths")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value out of range."""
+def validate(cfg: DictConfig, mem_gb: float | None = None) -> None:
+    """Raise ConfigError for the first value out of range. `mem_gb`: the node memory a launcher asks for (the sweep
+    passes `hydra.launcher.mem_gb`; a job reads its own launcher's)."""
     from rfsweep.schema import rules_for
 
     for group in GROUPS:
@@ -36,10 +37,10 @@ def validate(cfg: DictConfig) -> None:
             if not good:
                 where = key if group is None else f"{group}.{key}"
                 raise ConfigError(f"config error: {where}={value!r} is out of range (allowed: {allowed})")
-    _cross_checks(cfg)
+    _cross_checks(cfg, mem_gb)
 
 
-def _cross_checks(cfg: DictConfig) -> None:
+def _cross_checks(cfg: DictConfig, mem_gb: float | None = None) -> None:
     from rfsweep.data import dataset_names, needs_path
 
     tr = cfg.trainer
@@ -60,7 +61,8 @@ def _cross_checks(cfg: DictConfig) -> None:
     if (res // ds) % patch:
         raise ConfigError(f"config error: data.resolution={res} gives a latent grid of {res // ds}, not divisible "
                           f"by backbone.patch_size={patch} (allowed: resolution / {ds} divisible by {patch})")
-    if cfg.trainer.accelerator == "gpu":
-        from rfsweep.memory import check_fits
+    from rfsweep.memory import check_fits, check_host_fits, launcher_mem_gb
 
+    if cfg.trainer.accelerator == "gpu":
         check_fits(cfg)  # the memory plan, before any job starts
+    check_host_fits(cfg, mem_gb or launcher_mem_gb())  # the node's memory, when a launcher (SLURM) asks for some

@@ -128,3 +128,81 @@ def check_fits(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: the memory plan needs {plan.describe()} on {cfg.cluster.gpu_memory_gb:g} GB "
                           f"GPUs (cluster.gpu_memory_gb) (allowed: a plan that fits: trainer.strategy=fsdp, "
                           f"backbone.grad_checkpointing=true, more GPUs, or trainer.accumulate_grad_batches)")
+
+
+# Host memory (the node's RAM, what SLURM's --mem limits). What one rank's process holds on the CPU at its peak:
+# torch and the libraries (PROCESS_GB: a CPU training job's peak RSS measured on this project's CPU machine is 1.3 GB;
+# a CUDA process also maps the CUDA libraries: 4 GB allowed, not measured here), the backbone as it is built before
+# it moves to its GPU or is sharded, the EMA copy, the best weights gathered on rank 0 to be written
+# (best.safetensors: raw and EMA weights, fp32), and the pre-encoded reader's caption tables (one byte buffer and
+# two arrays, which the rank's forked loader workers share: nothing writes to their pages). Under FSDP rank 0 alone
+# builds the whole backbone (the other ranks build it on the meta device and receive their shards from rank 0), and
+# every EMA is made from the shards.
+PROCESS_GB = {"cpu": 2.0, "gpu": 4.0}
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    ranks: int  # ranks on one node (trainer.devices)
+    rank0: float  # bytes at rank 0's peak
+    other: float  # bytes at another rank's peak
+    tables: float  # the reader's tables, per rank (included above)
+
+    @property
+    def total(self) -> float:
+        return self.rank0 + (self.ranks - 1) * self.other
+
+    def describe(self) -> str:
+        return (f"{self.total / GB:.1f} GB of host memory per node ({self.ranks} rank(s): rank 0 "
+                f"{self.rank0 / GB:.1f}, the others {self.other / GB:.1f} each; reader tables "
+                f"{self.tables / GB:.2f} per rank)")
+
+
+def host_plan(cfg: DictConfig) -> HostPlan:
+    """The host memory a node needs for this job's ranks (see PROCESS_GB's comment)."""
+    tr = cfg.trainer
+    p = memory_plan(cfg).params
+    world = int(tr.devices) * int(tr.num_nodes)
+    tables = 0.0
+    if cfg.data.name == "precomputed" and cfg.data.path:
+        from rfsweep.data import DataError
+        from rfsweep.data.precomputed import table_bytes
+
+        try:
+            tables = float(table_bytes(cfg.data.path, "train"))
+        except (DataError, OSError):
+            tables = 0.0  # no folder yet: the data check refuses the job itself
+    base = PROCESS_GB[str(tr.accelerator)] * GB + tables
+    best = 8.0 * p  # rank 0 gathers the raw and EMA weights to write best.safetensors
+    if tr.strategy == "fsdp" and world > 1:
+        shards = 8.0 * p / world
+        rank0, other = base + max(4.0 * p + shards, best), base + shards
+    else:
+        rank0, other = base + max(8.0 * p, best), base + 8.0 * p
+    if tr.accelerator != "gpu":  # training on the CPU: gradients and AdamW's moments live there too
+        state = 12.0 * p / (world if tr.strategy == "fsdp" else 1)
+        rank0, other = rank0 + state, other + state
+    return HostPlan(int(tr.devices), rank0, other if tr.devices > 1 else 0.0, tables)
+
+
+def launcher_mem_gb() -> float | None:
+    """The node memory the sweep's launcher asks for (`hydra.launcher.mem_gb`, SLURM), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().get("launcher")
+    return launcher.get("mem_gb") if launcher is not None else None
+
+
+def check_host_fits(cfg: DictConfig, mem_gb: float | None) -> None:
+    """Refuse (ConfigError, one line) a job whose host plan exceeds the node memory it asks SLURM for."""
+    from rfsweep.config import ConfigError
+
+    if not mem_gb:
+        return
+    plan = host_plan(cfg)
+    if plan.total > float(mem_gb) * GB:
+        raise ConfigError(f"config error: the host memory plan needs {plan.describe()}, more than "
+                          f"hydra.launcher.mem_gb={mem_gb:g} (allowed: a plan that fits: a larger "
+                          f"hydra.launcher.mem_gb, trainer.strategy=fsdp, or fewer ranks per node)")

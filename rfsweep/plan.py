@@ -43,10 +43,14 @@ def dry_run_line(cfg: DictConfig) -> str:
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
     hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
     try:
+        from rfsweep.memory import host_plan, launcher_mem_gb
+
         memory = memory_plan(cfg).describe()
+        mem_gb = launcher_mem_gb()
+        host = host_plan(cfg).describe() + (f" of hydra.launcher.mem_gb={mem_gb:g}" if mem_gb else "")
     except Exception as e:
-        memory = f"? ({type(e).__name__})"
+        memory = host = f"? ({type(e).__name__})"
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "
             f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
             f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu) "
-            f"memory={memory}")
+            f"memory={memory} host={host}")

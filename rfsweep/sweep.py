@@ -121,7 +121,7 @@ class ManifestCallback(Callback):
         for overrides in planned_jobs(config):
             cfg = compose(config_name="config", overrides=overrides)
             try:
-                validate(cfg)
+                validate(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None))
                 variant = variant_name(cfg.formulation)
             except (ConfigError, VariantError) as e:
                 _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")

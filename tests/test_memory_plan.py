@@ -58,3 +58,37 @@ def test_a_config_that_cannot_fit_is_refused_in_one_line():
     assert "memory plan" in msg and "80 GB" in msg and "trainer.strategy=fsdp" in msg and "\n" not in msg
     validate(compose_cfg([*PAPER, "backbone.depth=38", "trainer.strategy=fsdp", "trainer.devices=8",
                           "trainer.num_nodes=8", "backbone.grad_checkpointing=true"]))  # 64 GPUs, sharded: fits
+
+
+def test_the_host_plan_counts_what_each_rank_holds_on_the_cpu():
+    from rfsweep.memory import GB, host_plan
+
+    depth24 = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8"]
+    ddp, fsdp = host_plan(compose_cfg(depth24)), host_plan(compose_cfg([*depth24, "trainer.strategy=fsdp"]))
+    p = memory_plan(compose_cfg(depth24)).params
+    assert ddp.ranks == fsdp.ranks == 8
+    assert ddp.other == pytest.approx(4 * GB + 8 * p)  # every DDP rank builds the backbone and its EMA copy
+    assert fsdp.other == pytest.approx(4 * GB + 8 * p / 8)  # FSDP: shards only, received from rank 0
+    assert fsdp.rank0 == pytest.approx(4 * GB + 8 * p)  # rank 0: the whole backbone, then the best weights gathered
+    assert fsdp.total < ddp.total / 2
+
+
+def test_a_job_that_cannot_fit_its_nodes_memory_is_refused_in_one_line():
+    from rfsweep.memory import check_host_fits
+
+    depth24 = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8"]
+    with pytest.raises(ConfigError) as e:  # 8 DDP ranks of 2.0B parameters: about 160 GB of host memory
+        check_host_fits(compose_cfg(depth24), 64)
+    msg = str(e.value)
+    assert "host memory plan" in msg and "hydra.launcher.mem_gb=64" in msg and "\n" not in msg
+    check_host_fits(compose_cfg([*depth24, "trainer.strategy=fsdp"]), 64)  # sharded: fits
+
+
+def test_a_sweep_whose_jobs_exceed_the_launchers_memory_stops_before_any_job(tmp_path):
+    from tests.helpers import run_cli, tiny
+
+    r = run_cli([*tiny(tmp_path), "-m", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.mem_gb=1"])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-3000:]
+    assert "host memory plan" in errors[0] and "hydra.launcher.mem_gb=1" in errors[0]
+    assert "Submitting" not in r.stdout + r.stderr and not list(tmp_path.rglob("status.json"))

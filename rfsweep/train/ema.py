@@ -8,8 +8,15 @@ import torch
 from torch import nn
 
 
-def make_ema(net: nn.Module) -> nn.Module:
-    return copy.deepcopy(net).requires_grad_(False).eval()
+def make_ema(net: nn.Module, meta: bool = False) -> nn.Module:
+    """The EMA copy of `net`; `meta`: its structure only (tensors on the meta device), for FSDP, where each rank
+    makes its EMA shards from the backbone's once the backbone is sharded (no rank holds a whole second copy)."""
+    memo = {}
+    if meta:
+        for t in (*net.parameters(), *net.buffers()):
+            empty = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(net, memo).requires_grad_(False).eval()
 
 
 @torch.no_grad()

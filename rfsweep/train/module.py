@@ -35,9 +35,12 @@ class _Frozen:
 
 class DiffusionModule(L.LightningModule):
     def __init__(self, net: nn.Module, formulation, conditioner: nn.Module, autoencoder: nn.Module,
-                 optimizer: Callable, warmup_steps: int, ema: dict, seed: int = 0, meta: dict | None = None):
+                 optimizer: Callable, warmup_steps: int, ema: dict, seed: int = 0, meta: dict | None = None,
+                 shard: bool = False):
         super().__init__()
-        self.net, self.ema_net = net, make_ema(net)
+        # shard (FSDP over several ranks): the EMA is made from the backbone's shards (configure_model); the backbone
+        # itself is whole on rank 0 only, on the meta device elsewhere (rfsweep.builders.build_model)
+        self.net, self.ema_net = net, make_ema(net, meta=shard)
         self.formulation = formulation
         self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)
         self.optimizer_factory, self.warmup_steps = optimizer, warmup_steps  # (params) -> torch optimizer
@@ -63,17 +66,43 @@ class DiffusionModule(L.LightningModule):
     def configure_model(self) -> None:
         """FSDP (trainer.strategy=fsdp, Lightning's ModelParallelStrategy): every block of the backbone, then the
         backbone, is sharded over the data-parallel ranks (FSDP2's `fully_shard`: weights, gradients and optimizer
-        state); the EMA copy is sharded the same way, so its update stays shard-local. Under DDP: nothing to do."""
+        state); the EMA copy is sharded the same way, so its update stays shard-local. Rank 0 alone built the whole
+        backbone: its weights (and buffers) reach every rank's shards by broadcast, the EMA's shards are copies of
+        the backbone's, and every rank takes rank 0's random state. Under DDP: nothing to do."""
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import fully_shard
 
-        dp = mesh["data_parallel"]
+        dp, rank = mesh["data_parallel"], dist.get_rank()
+        cuda = mesh.device_type == "cuda"
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        whole = {k: v for k, v in self.net.state_dict().items()} if rank == 0 else {}
         for net in (self.net, self.ema_net):
             for block in getattr(net, "blocks", []):
                 fully_shard(block, mesh=dp)
             fully_shard(net, mesh=dp)
+        for net in (self.net, self.ema_net):
+            if any(t.is_meta for t in (*net.parameters(), *net.buffers())):
+                net.to_empty(device=device)
+            else:
+                net.to(device)
+        set_model_state_dict(self.net, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del whole
+        with torch.no_grad():
+            for b in self.net.buffers():  # non-persistent buffers (e.g. position tables) are not in the state dict
+                dist.broadcast(b, src=0)
+            for e, p in zip(self.ema_net.parameters(), self.net.parameters()):
+                e.copy_(p)
+            for e, b in zip(self.ema_net.buffers(), self.net.buffers()):
+                e.copy_(b)
+        state = [torch.get_rng_state(), np.random.get_state(), random.getstate()]
+        dist.broadcast_object_list(state, src=0, device=device)
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
         self._sharded = True
 
     # -- data -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+.PHONY: install bench-data test test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -17,16 +17,19 @@ $(STAMP): pyproject.toml
 test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
+test-long: $(STAMP)                ## end-to-end tests of a minute or more each (several processes, whole sweeps)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m long
+
 test-cluster: $(STAMP)            ## sweeps on a real one-node SLURM started here (root; < 10 min on 2 cores)
 	bash scripts/slurm_local.sh up
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m cluster tests/cluster -p no:cacheprovider -s; \
 	  status=$$?; bash scripts/slurm_local.sh down; exit $$status
 
 test-slow: $(STAMP)                ## tests marked slow
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m slow
 
 test-all: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not gpu'
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not gpu and not cluster'
 
 run: $(STAMP)                      ## one run on the embedded default (a few minutes on a CPU)
 	$(PY) -m rfsweep $(ARGS)

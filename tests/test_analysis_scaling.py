@@ -38,6 +38,7 @@ def test_compute_axis_and_power_law(tmp_path):
         power_law(np.array([1.0]), np.array([1.0]))
 
 
+@pytest.mark.long
 def test_depth_sweep_end_to_end(tmp_path):
     args = ["+experiment=scaling", "-m", f"paths.sweeps={tmp_path}", f"paths.cache={tmp_path}/cache",
             "trainer.max_steps=20", "trainer.val_every=10", "backbone.depth=1,2"]

@@ -57,6 +57,7 @@ def test_out_of_range_values_fail_with_one_line(override, key):
     assert key in msg and "allowed" in msg and "\n" not in msg
 
 
+@pytest.mark.long
 def test_cli_rejects_bad_values_before_compute(tmp_path):
     for args, key in ((["optimizer.lr=-1"], "optimizer.lr"),
                       (['formulation.variant="rf/mode(2.50)"'], "mode"),

@@ -36,6 +36,7 @@ def _same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
         assert err < tol, (k, err)  # gloo's gradient average rounds differently from one process's mean
 
 
+@pytest.mark.long
 def test_two_processes_train_the_weights_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for root, devices in ((one, 1), (two, 2)):
@@ -53,6 +54,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
     assert not list(run_two.glob("metrics-part*.csv"))
 
 
+@pytest.mark.long
 def test_preemption_of_one_rank_stops_both_and_resumes(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     r = run_cli([*_args(ref, steps=60), "trainer.ckpt_every=10"])

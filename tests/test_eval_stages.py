@@ -68,6 +68,7 @@ def test_a_stop_between_batches_drops_the_setting_under_way(tmp_path):
     assert len(sampled) == 1 and not (run / "results.csv").exists()  # nothing of the setting under way is kept
 
 
+@pytest.mark.long
 def test_evaluation_is_its_own_job(tmp_path):
     args = [*tiny(tmp_path, 4), *EVAL]
     r = run_cli([*args, "stage=evaluate"])
@@ -107,6 +108,7 @@ def _other_evaluator(tmp_path):
     return out
 
 
+@pytest.mark.long
 def test_results_of_another_evaluator_are_evaluated_again_not_trained_again(tmp_path):
     from analysis.collect import collect
     from rfsweep.evaluation.evaluators import embedded_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 import torch
 
 from rfsweep.runfolder import read_status
@@ -37,6 +38,7 @@ def _final(root) -> dict:
     return torch.load(last, weights_only=True)
 
 
+@pytest.mark.long
 def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(_args(one)).returncode == 0
@@ -56,6 +58,7 @@ def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
                                                              for k in f.keys())
 
 
+@pytest.mark.long
 def test_fsdp_resumes_a_preempted_run_exactly(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     extra = ["trainer.ckpt_every=10"]

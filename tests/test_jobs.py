@@ -28,6 +28,7 @@ def mlp(tmp, steps: int) -> list[str]:
     return [o.replace("backbone=mmdit", "backbone=mlp") for o in tiny(tmp, steps) if not o.startswith(drop)]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=local2"],
                                       ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]],
                          ids=["basic", "joblib", "submitit_local"])
@@ -54,6 +55,7 @@ def test_invalid_job_refuses_the_whole_sweep_before_any_job(tmp_path):
     assert not (tmp_path / "multirun" / "bad").exists() or not list((tmp_path / "multirun").rglob("status.json"))
 
 
+@pytest.mark.long
 def test_resubmit_relaunches_only_what_is_left(tmp_path, capfd):
     from analysis.__main__ import main as analysis_main
 
@@ -101,6 +103,7 @@ def test_lease_heartbeat_is_renewed(tmp_path):
         assert read_lease(tmp_path)["heartbeat"] > first
 
 
+@pytest.mark.long
 def test_second_process_on_a_running_folder_refuses_with_one_line(tmp_path):
     args = [*tiny(tmp_path, steps=100000), "trainer.ckpt_every=50", "trainer.val_every=5000"]
     first = popen_cli(args)
@@ -124,6 +127,7 @@ def test_second_process_on_a_running_folder_refuses_with_one_line(tmp_path):
 
 
 # -- a resume must match the run's config ------------------------------------------------------------------------------
+@pytest.mark.long
 def test_resume_with_a_changed_result_key_is_refused(tmp_path):
     r = run_cli(tiny(tmp_path, steps=4))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -36,6 +36,7 @@ def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
     raise AssertionError("no checkpoint in time")
 
 
+@pytest.mark.long
 def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli(_args(a))

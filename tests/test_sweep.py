@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from analysis.__main__ import main as analysis_main
 from rfsweep.formulations import ALL_VARIANTS
@@ -10,6 +11,7 @@ from rfsweep.results import EVALUATOR, SETTINGS, columns
 from tests.helpers import run_cli, tiny
 
 
+@pytest.mark.long
 def test_formulation_grid_dry_run_lists_122_jobs(tmp_path):
     r = run_cli(["+experiment=formulation_grid", "-m", "dry_run=true", f"paths.sweeps={tmp_path}"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -64,6 +64,7 @@ def test_one_wandb_run_per_job_with_grouping_keys_summaries_and_tables(sweep):
         assert [c.ref for c in ref.manifest.contents] == [(job / "checkpoints" / "best.safetensors").resolve().as_uri()]
 
 
+@pytest.mark.long
 def test_joblib_workers_open_one_run_per_job(tmp_path):
     r = run_cli([*_wandb(tmp_path), "-m", "seed=0,1,2", "name=wbjob", "hydra/launcher=local2"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -152,8 +152,11 @@ def test_a_lost_lease_stops_training_without_another_write(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "taken over" in err and "without writing" in err, err[-3000:]
     assert json.loads((run / "lease.json").read_text())["token"] == other["token"]
-    for name in ("status.json", "outcome.json", "checkpoints/last.ckpt"):  # nothing written after the takeover
-        assert not (run / name).exists() or (run / name).stat().st_mtime < taken + 0.01, name
+    # the heartbeat (every lease_timeout_s / 10 = 1 s) finds the other holder; the step under way may still end and
+    # write its checkpoint, nothing after it: no status, no outcome, no checkpoint later than a beat and a few steps
+    for name in ("status.json", "outcome.json", "checkpoints/last.ckpt"):
+        assert not (run / name).exists() or (run / name).stat().st_mtime < taken + 5, name
+    assert read_status(run).get("state") == "running"  # not rewritten as failed or pre-empted
 
 
 def test_checkpoints_load_onto_the_cpu_and_running_out_of_memory_is_not_corruption(tmp_path, monkeypatch):

@@ -26,5 +26,11 @@ def _multirun_flag_first(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from rfsweep.schema import moved_key
+
+    moved = moved_key(sys.argv[1:])
+    if moved:  # before Hydra, whose own message for an unknown key would not say where it went
+        print(f"error: {moved}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = _multirun_flag_first(sys.argv)
     _main()

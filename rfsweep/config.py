@@ -4,12 +4,11 @@ names are checked by `rfsweep.formulations`.)"""
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    pass
-
+from rfsweep.errors import ConfigError  # noqa: F401 (raised here, defined in the one home of user errors)
 
 GROUPS = (None, "trainer", "optimizer", "ema", "sampler", "eval", "data", "conditioning", "autoencoder", "backbone",
           "logger", "cluster", "paths")
@@ -40,6 +39,21 @@ def validate(cfg: DictConfig, mem_gb: float | None = None) -> None:
     _cross_checks(cfg, mem_gb)
 
 
+def _check_width(b: DictConfig) -> None:
+    """A transformer's width splits into its heads and into 2D sin-cos positions (a multiple of 4), before any
+    backbone is built (the paper's size rule: width 64 x depth, heads = depth, where they are null)."""
+    if "heads" not in b or "depth" not in b:
+        return
+    width = b.width if b.width is not None else 64 * b.depth
+    heads = b.heads if b.heads is not None else b.depth
+    step = math.lcm(int(heads), 4)
+    if width % step:
+        below, above = width // step * step, (width // step + 1) * step
+        near = f"{below} or {above}" if below else f"{above}"
+        raise ConfigError(f"config error: backbone.width={width} does not split into backbone.heads={heads} heads and "
+                          f"2D sin-cos positions (allowed: a multiple of {step}, e.g. {near}; or null: 64 x depth)")
+
+
 def _cross_checks(cfg: DictConfig, mem_gb: float | None = None) -> None:
     from rfsweep.data import dataset_names, needs_path
 
@@ -56,6 +70,7 @@ def _cross_checks(cfg: DictConfig, mem_gb: float | None = None) -> None:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")
+    _check_width(cfg.backbone)
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1
     if (res // ds) % patch:

@@ -78,15 +78,10 @@ def check_multi_device(cfg: DictConfig) -> None:
 
 
 def _bad_input() -> tuple[type, ...]:
-    from rfsweep.data import DataError
-    from rfsweep.evaluation.evaluators import EvaluatorUnavailable
-    from rfsweep.formulations import VariantError
-    from rfsweep.results import ResultsError
-    from rfsweep.text_encoders import WeightsUnavailable
-    from rfsweep.train.checkpoint_io import CheckpointError
+    """What a job reports in one line (exit 2): every error a user can cause (rfsweep.errors), and a missing file."""
+    from rfsweep.errors import UserError
 
-    return (ConfigError, VariantError, DataError, ResultsError, WeightsUnavailable, CheckpointError,
-            EvaluatorUnavailable, FileNotFoundError)
+    return (UserError, FileNotFoundError)
 
 
 def execute(cfg: DictConfig) -> int:

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from rfsweep.atomic import atomic_write
+from rfsweep.errors import ResultsError  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.formulations.variants import FAMILIES
 from rfsweep.metrics import metric_names
 
@@ -48,10 +49,6 @@ def setting_name(weights: str, steps: int, cfg: float) -> str:
 
 
 _DTYPES = {"steps": "int64", "cfg": "float64", "n_samples": "int64"}
-
-
-class ResultsError(ValueError):
-    """A results file or table that does not follow the schema."""
 
 
 def _frame(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:

@@ -303,3 +303,23 @@ def rules_for(group: str | None) -> dict[str, tuple[Callable, str]]:
                 if "check" in f.metadata:
                     out.setdefault(f.name, (f.metadata["check"], f.metadata["allowed"]))
     return out
+
+
+# Keys that moved, by their old names: a command written for an earlier schema is told, in one line, where the key
+# lives now (Hydra would only say that the old key is not in the group's schema).
+MOVED_KEYS = {
+    "trainer.lr": "optimizer.lr", "trainer.betas": "optimizer.betas", "trainer.eps": "optimizer.eps",
+    "trainer.weight_decay": "optimizer.weight_decay", "trainer.ema.every": "ema.every",
+    "trainer.ema.decay": "ema.decay", "sampler.cfg": "sampler.guidance",
+}
+
+
+def moved_key(overrides: list[str]) -> str | None:
+    """The error line for the first command-line override that names a moved key, else None."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in MOVED_KEYS:
+            new = MOVED_KEYS[key]
+            return f"config error: {key} is no longer a key: it moved to {new} (allowed: {new}={value})"
+    return None

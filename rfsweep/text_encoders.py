@@ -19,9 +19,7 @@ import math
 import torch
 from torch import nn
 
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights are not on this machine; the message says what to fetch."""
+from rfsweep.errors import WeightsUnavailable  # noqa: F401 (raised here, defined in the one home of user errors)
 
 
 def _minilm_path() -> str:

@@ -97,3 +97,29 @@ def test_every_group_option_composes_onto_its_schema_and_every_rule_has_a_field(
             assert set(node.keys()) <= schema_fields, (group, option, set(node.keys()) - schema_fields)
             seen |= set(node.keys())
         assert set(rules_for(group)) <= seen | {"clip_tokens"}, (group, set(rules_for(group)) - seen)
+
+
+@pytest.mark.parametrize("overrides, allowed", [
+    (["backbone.width=63"], "a multiple of 4, e.g. 60 or 64"),
+    (["backbone=dit", "backbone.width=66", "backbone.heads=3"], "a multiple of 12, e.g. 60 or 72"),
+    (["backbone.depth=3", "backbone.width=null", "backbone.heads=5"], "a multiple of 20, e.g. 180 or 200"),
+])
+def test_a_width_that_does_not_split_into_heads_is_one_line_before_any_backbone(overrides, allowed):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(overrides))
+    msg = str(e.value)
+    assert "backbone.width=" in msg and "backbone.heads=" in msg and allowed in msg and "\n" not in msg
+    validate(compose_cfg(["backbone.width=64"]))
+
+
+def test_a_moved_key_says_in_one_line_where_it_lives_now(tmp_path):
+    from rfsweep.schema import MOVED_KEYS, moved_key
+
+    assert moved_key(["trainer.lr=0.1"]) == ("config error: trainer.lr is no longer a key: it moved to optimizer.lr "
+                                            "(allowed: optimizer.lr=0.1)")
+    assert moved_key(["+sampler.cfg=3", "seed=1"]).endswith("moved to sampler.guidance (allowed: sampler.guidance=3)")
+    assert moved_key(["optimizer.lr=0.1", "trainer.max_steps=2"]) is None
+    for new in MOVED_KEYS.values():  # every new home exists
+        assert OmegaConf.select(compose_cfg([]), new, default="<absent>") != "<absent>", new
+    r = run_cli([*tiny(tmp_path), "trainer.lr=0.1"], timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {moved_key(['trainer.lr=0.1'])}"]

@@ -35,11 +35,8 @@ from typing import Callable
 
 from rfsweep.atomic import atomic_write
 from rfsweep.cluster.slurm import restart_count, slurm_job_id
+from rfsweep.errors import LeaseHeld  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.runfolder import LEASE
-
-
-class LeaseHeld(RuntimeError):
-    """Another live process trains this run folder."""
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from rfsweep.data.digits import ColourDigits, Digits
 from rfsweep.data.shapes import Shapes
+from rfsweep.errors import DataError  # noqa: F401 (raised here, defined in the one home of user errors)
 
 EMBEDDED = {"digits": Digits, "colour_digits": ColourDigits, "shapes": Shapes}
 # Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
@@ -35,10 +36,6 @@ def default_cache_dir() -> Path:
     """rfsweep's cache (reference statistics, caption embeddings, shard indexes): $RFSWEEP_CACHE or ~/.cache/rfsweep,
     as conf/config.yaml's paths.cache."""
     return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
-
-
-class DataError(ValueError):
-    """Bad data configuration: the message names the key and what is allowed."""
 
 
 def _raw(name: str):

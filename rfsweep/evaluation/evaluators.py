@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from rfsweep.errors import EvaluatorUnavailable  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.evaluation.clip_model import WordTokenizer, build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_WEIGHTS = ASSETS / "embedded_clip.safetensors"
-
-
-class EvaluatorUnavailable(RuntimeError):
-    """The evaluator's weights cannot be loaded here (offline, not cached)."""
 
 
 def embedded_id(weights: str | Path = EMBEDDED_WEIGHTS, **_) -> str:

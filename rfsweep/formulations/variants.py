@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
+from rfsweep.errors import VariantError  # noqa: F401 (raised here, defined in the one home of user errors)
+
 Family = Literal["rf", "edm", "eps", "v"]  # the colour groups of Fig. 3
 FAMILIES: tuple[Family, ...] = ("rf", "edm", "eps", "v")
 MODE_S_MAX = 2 / (math.pi - 2)  # Sec. 3.1: f_mode is monotone only for -1 <= s <= 2/(pi-2)
@@ -55,10 +57,6 @@ GRAMMAR = " | ".join(f"{s.head}({', '.join(s.params)})" if s.params else s.head 
 _BY_HEAD = {s.head: key for key, s in SCHEMES.items()}
 _NAME = re.compile(r"^(?P<head>[a-z]+(?:/[a-z]+)?)(?:\((?P<args>[^()]*)\))?$")
 _NUM = re.compile(r"^-?\d+(?:\.\d{1,2})?$")
-
-
-class VariantError(ValueError):
-    """A bad variant name or parameter; the one-line message names it and lists what is allowed."""
 
 
 @dataclass(frozen=True)

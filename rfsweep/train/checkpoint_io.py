@@ -10,10 +10,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rfsweep.atomic import atomic_write
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file."""
+from rfsweep.errors import CheckpointError  # noqa: F401 (raised here, defined in the one home of user errors)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -94,16 +94,16 @@ def build_model(cfg: DictConfig, formulation=None, warm=None, train: bool = Fals
 
     from rfsweep.train.fit import process_rank
     from rfsweep.train.module import DiffusionModule
+    from rfsweep.types import RunMeta
 
     formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
     tr = cfg.trainer
     shard = train and tr.strategy == "fsdp" and int(tr.devices) * int(tr.num_nodes) > 1
     with torch.device("meta") if shard and process_rank() != 0 else nullcontext():
         net = build_backbone(cfg)
-    meta = {"variant": formulation.name, "family": formulation.family, "dataset": cfg.data.label,
-            "backbone": cfg.backbone.label, "seed": int(cfg.seed), "latent_shape": list(latent_shape(cfg)),
-            "encodes_online": cfg.data.name != "precomputed",
-            "config": OmegaConf.to_container(cfg, resolve=True)}
+    meta = RunMeta(formulation.name, formulation.family, str(cfg.data.label), str(cfg.backbone.label), int(cfg.seed),
+                   latent_shape(cfg), encodes_online=cfg.data.name != "precomputed",
+                   config=OmegaConf.to_container(cfg, resolve=True))
     optimizer = instantiate(cfg.optimizer)  # a partial: AdamW(params) (conf/optimizer, _partial_)
     conditioner = build_conditioner(cfg)
     if warm is not None:

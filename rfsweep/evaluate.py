@@ -92,9 +92,9 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
                           cache_dir=Path(cfg.paths.cache), data_path=cfg.data.path)
     prompts = held_out_captions(cfg, e.n_samples)
     shift = cfg.sampler.shift
-    common = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
-              "backbone": meta["backbone"], "ckpt_step": info["step"], "val_loss": info["val_loss"],
-              "seed": meta["seed"], "run_dir": str(run_dir), EVALUATOR: evaluator.id}
+    common = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset, "backbone": meta.backbone,
+              "ckpt_step": info["step"], "val_loss": info["val_loss"], "seed": meta.seed, "run_dir": str(run_dir),
+              EVALUATOR: evaluator.id}
     rows = _earlier_rows(run_dir, info["step"], evaluator.id)
     if not any(r["weights"] == REAL for r in rows):
         real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep.types import RunMeta
+
 GROUP_KEYS = ("variant", "family", "dataset", "backbone", "seed", "experiment", "params", "depth")
 STEP = "trainer/global_step"
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -50,10 +52,10 @@ def run_id(run_dir: str | Path) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
-def run_config(cfg: DictConfig, meta: dict, params: int | None = None, depth: int | None = None) -> dict:
+def run_config(cfg: DictConfig, meta: RunMeta, params: int | None = None, depth: int | None = None) -> dict:
     """The W&B config: the grouping keys at the top level, the resolved run config below `run`."""
-    keys = {"variant": meta["variant"], "family": meta["family"], "dataset": meta["dataset"],
-            "backbone": meta["backbone"], "seed": int(meta["seed"]), "experiment": str(cfg.name),
+    keys = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset,
+            "backbone": meta.backbone, "seed": int(meta.seed), "experiment": str(cfg.name),
             "params": params, "depth": depth}
     return {**keys, "run": OmegaConf.to_container(cfg, resolve=True)}
 
@@ -82,7 +84,7 @@ class JobRun:
     """The W&B run of one job, or nothing when `logger.wandb` is off. `finish(outcome, reason)` ends it: `done`
     finishes it, `preempted` marks it pre-empted, anything else marks it failed with the reason."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict, job_type: str, params=None, depth=None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
         self.run = None
         if cfg.logger.wandb:
             self.run = open_run(cfg, run_dir, run_config(cfg, meta, params, depth), job_type)
@@ -154,7 +156,7 @@ class JobRun:
 
 
 @contextmanager
-def job_run(cfg: DictConfig, run_dir: Path, meta: dict, job_type: str, params=None, depth=None):
+def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
     """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason, then propagates
     (a SystemExit too: submitit's requeue)."""
     tracker = JobRun(cfg, run_dir, meta, job_type, params, depth)

@@ -8,6 +8,7 @@ formulation and pretrained SD3 weights, trained on the rectified-flow path, keep
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -51,3 +52,25 @@ class Backbone(Protocol):
                  pooled: torch.Tensor) -> torch.Tensor: ...
 
     def parameters(self, recurse: bool = True): ...
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a run is, beside its weights: the names its results and W&B run carry, and what sampling needs to know.
+    Checkpoints keep it as a plain dict (`to_dict`), so they load with `torch.load(weights_only=True)`."""
+
+    variant: str  # the formulation's paper name, e.g. rf/lognorm(0.00, 1.00)
+    family: str  # rf, edm, eps, v
+    dataset: str  # the data config's label
+    backbone: str  # the backbone config's label
+    seed: int
+    latent_shape: tuple[int, int, int]  # (C, H, W) of what the backbone sees
+    encodes_online: bool = True  # False on pre-encoded data: the frozen encoders stay off the GPU while training
+    config: dict = field(default_factory=dict)  # the resolved run config
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "latent_shape": list(self.latent_shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunMeta:
+        return cls(**{**d, "latent_shape": tuple(d["latent_shape"])})

@@ -38,7 +38,7 @@ def test_sd3_folder_is_the_runs_backbone_exactly(tmp_path):
         ref = model(hidden_states=x, encoder_hidden_states=c, pooled_projections=v, timestep=1000 * t).sample
         out = module.net(x, t, c, v)
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
-    assert module.meta["backbone"] == "sd3_medium"
+    assert module.meta.backbone == "sd3_medium"
 
 
 def test_fine_tunes_from_an_sd3_folder(tmp_path):

@@ -53,9 +53,9 @@ def write_model_info(module, run_dir: Path, batch_size: int) -> None:
     from rfsweep.backbones.flops import train_flops_per_sample
 
     net = module.net
-    info = {"backbone": module.meta["backbone"], "depth": len(getattr(net, "blocks", [])) or None,
+    info = {"backbone": module.meta.backbone, "depth": len(getattr(net, "blocks", [])) or None,
             "params": sum(p.numel() for p in net.parameters()), "batch_size": int(batch_size),
-            "train_flops_per_sample": train_flops_per_sample(net, tuple(module.meta["latent_shape"]),
+            "train_flops_per_sample": train_flops_per_sample(net, module.meta.latent_shape,
                                                              module.conditioner.context_len)}
     with atomic_write(run_dir / runfolder.MODEL_INFO, "w") as f:
         json.dump(info, f, indent=1)
@@ -108,7 +108,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
 
     tidy_logging()
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
-    flops = train_flops_per_sample(module.net, tuple(module.meta["latent_shape"]), module.conditioner.context_len)
+    flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
     logs, bar = loggers(cfg, run_dir, tracker), interactive()
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
     # order matters: the EMA is updated before anything saves the step; the best weights are chosen before the

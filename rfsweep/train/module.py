@@ -17,7 +17,7 @@ from torch import nn
 from rfsweep.formulations import VALIDATION_T
 from rfsweep.sampling import sample
 from rfsweep.train.ema import make_ema, update_ema
-from rfsweep.types import Batch, Cond
+from rfsweep.types import Batch, Cond, RunMeta
 
 VAL_NOISE_SEED = 20240305  # fixed across runs so validation losses of one run (and of a sweep) compare
 
@@ -35,7 +35,7 @@ class _Frozen:
 
 class DiffusionModule(L.LightningModule):
     def __init__(self, net: nn.Module, formulation, conditioner: nn.Module, autoencoder: nn.Module,
-                 optimizer: Callable, warmup_steps: int, ema: dict, seed: int = 0, meta: dict | None = None,
+                 optimizer: Callable, warmup_steps: int, ema: dict, seed: int = 0, meta: RunMeta | None = None,
                  shard: bool = False):
         super().__init__()
         # shard (FSDP over several ranks): the EMA is made from the backbone's shards (configure_model); the backbone
@@ -44,7 +44,8 @@ class DiffusionModule(L.LightningModule):
         self.formulation = formulation
         self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)
         self.optimizer_factory, self.warmup_steps = optimizer, warmup_steps  # (params) -> torch optimizer
-        self.ema_cfg, self.seed, self.meta = dict(ema), seed, dict(meta or {})
+        self.ema_cfg, self.seed = dict(ema), seed
+        self.meta = meta if meta is not None else RunMeta("", "", "", "", seed, (0, 0, 0))
 
     @property
     def conditioner(self) -> nn.Module:
@@ -60,7 +61,7 @@ class DiffusionModule(L.LightningModule):
         self.autoencoder.to(self.device)
 
     def on_fit_start(self) -> None:
-        if self.meta.get("encodes_online", True):  # pre-encoded data: the encoders stay off the GPU while training
+        if self.meta.encodes_online:  # pre-encoded data: the encoders stay off the GPU while training
             self.place_frozen()
 
     def configure_model(self) -> None:
@@ -194,7 +195,7 @@ class DiffusionModule(L.LightningModule):
         cond = self.conditioner(list(captions))
         cond = Cond(cond.context.to(self.device), cond.pooled.to(self.device))
         uncond = self.conditioner.unconditional(len(captions), self.device) if guidance != 1.0 else None
-        shape = shape or tuple(self.meta["latent_shape"])
+        shape = shape or self.meta.latent_shape
         g = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((len(captions), *shape), generator=g).to(self.device)
         z = sample(self.formulation, net, noise, cond, uncond, steps=steps, guidance=guidance, shift=shift)
@@ -210,7 +211,7 @@ class DiffusionModule(L.LightningModule):
             "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
             "numpy_pos": int(np_state[2]),
         }
-        checkpoint["rfsweep"] = self.meta
+        checkpoint["rfsweep"] = self.meta.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("rng")

@@ -14,7 +14,19 @@ from rfsweep.formulations.variants import FAMILIES  # noqa: E402
 from rfsweep.metrics import METRICS  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
 
-FAMILY_COLORS = dict(zip(FAMILIES, ("tab:red", "tab:blue", "tab:green", "tab:orange")))  # one per family
+PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan", "tab:gray")
+
+
+def family_colors(families=FAMILIES) -> dict[str, str]:
+    """One colour per family, keyed by family: a family the palette cannot colour is an error, never dropped."""
+    if len(families) > len(PALETTE):
+        raise ValueError(f"{len(families)} formulation families but {len(PALETTE)} colours in analysis.figures.PALETTE "
+                         f"(allowed: add colours for the families {', '.join(families[len(PALETTE):])})")
+    return {fam: PALETTE[i] for i, fam in enumerate(families)}
+
+
+FAMILY_COLORS = family_colors()
 
 
 def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
@@ -35,6 +47,7 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
     if pts.empty:
         return None
     metrics = sorted(METRICS.values(), key=lambda m: m.direction)  # FID first, as the paper draws it
+    colors = family_colors(tuple(dict.fromkeys([*FAMILIES, *pts["family"]])))  # every family drawn, or an error
     datasets = list(dict.fromkeys(pts["dataset"]))
     steps = sorted(pts["steps"].unique())
     fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(datasets)),
@@ -42,7 +55,7 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
     for row, ds in zip(axes, datasets):
         d = pts[pts["dataset"] == ds]
         for ax, (metric, label) in zip(row, [(m.name, m.label) for m in metrics]):
-            for fam, color in FAMILY_COLORS.items():
+            for fam, color in colors.items():
                 f = d[d["family"] == fam]
                 for _, v in f.groupby("variant"):
                     ax.plot(v["steps"], v[metric], color=color, lw=0.6, alpha=0.35)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -347,3 +348,19 @@ def test_correlate_pools_seeds_and_refuses_a_repeated_sweep(tmp_path, capsys):
     assert main(["correlate", str(tmp_path / "s0.csv"), "--also", str(tmp_path / "s0.csv"), "--paper"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "repeat" in err
+
+
+def test_a_fifth_family_gets_a_colour_in_fig3_and_too_many_are_an_error(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import analysis.figures as figures
+
+    df = pd.DataFrame(grid())
+    fifth = df[df["family"] == "rf"].assign(family="flow", variant=lambda d: "flow/" + d["variant"])
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(
+        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]) or plt.close(fig) or Path(path))
+    fig3(pd.concat([df, fifth]), tmp_path / "f.png")
+    assert "flow" in drawn[0] and len(set(figures.family_colors(("rf", "edm", "eps", "v", "flow")).values())) == 5
+    with pytest.raises(ValueError, match="formulation families but 10 colours"):
+        figures.family_colors(tuple(f"f{i}" for i in range(11)))

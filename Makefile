@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+
+test-fast: $(STAMP)                ## the contributors' inner loop: every test that starts no process (marker e2e)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not e2e and not slow and not gpu and not cluster and not long'
 
 test-long: $(STAMP)                ## end-to-end tests of a minute or more each (several processes, whole sweeps)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m long

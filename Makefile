@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: $(STAMP)                ## the contributors' inner loop: every test that starts no process (marker e2e)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not e2e and not slow and not gpu and not cluster and not long'
@@ -63,7 +63,7 @@ gpu-check:                         ## on a CUDA machine: GPU tests and the GPU b
 	bash scripts/gpu_check.sh
 
 train-clip: $(STAMP)               ## retrain the embedded CLIP evaluator shipped in rfsweep/assets
-	$(PY) -m rfsweep.evaluation.train_clip $(ARGS)
+	$(PY) -m rfsweep.cli.train_clip $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

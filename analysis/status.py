@@ -19,8 +19,8 @@ import pandas as pd
 from analysis.collect import read_manifest
 from rfsweep import runfolder
 from rfsweep.cluster.lease import is_stale, read_lease
+from rfsweep.formulations import name_slug
 from rfsweep.results import MANIFEST_FILE
-from rfsweep.sweep import name_slug
 
 STATES = ("done", "trained", "running", "preempted", "lost", "cancelled", "failed", "not started")
 COLUMNS = ["run", "state", "step", "it/s", "eta_min", "slurm_job", "restarts", "age_min", "reason", "log"]

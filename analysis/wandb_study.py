@@ -33,7 +33,7 @@ def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, tab
     """Log the analysis run; returns its local folder. Its id is fixed by the sweep folder, so a rerun updates it."""
     import wandb
 
-    from rfsweep.tracking import wandb_mode
+    from rfsweep.wandb_env import wandb_mode
 
     run_id = "analysis-" + hashlib.sha1(str(Path(sweep).resolve()).encode()).hexdigest()[:12]
     mode = wandb_mode()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from rfsweep.data.module import collate
+from rfsweep.data.datamodule import collate
 from rfsweep.data.precomputed import PrecomputedDataset, write_encoded
 from rfsweep.data.stream import SampleStream, StreamSampler
 

@@ -5,7 +5,7 @@ non-dominated sorting, Table 2's places and Fig. 3 follow it), a label for table
 `compute(evidence)` from what one evaluated sampler setting leaves (`Evidence`: the evaluator's image features of the
 samples, the text features of their prompts, the reference images' statistics). Adding a metric is one
 `register(Metric(...))` here: evaluation computes it, the results schema gets its column, Tables 1-2 and Fig. 3 use it.
-The math lives in `rfsweep.evaluation.metrics`.
+The math lives in `rfsweep.evaluation.statistics`.
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ def compute_metrics(e: Evidence) -> dict[str, float]:
 
 
 def _clip_score(e: Evidence) -> float:
-    from rfsweep.evaluation.metrics import clip_score
+    from rfsweep.evaluation.statistics import clip_score
 
     return clip_score(e.image_features, e.text_features)
 
 
 def _fid(e: Evidence) -> float:
-    from rfsweep.evaluation.metrics import feature_stats, frechet_distance
+    from rfsweep.evaluation.statistics import feature_stats, frechet_distance
 
     mu, sigma = feature_stats(e.image_features)
     return frechet_distance(mu, sigma, e.reference_mu, e.reference_sigma)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from rfsweep.atomic import atomic_write
-from rfsweep.config import ConfigError
+from rfsweep.errors import ConfigError
 
 STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.safetensors"

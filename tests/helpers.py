@@ -9,11 +9,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from rfsweep.sweep import register_resolvers
+import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
-register_resolvers()
 
 
 def tiny(tmp: Path, steps: int = 8) -> list[str]:

@@ -111,7 +111,7 @@ def test_cached_table_lives_with_the_encoders():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_table_warmed_on_cpu_follows_the_conditioner_to_the_gpu():
     c = Conditioner([HashTextEncoder(16, 8)], cache=True)
-    c.warm(["a red circle", "a blue square"])  # warmed on the CPU, as rfsweep.app does before fitting
+    c.warm(["a red circle", "a blue square"])  # warmed on the CPU, as rfsweep.run.builders does before fitting
     c.to("cuda")
     tok, pool = c.encode(["a blue square"])[0]
     assert tok.is_cuda and pool.is_cuda

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rfsweep.config import ConfigError, validate
+from rfsweep.errors import ConfigError
+from rfsweep.run.preflight import preflight
 from tests.helpers import CONF, compose_cfg, run_cli, tiny
 
 GROUPS = ["formulation", "backbone", "data", "conditioning", "autoencoder", "trainer", "optimizer", "ema", "sampler",
@@ -22,7 +23,7 @@ def test_every_config_composes_and_validates(group):
         extra += ["data.path=/tmp"] if group == "data" and option in ("imagenet", "cc12m", "coco") else []
         cfg = compose_cfg([f"{group}={option}", *extra])
         OmegaConf.to_container(cfg.get(group), resolve=True)
-        validate(cfg)
+        preflight(cfg, data=False)  # /tmp holds no data set
 
 
 def test_every_experiment_composes():
@@ -32,7 +33,7 @@ def test_every_experiment_composes():
         # the paper's grid is swept over its data sets (real folders): one job of it, with a folder
         extra = ["data=imagenet", "data.path=/tmp"] if exp == "formulation_grid" else []
         cfg = compose_cfg([f"+experiment={exp}", *extra])
-        validate(cfg)  # the paper's grid also passes its memory plan (FSDP over 8 GPUs, checkpointing)
+        preflight(cfg, data=False)  # the paper's grid also passes its memory plan (FSDP over 8 GPUs, checkpointing)
         assert cfg.name == exp or cfg.name
 
 
@@ -52,7 +53,7 @@ def test_every_experiment_composes():
 def test_out_of_range_values_fail_with_one_line(override, key):
     cfg = compose_cfg([override])
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        preflight(cfg)
     msg = str(e.value)
     assert key in msg and "allowed" in msg and "\n" not in msg
 
@@ -86,7 +87,7 @@ def test_every_group_option_composes_onto_its_schema_and_every_rule_has_a_field(
     composed on a schema (its keys are the schema's fields)."""
     from dataclasses import fields
 
-    from rfsweep.schema import SCHEMAS, rules_for
+    from rfsweep.run.schema import SCHEMAS, rules_for
 
     for group in ("trainer", "optimizer", "ema", "sampler", "eval", "data", "conditioning", "autoencoder",
                   "backbone", "logger"):
@@ -106,14 +107,14 @@ def test_every_group_option_composes_onto_its_schema_and_every_rule_has_a_field(
 ])
 def test_a_width_that_does_not_split_into_heads_is_one_line_before_any_backbone(overrides, allowed):
     with pytest.raises(ConfigError) as e:
-        validate(compose_cfg(overrides))
+        preflight(compose_cfg(overrides))
     msg = str(e.value)
     assert "backbone.width=" in msg and "backbone.heads=" in msg and allowed in msg and "\n" not in msg
-    validate(compose_cfg(["backbone.width=64"]))
+    preflight(compose_cfg(["backbone.width=64"]))
 
 
 def test_a_moved_key_says_in_one_line_where_it_lives_now(tmp_path):
-    from rfsweep.schema import MOVED_KEYS, moved_key
+    from rfsweep.run.schema import MOVED_KEYS, moved_key
 
     assert moved_key(["trainer.lr=0.1"]) == ("config error: trainer.lr is no longer a key: it moved to optimizer.lr "
                                             "(allowed: optimizer.lr=0.1)")

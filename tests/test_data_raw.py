@@ -89,13 +89,13 @@ def test_imagenet_training_with_coco_evaluation_end_to_end(imagenet, coco, tmp_p
     enc = ["conditioning=hash", "data.resolution=8"]
     for data, splits in ((["data=imagenet", "data.name=imagenet", f"data.path={imagenet}"], "train"),
                          (["data=coco", f"data.path={coco}"], "val,test")):
-        r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", splits, *data, *enc],
+        r = subprocess.run([sys.executable, "-m", "rfsweep.cli.precompute", str(out), "--splits", splits, *data, *enc],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/items-*.safetensors")) == [
         "test/items-00000.safetensors", "train/items-00000.safetensors", "val/items-00000.safetensors"]
     assert all((out / s / "complete.json").is_file() for s in ("train", "val", "test"))
-    r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--splits", "train,dev"],
+    r = subprocess.run([sys.executable, "-m", "rfsweep.cli.precompute", str(out), "--splits", "train,dev"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "error: --splits" in r.stderr and "allowed" in r.stderr
     ev = ["eval=embedded", "eval.n_samples=2", "eval.batch_size=2", "eval.settings=[[2,1.0]]", "eval.weights=[ema]",

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from rfsweep.cli.train_clip import load_split, retrieval_accuracy, shapes_candidates, train
 from rfsweep.evaluation.evaluators import EmbeddedCLIP
-from rfsweep.evaluation.metrics import clip_score
-from rfsweep.evaluation.train_clip import load_split, retrieval_accuracy, shapes_candidates, train
+from rfsweep.evaluation.statistics import clip_score
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_training_is_deterministic():
 
 
 def test_canonical_captions_merge_synonyms_only():
-    from rfsweep.evaluation.train_clip import canonical
+    from rfsweep.cli.train_clip import canonical
 
     assert canonical("a photo of a septet") == canonical("a photo of a 7") == "a photo of a seven"
     assert canonical("a photo of a red half dozen") == "a photo of a red six"

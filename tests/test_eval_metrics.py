@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance, torchmetrics_fid
+from rfsweep.evaluation.statistics import clip_score, feature_stats, frechet_distance, torchmetrics_fid
 
 
 class PixelEvaluator:

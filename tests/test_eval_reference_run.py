@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rfsweep.evaluation.evaluators import EmbeddedCLIP
+from rfsweep.evaluation.protocol import eval_prompts, evaluate
 from rfsweep.evaluation.reference import real_reference_row, reference_stats, split_items
-from rfsweep.evaluation.run import eval_prompts, evaluate
 from rfsweep.results import SETTINGS as PAPER_SETTINGS
 
 N = 128

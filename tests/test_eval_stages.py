@@ -6,13 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rfsweep.builders import build_module
 from rfsweep.cluster.signals import PreemptionGuard
-from rfsweep.evaluate import build_evaluator, evaluate_run
-from rfsweep.evaluation.run import EvaluationStopped
+from rfsweep.evaluation.protocol import EvaluationStopped
 from rfsweep.results import read_results
+from rfsweep.run.builders import build_module
+from rfsweep.run.eval_stage import configured_evaluator, evaluate_run
+from rfsweep.run.fit import fit, load_weights
 from rfsweep.runfolder import read_status
-from rfsweep.train.fit import fit, load_weights
 from tests.helpers import compose_cfg, run_cli, tiny
 
 EVAL = ["eval=embedded", "eval.n_samples=16", "eval.batch_size=16", "eval.weights=[ema,raw]",
@@ -30,16 +30,16 @@ def _trained(tmp_path):
 def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
     cfg, module, info, settings = _trained(tmp_path / "a")
     run = tmp_path / "a" / "run"
-    full = pd.DataFrame(evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg)))
+    full = pd.DataFrame(evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg)))
     (run / "results.csv").unlink()
     asked = []  # one batch per setting: the stop comes before the second setting's batch
     with pytest.raises(EvaluationStopped):
-        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg),
+        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg),
                      stop=lambda: len(asked.append(1) or asked) > 1)
     kept = read_results(run / "results.csv")
     assert len(kept) == 2 and set(kept["weights"]) == {"ema", "real"}  # the first setting and the real images
     calls = []
-    evaluator = build_evaluator(cfg)
+    evaluator = configured_evaluator(cfg)
     encode = evaluator.encode_images
     evaluator.encode_images = lambda x: calls.append(len(x)) or encode(x)
     evaluate_run(cfg, module, run, info, settings, evaluator)
@@ -60,11 +60,11 @@ def test_a_stop_between_batches_drops_the_setting_under_way(tmp_path):
     generate = module.generate
     module.generate = lambda *a, **k: sampled.append(1) or generate(*a, **k)
     with pytest.raises(EvaluationStopped):  # before any sample
-        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: True)
+        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg), stop=lambda: True)
     assert not sampled
     cfg.eval.batch_size = 8  # two batches per setting; stopped after the first batch of the first setting
     with pytest.raises(EvaluationStopped):
-        evaluate_run(cfg, module, run, info, settings, build_evaluator(cfg), stop=lambda: len(sampled) >= 1)
+        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg), stop=lambda: len(sampled) >= 1)
     assert len(sampled) == 1 and not (run / "results.csv").exists()  # nothing of the setting under way is kept
 
 

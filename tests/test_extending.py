@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rfsweep.builders import build_module
 from rfsweep.cluster.signals import PreemptionGuard
-from rfsweep.train.fit import fit
+from rfsweep.run.builders import build_module
+from rfsweep.run.fit import fit
 from tests.helpers import compose_cfg, tiny
 
 
@@ -17,9 +17,9 @@ def _train(tmp_path, overrides: list[str], steps: int = 3) -> int:
     if any(o.startswith("backbone=") for o in overrides):
         base = [o for o in base if not o.startswith("backbone")]
     cfg = compose_cfg([*base, *overrides], run_dir=str(tmp_path / "run"))
-    from rfsweep.config import validate
+    from rfsweep.run.preflight import preflight
 
-    validate(cfg)
+    preflight(cfg)
     module, data = build_module(cfg)
     return fit(cfg, module, data, tmp_path / "run", PreemptionGuard())
 
@@ -92,7 +92,8 @@ class NoiseImages(torch.utils.data.Dataset):
 def test_a_new_sweep_is_a_grid_file_and_an_experiment(monkeypatch, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    import rfsweep.sweep as sweep
+    import rfsweep.run.resolvers as resolvers
+    import rfsweep.run.sweep as sweep
     from tests.helpers import CONF
 
     sweeps = tmp_path / "sweeps"
@@ -102,7 +103,7 @@ def test_a_new_sweep_is_a_grid_file_and_an_experiment(monkeypatch, tmp_path):
     conf.mkdir(parents=True)
     (conf / "mini.yaml").write_text("# @package _global_\ndefaults:\n  - override /hydra/sweeper: grid\n"
                                     "name: mini\ngrid: mini\n")
-    monkeypatch.setattr(sweep, "SWEEPS_DIR", sweeps)
+    monkeypatch.setattr(resolvers, "SWEEPS_DIR", sweeps)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=mini", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"],
                       return_hydra_config=True)

@@ -1,11 +1,11 @@
-"""`python -m rfsweep.generate`: images for new prompts from a finished run's checkpoint alone."""
+"""`python -m rfsweep.cli.generate`: images for new prompts from a finished run's checkpoint alone."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from rfsweep.generate import main
+from rfsweep.cli.generate import main
 from tests.helpers import run_cli, tiny
 
 

@@ -152,7 +152,7 @@ def test_config_changes_names_only_result_keys():
 # -- what a job costs --------------------------------------------------------------------------------------------------
 def test_dry_run_estimates_gpu_hours_from_the_backbone_flops():
     from rfsweep.backbones.flops import mmdit_train_flops
-    from rfsweep.plan import dry_run_line, job_flops
+    from rfsweep.run.plan import dry_run_line, job_flops
 
     cfg = compose_cfg(["backbone=mmdit", "backbone.depth=2", "backbone.width=64", "trainer.max_steps=1000",
                        "trainer.batch_size=64", "eval=none", "cluster.tflops_per_gpu=100"])
@@ -163,7 +163,7 @@ def test_dry_run_estimates_gpu_hours_from_the_backbone_flops():
     assert f"gpu_hours={f['train_flops'] / 100e12 / 3600:.3g}" in line and "params=" in line
     mlp_cfg = compose_cfg(["backbone=mlp", "trainer.max_steps=10", "trainer.batch_size=2"])
     mlp = job_flops(mlp_cfg)  # counted by torch's FLOP counter: every matmul weight, 6 FLOPs per sample at least
-    from rfsweep.builders import build_backbone
+    from rfsweep.run.builders import build_backbone
 
     weights = sum(m.weight.numel() for m in build_backbone(mlp_cfg).modules() if isinstance(m, torch.nn.Linear))
     # 2 FLOPs per weight forward, 2 for the weight's gradient, 2 for the input's (not for the first layer's input)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rfsweep.config import ConfigError, validate
-from rfsweep.memory import _saved_bytes, memory_plan
+from rfsweep.errors import ConfigError
+from rfsweep.run.memory import _saved_bytes, memory_plan
+from rfsweep.run.preflight import preflight
 from tests.helpers import compose_cfg
 
 PAPER = ["trainer=gpu", "optimizer=adamw", "ema=paper", "conditioning=sd3", "autoencoder=sd3_vae",
@@ -53,15 +54,15 @@ def test_strategy_and_checkpointing_shrink_the_plan():
 
 def test_a_config_that_cannot_fit_is_refused_in_one_line():
     with pytest.raises(ConfigError) as e:  # depth 38 (8B) under DDP: 20 bytes per parameter is 160 GB alone
-        validate(compose_cfg([*PAPER, "backbone.depth=38"]))
+        preflight(compose_cfg([*PAPER, "backbone.depth=38"]))
     msg = str(e.value)
     assert "memory plan" in msg and "80 GB" in msg and "trainer.strategy=fsdp" in msg and "\n" not in msg
-    validate(compose_cfg([*PAPER, "backbone.depth=38", "trainer.strategy=fsdp", "trainer.devices=8",
+    preflight(compose_cfg([*PAPER, "backbone.depth=38", "trainer.strategy=fsdp", "trainer.devices=8",
                           "trainer.num_nodes=8", "backbone.grad_checkpointing=true"]))  # 64 GPUs, sharded: fits
 
 
 def test_the_host_plan_counts_what_each_rank_holds_on_the_cpu():
-    from rfsweep.memory import GB, host_plan
+    from rfsweep.run.memory import GB, host_plan
 
     depth24 = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8"]
     ddp, fsdp = host_plan(compose_cfg(depth24)), host_plan(compose_cfg([*depth24, "trainer.strategy=fsdp"]))
@@ -74,7 +75,7 @@ def test_the_host_plan_counts_what_each_rank_holds_on_the_cpu():
 
 
 def test_a_job_that_cannot_fit_its_nodes_memory_is_refused_in_one_line():
-    from rfsweep.memory import check_host_fits
+    from rfsweep.run.memory import check_host_fits
 
     depth24 = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8"]
     with pytest.raises(ConfigError) as e:  # 8 DDP ranks of 2.0B parameters: about 160 GB of host memory

@@ -29,8 +29,8 @@ def third_metric():
 
 def test_evaluation_computes_a_registered_metric(third_metric):
     from rfsweep.evaluation.evaluators import build_evaluator
+    from rfsweep.evaluation.protocol import evaluate
     from rfsweep.evaluation.reference import reference_stats
-    from rfsweep.evaluation.run import evaluate
 
     ev = build_evaluator("embedded")
     ref = reference_stats(ev, "shapes", "test", 8, 32, cache_dir=None)

@@ -1,4 +1,4 @@
-"""`python -m rfsweep.data.precompute --shard auto`: a SLURM array task's shard from SLURM's array variables."""
+"""`python -m rfsweep.cli.precompute --shard auto`: a SLURM array task's shard from SLURM's array variables."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from rfsweep.cli.precompute import parse, shard_from_slurm
 from rfsweep.data import DataError, build_dataset
-from rfsweep.data.precompute import parse, shard_from_slurm
 from rfsweep.data.precomputed import PrecomputedDataset
 from tests.helpers import ROOT
 
@@ -64,7 +64,7 @@ def test_a_one_based_array_completes_the_split(tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
     def task(env: dict) -> str:
-        r = subprocess.run([sys.executable, "-m", "rfsweep.data.precompute", str(out), "--shard", "auto", "--splits",
+        r = subprocess.run([sys.executable, "-m", "rfsweep.cli.precompute", str(out), "--shard", "auto", "--splits",
                             "val", "data=digits", "conditioning=hash"], cwd=ROOT,
                            env={**base, **env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -4,7 +4,7 @@ mismatched config fails with one line before anything is trained."""
 import pytest
 import torch
 
-from rfsweep.builders import build_module
+from rfsweep.run.builders import build_module
 from tests.helpers import compose_cfg, run_cli, tiny
 
 

@@ -123,14 +123,14 @@ def test_a_trained_runs_other_ranks_leave_at_once_and_rank_0_evaluates_alone(tmp
 
 
 def test_a_run_that_failed_while_evaluating_stays_trained(tmp_path, monkeypatch):
-    import rfsweep.evaluate
-    from rfsweep.job import execute
+    import rfsweep.run.eval_stage
+    from rfsweep.run.job import execute
 
     args = [*tiny(tmp_path, 4), "eval=embedded", "eval.n_samples=8", "eval.batch_size=8", "eval.weights=[ema]",
             "eval.settings=[[2,1.0]]"]
     run = tmp_path / "run"
     assert execute(compose_cfg([*args, "stage=train"], run_dir=str(run))) == 0
-    monkeypatch.setattr(rfsweep.evaluate, "evaluate_run", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(rfsweep.run.eval_stage, "evaluate_run", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("the evaluator's node failed")))
     assert execute(compose_cfg(args, run_dir=str(run))) == 1
     status = read_status(run)
@@ -185,7 +185,7 @@ def test_checkpoints_load_onto_the_cpu_and_running_out_of_memory_is_not_corrupti
 def test_under_fsdp_rank_0_alone_builds_the_whole_backbone(tmp_path, monkeypatch):
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from rfsweep.builders import build_model
+    from rfsweep.run.builders import build_model
 
     cfg = compose_cfg([*tiny(tmp_path), "trainer.strategy=fsdp", "trainer.devices=2"], run_dir=str(tmp_path / "r"))
     on_meta = {}

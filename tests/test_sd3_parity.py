@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from rfsweep.builders import build_autoencoder, build_conditioner
+from rfsweep.run.builders import build_autoencoder, build_conditioner
 from tests.helpers import compose_cfg
 from tests.sd3_parts import sd3_overrides, write_sd3
 
@@ -60,10 +60,10 @@ def test_latents_are_the_vaes_with_sd3_shift_and_scale(sd3):
 
 
 def test_precompute_writes_what_sd3s_own_code_computes(sd3, tmp_path):
-    """Through `python -m rfsweep.data.precompute` with conditioning=sd3 autoencoder=sd3_vae (from_pretrained on the
+    """Through `python -m rfsweep.cli.precompute` with conditioning=sd3 autoencoder=sd3_vae (from_pretrained on the
     folder): the stored latents are AutoencoderKL's, the stored parts assemble to encode_prompt's embeddings."""
+    from rfsweep.cli.precompute import main
     from rfsweep.data import build_dataset
-    from rfsweep.data.precompute import main
     from rfsweep.data.precomputed import PrecomputedDataset
     from tests.sd3_parts import sd3_overrides
 
@@ -89,10 +89,10 @@ def test_precompute_writes_what_sd3s_own_code_computes(sd3, tmp_path):
 
 def test_training_on_pre_encoded_data_never_loads_the_text_encoders(sd3, tmp_path):
     """SD3's encoders are checked on disk before training, loaded only for the evaluation prompts."""
-    from rfsweep.builders import build_module
+    from rfsweep.cli.precompute import main
     from rfsweep.cluster.signals import PreemptionGuard
-    from rfsweep.data.precompute import main
-    from rfsweep.train.fit import fit
+    from rfsweep.run.builders import build_module
+    from rfsweep.run.fit import fit
     from tests.helpers import tiny
     from tests.sd3_parts import sd3_overrides
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rfsweep.builders import build_module
 from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.run.builders import build_module
+from rfsweep.run.fit import fit
 from rfsweep.runfolder import metrics_files
 from rfsweep.train import callbacks
-from rfsweep.train.fit import fit
 from tests.helpers import compose_cfg, tiny
 
 STEPS = 12

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from rfsweep.builders import build_module
 from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.run.builders import build_module
+from rfsweep.run.fit import fit
 from rfsweep.runfolder import read_status
+from rfsweep.train.diffusion_module import NonFiniteLossError
 from rfsweep.train.ema import make_ema, update_ema
-from rfsweep.train.fit import fit
-from rfsweep.train.module import NonFiniteLossError
 from tests.helpers import compose_cfg, run_cli, tiny
 
 
@@ -111,14 +111,14 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
 
 
 def _pre_encode(tmp_path, splits=("train", "val", "test"), keep_images=None):
-    from rfsweep.builders import build_autoencoder, build_conditioner
     from rfsweep.data import build_dataset
-    from rfsweep.data.precomputed import precompute, signature
+    from rfsweep.data.precomputed import precompute
+    from rfsweep.run.builders import build_autoencoder, build_conditioner, encoding_signature
 
     cfg = compose_cfg(tiny(tmp_path), run_dir=str(tmp_path / "x"))
     for split in splits:
         ds = torch.utils.data.Subset(build_dataset("shapes", split), range(64))
-        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split, signature(cfg),
+        precompute(ds, build_autoencoder(cfg), build_conditioner(cfg), tmp_path / "pre", split, encoding_signature(cfg),
                    keep_images=keep_images)
     return ["data.name=precomputed", f"data.path={tmp_path / 'pre'}"]
 

@@ -14,7 +14,7 @@ from PIL import Image
 from analysis.__main__ import main as analysis_main
 from rfsweep.results import columns
 from rfsweep.runfolder import read_status, write_status
-from rfsweep.tracking import has_credentials, run_id, wandb_mode
+from rfsweep.wandb_env import has_credentials, run_id, wandb_mode
 from tests.helpers import run_cli, tiny
 from tests.wandb_files import offline_runs, read_run
 

@@ -35,8 +35,8 @@ def _returned(overrides, cfg, code: int) -> JobReturn:
 def skip_reason(cfg) -> tuple[str, str] | None:
     """(outcome, reason) for a job that must not be submitted, else None."""
     from rfsweep.cluster.lease import describe, is_stale, read_lease
-    from rfsweep.config import ConfigError
-    from rfsweep.job import run_finished
+    from rfsweep.errors import ConfigError
+    from rfsweep.run.job import run_finished
     from rfsweep.runfolder import check_config
 
     try:
@@ -63,7 +63,7 @@ class RfsweepSlurmLauncher(SlurmLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from rfsweep import runfolder
-        from rfsweep.job import LAUNCH_ENV
+        from rfsweep.run.job import LAUNCH_ENV
 
         assert self.config is not None and self.hydra_context is not None
         launch = os.environ.get(LAUNCH_ENV)

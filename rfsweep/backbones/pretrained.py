@@ -9,7 +9,7 @@ checkpoint's config before its weights are read.
 from __future__ import annotations
 
 from rfsweep.backbones.mmdit import MMDiT, from_diffusers
-from rfsweep.config import ConfigError
+from rfsweep.errors import ConfigError
 from rfsweep.text_encoders import from_local
 
 

@@ -33,6 +33,13 @@ class RanksDisagree(RuntimeError):
     """Another rank of this launch refused or failed, or did not answer in time."""
 
 
+def process_rank() -> int:
+    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0)
+
+
 def outside_launch(world: int, env=None) -> tuple[str, int] | None:
     """(launch id, this process's rank) when an outside launcher started all `world` ranks, else None."""
     env = os.environ if env is None else env

@@ -36,14 +36,14 @@ from safetensors.torch import save, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rfsweep.atomic import atomic_write
-from rfsweep.data import DataError
 from rfsweep.data.captions import draw
+from rfsweep.errors import DataError
 
 FORMAT = 2
 EVAL_SPLITS = ("val", "test")  # splits whose images are kept: evaluation's reference and real-images floor
 ITEMS_PER_SHARD = 4096
 TEXTS_PER_SHARD = 1024
-ALLOWED = "a folder written by python -m rfsweep.data.precompute"
+ALLOWED = "a folder written by python -m rfsweep.cli.precompute"
 
 
 def split_dir(root: str | Path, split: str) -> Path:
@@ -353,22 +353,11 @@ def _flat(d, prefix: str = "") -> dict:
     return {prefix[:-1]: d}
 
 
-def signature(cfg) -> dict:
-    """What an encoding depends on, from a config: the autoencoder, the text encoders and their widths and dtype,
-    the resolution. Training checks a folder's plan against it."""
-    from omegaconf import OmegaConf
-
-    ae = OmegaConf.to_container(cfg.autoencoder, resolve=True)
-    c = OmegaConf.to_container(cfg.conditioning, resolve=True)
-    return {"autoencoder": ae, "resolution": int(cfg.data.resolution),
-            "conditioning": {k: c.get(k) for k in ("encoders", "context_dim", "pooled_dim", "clip_tokens", "dtype")}}
-
-
 def check_reference_images(root: str | Path, splits: tuple[str, ...] = EVAL_SPLITS, expect: dict | None = None) -> None:
     """Before any compute: evaluation on pre-encoded data needs the evaluation splits' images (DataError if not)."""
     for split in splits:
         if not PrecomputedDataset(root, split, expect).has_images:
             raise DataError(f"data.path={root}: the {split} split holds no reference images, which evaluation needs "
-                            f"(allowed: eval=none, or re-encode with rfsweep.data.precompute, which keeps them)")
+                            f"(allowed: eval=none, or re-encode with rfsweep.cli.precompute, which keeps them)")
 
 

@@ -14,9 +14,9 @@ from rfsweep.evaluation.evaluators import (
     build_evaluator,
 )
 from rfsweep.evaluation.grids import save_captioned_grid, save_grid
-from rfsweep.evaluation.metrics import clip_score, feature_stats, frechet_distance, torchmetrics_fid
+from rfsweep.evaluation.protocol import eval_prompts, evaluate
 from rfsweep.evaluation.reference import ReferenceStats, real_reference_row, reference_stats, split_items
-from rfsweep.evaluation.run import eval_prompts, evaluate
+from rfsweep.evaluation.statistics import clip_score, feature_stats, frechet_distance, torchmetrics_fid
 
 __all__ = [
     "EmbeddedCLIP", "Evaluator", "EvaluatorUnavailable", "OpenCLIPEvaluator", "ReferenceStats",

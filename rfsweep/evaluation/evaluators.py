@@ -143,7 +143,7 @@ class OpenCLIPEvaluator(Evaluator):
 
 
 class EmbeddedCLIP(Evaluator):
-    """The tiny CLIP shipped in `rfsweep/assets` (trained by `python -m rfsweep.evaluation.train_clip`).
+    """The tiny CLIP shipped in `rfsweep/assets` (trained by `python -m rfsweep.cli.train_clip`).
 
     Images of any resolution are resized to 8x8 by area averaging (exact 2x2 box filtering for 16x16
     shapes, matching how the data set renders them) and fed in [-1, 1] unnormalised, as in training.

@@ -19,7 +19,7 @@ import torch
 
 from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset, default_cache_dir
-from rfsweep.evaluation.metrics import clip_score, feature_stats
+from rfsweep.evaluation.statistics import clip_score, feature_stats
 
 
 @dataclass

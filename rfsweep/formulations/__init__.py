@@ -18,12 +18,13 @@ from rfsweep.formulations.variants import (
     VariantError,
     VariantSpec,
     format_variant,
+    name_slug,
     parse_variant,
     spec_from_mapping,
 )
 
 __all__ = ["ALL_VARIANTS", "VALIDATION_T", "Formulation", "VariantError", "VariantSpec", "build_formulation",
-           "format_variant", "parse_variant"]
+           "format_variant", "name_slug", "parse_variant"]
 
 
 def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:

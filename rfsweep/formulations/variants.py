@@ -111,6 +111,11 @@ def format_variant(spec: VariantSpec) -> str:
     return f"{scheme.head}({', '.join(_fmt(x) for x in spec.params)})" if scheme.params else scheme.head
 
 
+def name_slug(name: str) -> str:
+    """A variant's name as a file-system friendly folder name: rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00."""
+    return name.replace("/", "-").replace("(", "_").replace(")", "").replace(", ", "_").replace(" ", "")
+
+
 def parse_variant(name: str) -> VariantSpec:
     """Paper name -> VariantSpec; raises VariantError naming the offending part."""
     m = _NAME.match(name.strip()) if isinstance(name, str) else None

@@ -44,7 +44,7 @@ import torch
 from analysis.__main__ import main as analysis_main
 from analysis.status import sweep_status
 from rfsweep.runfolder import read_outcome, read_status
-from rfsweep.tracking import run_id
+from rfsweep.wandb_env import run_id
 from tests.cluster import slurm_tools as st
 from tests.helpers import ROOT, _env, popen_cli
 from tests.wandb_files import offline_runs, read_run

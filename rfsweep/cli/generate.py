@@ -1,9 +1,9 @@
-"""`python -m rfsweep.generate RUN_DIR PROMPT [PROMPT ...]`: images from a trained run, for any prompts and sampler
+"""`python -m rfsweep.cli.generate RUN_DIR PROMPT [PROMPT ...]`: images from a trained run, for any prompts and sampler
 setting. The run's checkpoint carries its resolved config, so nothing else is needed; the weights are the ones
 evaluation uses (the lowest EMA validation loss, else the last). Writes one PNG grid (prompts in order, row-major)
 and prints its path.
 
-Example: python -m rfsweep.generate runs/default/shapes/rf-lognorm_0.00_1.00/mmdit/seed0 "a red circle" \\
+Example: python -m rfsweep.cli.generate runs/default/shapes/rf-lognorm_0.00_1.00/mmdit/seed0 "a red circle" \\
              --steps 25 --guidance 5 --n 4 --out circles.png
 """
 
@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rfsweep.generate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rfsweep.cli.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("prompts", nargs="+")
     p.add_argument("--steps", type=int, default=25, help="Euler steps (paper: 5 to 50)")
@@ -38,13 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from rfsweep.builders import build_model
+    import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema)
     from rfsweep.evaluation.grids import save_captioned_grid
+    from rfsweep.run.builders import build_model
+    from rfsweep.run.fit import evaluated_checkpoint, read_weights
     from rfsweep.runfolder import BEST, LAST, last_checkpoint, read_config
-    from rfsweep.sweep import register_resolvers
     from rfsweep.text_encoders import WeightsUnavailable
     from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
-    from rfsweep.train.fit import evaluated_checkpoint, read_weights
 
     a = parse_args(argv)
     path = evaluated_checkpoint(a.run_dir)
@@ -58,7 +58,6 @@ def main(argv=None) -> int:
         if config is None:
             raise CheckpointError(f"{a.run_dir}: holds no run config (allowed: a run folder written by python -m "
                                   f"rfsweep, with config.json or checkpoints/{LAST})")
-        register_resolvers()
         cfg = OmegaConf.create(config)
         module = build_model(cfg)
         module.load_state_dict(read_weights(path)[0])

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from rfsweep import runfolder
 from rfsweep.cluster.lease import Lease, describe
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
-from rfsweep.config import ConfigError, validate
-from rfsweep.tracking import job_run
+from rfsweep.errors import ConfigError
+from rfsweep.run.preflight import preflight
+from rfsweep.run.tracking import job_run
 
 LAUNCH_ENV = "RFSWEEP_LAUNCH"  # the id of the sweep launch a job belongs to (set by the sweep's summary callback)
 
@@ -88,9 +89,8 @@ def execute(cfg: DictConfig) -> int:
     """Run the job; returns its exit code. Records the outcome in the run folder (rank 0, not for dry runs)."""
     from hydra.errors import InstantiationException
 
-    from rfsweep.cluster.ranks import Launch
+    from rfsweep.cluster.ranks import Launch, process_rank
     from rfsweep.console import tidy_logging
-    from rfsweep.train.fit import process_rank
 
     bad_input = _bad_input()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -124,7 +124,7 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool) -
     from rfsweep.cluster.lease import LeaseHeld
     from rfsweep.cluster.ranks import RanksDisagree
     from rfsweep.train.callbacks import LeaseLost
-    from rfsweep.train.module import NonFiniteLossError
+    from rfsweep.train.diffusion_module import NonFiniteLossError
 
     if isinstance(e, LeaseLost):  # the folder is another process's now: nothing more is written there
         print(f"error: {e}; this process stopped without writing to {cfg.run_dir}", file=sys.stderr, flush=True)
@@ -155,22 +155,14 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool) -
 def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
     import torch
 
-    from rfsweep.formulations import build_formulation
-    from rfsweep.sweep import formulation_spec
-    from rfsweep.train.fit import process_rank
+    from rfsweep.cluster.ranks import process_rank
 
     if cfg.dry_run:
-        from rfsweep.plan import dry_run_line
+        from rfsweep.run.plan import dry_run_line
 
         print(dry_run_line(cfg), flush=True)
         return Outcome(0, "dry-run")
-    validate(cfg)
-    if cfg.data.name == "precomputed" and cfg.eval.enabled:
-        from rfsweep.builders import encoding
-        from rfsweep.data.precomputed import check_reference_images
-
-        check_reference_images(cfg.data.path, expect=encoding(cfg))  # before training, not at its end
-    formulation = build_formulation(formulation_spec(cfg.formulation))
+    formulation = preflight(cfg)
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     runfolder.check_config(run_dir, resolved)  # a finished run of another config is not this job's result
@@ -196,11 +188,11 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
             return _stopped(cfg, run_dir, guard, status.get("step") or 0, "evaluation" if trained else "training")
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        from rfsweep.builders import build_module
-        from rfsweep.evaluate import build_evaluator
+        from rfsweep.run.builders import build_module
+        from rfsweep.run.eval_stage import configured_evaluator
 
         module, data = build_module(cfg, formulation, train=not trained)
-        evaluator = build_evaluator(cfg) if cfg.eval.enabled else None  # missing weights: before training
+        evaluator = configured_evaluator(cfg) if cfg.eval.enabled else None  # missing weights: before training
         if not trained:
             launch.agree()  # every rank built its part; a refusal above has told them to stop
         net = module.net
@@ -220,8 +212,8 @@ def _rank_work(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGua
     """A rank other than 0 of a multi-device run: build, agree with the other ranks, train; rank 0 reports."""
     import torch
 
-    from rfsweep.builders import build_module
-    from rfsweep.train.fit import fit
+    from rfsweep.run.builders import build_module
+    from rfsweep.run.fit import fit
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -236,8 +228,8 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
     """Rank 0: train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
     import torch
 
-    from rfsweep.evaluate import EvaluationStopped, evaluate_run, write_samples
-    from rfsweep.train.fit import fit, load_weights
+    from rfsweep.run.eval_stage import EvaluationStopped, evaluate_run, write_samples
+    from rfsweep.run.fit import fit, load_weights
 
     if not trained:
         runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
@@ -245,7 +237,7 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
         if guard.stop_requested():
             return _stopped(cfg, run_dir, guard, step, "training", tracker)
         if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
-            from rfsweep.builders import build_model
+            from rfsweep.run.builders import build_model
 
             module = build_model(cfg, module.formulation)
     if cfg.stage == "train":  # evaluation is its own job (stage=evaluate), e.g. on other nodes

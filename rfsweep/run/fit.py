@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
+from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
 
 # Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
@@ -24,15 +25,8 @@ LIGHTNING_FALSE_ALARMS = (
 )
 
 
-def process_rank() -> int:
-    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0)
-
-
 def loggers(cfg: DictConfig, run_dir: Path, tracker=None) -> list:
-    """CSV metrics in the run folder and the job's W&B run (`rfsweep.tracking.JobRun`), as configured."""
+    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured."""
     from lightning.pytorch.loggers import CSVLogger
 
     out = []
@@ -67,7 +61,7 @@ def record_peak_memory(cfg: DictConfig, run_dir: Path) -> None:
     import torch
 
     from rfsweep.atomic import atomic_write
-    from rfsweep.memory import memory_plan
+    from rfsweep.run.memory import memory_plan
 
     if not torch.cuda.is_available():
         return

@@ -13,7 +13,7 @@ def job_flops(cfg: DictConfig) -> dict:
     import torch
 
     from rfsweep.backbones.flops import counted_train_flops, train_flops_per_sample
-    from rfsweep.builders import build_backbone, context_len, latent_shape
+    from rfsweep.run.builders import build_backbone, context_len, latent_shape
 
     shape, tokens = latent_shape(cfg), context_len(cfg)
     with torch.device("meta"):
@@ -30,7 +30,7 @@ def job_flops(cfg: DictConfig) -> dict:
 
 
 def dry_run_line(cfg: DictConfig) -> str:
-    from rfsweep.sweep import variant_name
+    from rfsweep.run.builders import variant_name
 
     head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label} backbone={cfg.backbone.label} "
             f"run={cfg.job_name}")
@@ -38,12 +38,12 @@ def dry_run_line(cfg: DictConfig) -> str:
         f = job_flops(cfg)
     except Exception as e:  # e.g. a backbone read from a checkpoint folder: no estimate, the plan still lists the job
         return f"{head} (no estimate: {type(e).__name__})"
-    from rfsweep.memory import memory_plan
+    from rfsweep.run.memory import memory_plan
 
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
     hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
     try:
-        from rfsweep.memory import host_plan, launcher_mem_gb
+        from rfsweep.run.memory import host_plan, launcher_mem_gb
 
         memory = memory_plan(cfg).describe()
         mem_gb = launcher_mem_gb()

@@ -1,6 +1,6 @@
 """Config validation: every value is checked before any compute; a bad one fails with one line that names the key and
-what is allowed. The rules live on the schema's fields (`rfsweep.schema`); cross-field rules are here. (Formulation
-names are checked by `rfsweep.formulations`.)"""
+what is allowed. The rules live on the schema's fields (`rfsweep.run.schema`); cross-field rules are here. (Formulation
+names are checked by `rfsweep.formulations`; the memory plans and data checks by `rfsweep.run.preflight`.)"""
 
 from __future__ import annotations
 
@@ -8,24 +8,25 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-from rfsweep.errors import ConfigError  # noqa: F401 (raised here, defined in the one home of user errors)
+from rfsweep.data import dataset_names, needs_path
+from rfsweep.errors import ConfigError
+from rfsweep.run.schema import rules_for
 
 GROUPS = (None, "trainer", "optimizer", "ema", "sampler", "eval", "data", "conditioning", "autoencoder", "backbone",
           "logger", "cluster", "paths")
 
 
-def validate(cfg: DictConfig, mem_gb: float | None = None) -> None:
-    """Raise ConfigError for the first value out of range. `mem_gb`: the node memory a launcher asks for (the sweep
-    passes `hydra.launcher.mem_gb`; a job reads its own launcher's)."""
-    from rfsweep.schema import rules_for
-
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value out of range, then for the first cross-key rule broken. (The memory
+    plans and the data checks follow in `rfsweep.run.preflight`.)"""
     for group in GROUPS:
         node = cfg if group is None else cfg.get(group)
         if node is None:
             raise ConfigError(f"config error: the config has no {group!r} group (allowed: conf/config.yaml's groups)")
-        for key, (check, allowed) in rules_for(group).items():
+        for key, (check, allowed) in rules_for(group, node).items():
+            where = key if group is None else f"{group}.{key}"
             if key not in node:
-                continue  # a key of another backbone / autoencoder of this group
+                raise ConfigError(f"config error: {where} is missing (allowed: a value that is {allowed})")
             value = node[key]
             if OmegaConf.is_config(value):
                 value = OmegaConf.to_container(value, resolve=True)
@@ -34,9 +35,8 @@ def validate(cfg: DictConfig, mem_gb: float | None = None) -> None:
             except TypeError:
                 good = False
             if not good:
-                where = key if group is None else f"{group}.{key}"
                 raise ConfigError(f"config error: {where}={value!r} is out of range (allowed: {allowed})")
-    _cross_checks(cfg, mem_gb)
+    _cross_checks(cfg)
 
 
 def _check_width(b: DictConfig) -> None:
@@ -54,9 +54,7 @@ def _check_width(b: DictConfig) -> None:
                           f"2D sin-cos positions (allowed: a multiple of {step}, e.g. {near}; or null: 64 x depth)")
 
 
-def _cross_checks(cfg: DictConfig, mem_gb: float | None = None) -> None:
-    from rfsweep.data import dataset_names, needs_path
-
+def _cross_checks(cfg: DictConfig) -> None:
     tr = cfg.trainer
     parts = tr.devices * tr.num_nodes * tr.accumulate_grad_batches
     if tr.batch_size % parts:
@@ -76,8 +74,3 @@ def _cross_checks(cfg: DictConfig, mem_gb: float | None = None) -> None:
     if (res // ds) % patch:
         raise ConfigError(f"config error: data.resolution={res} gives a latent grid of {res // ds}, not divisible "
                           f"by backbone.patch_size={patch} (allowed: resolution / {ds} divisible by {patch})")
-    from rfsweep.memory import check_fits, check_host_fits, launcher_mem_gb
-
-    if cfg.trainer.accelerator == "gpu":
-        check_fits(cfg)  # the memory plan, before any job starts
-    check_host_fits(cfg, mem_gb or launcher_mem_gb())  # the node's memory, when a launcher (SLURM) asks for some

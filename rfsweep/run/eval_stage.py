@@ -2,7 +2,7 @@
 logged to the job's W&B run.
 
 Joins the trained module (sampling) to the evaluator and the results schema; each piece stays ignorant of the others:
-`rfsweep.evaluation.run.evaluate` only sees a `sample_fn(weights, steps, cfg, captions, seed)`.
+`rfsweep.evaluation.protocol.evaluate` only sees a `sample_fn(weights, steps, cfg, captions, seed)`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.data import build_dataset
 from rfsweep.evaluation.grids import save_captioned_grid
-from rfsweep.evaluation.run import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
+from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
 from rfsweep.results import EVALUATOR, REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
@@ -42,7 +42,7 @@ def held_out_captions(cfg: DictConfig, n: int) -> list[str]:
     return [ds[i]["caption"] for i in range(min(n, len(ds)))]
 
 
-def build_evaluator(cfg: DictConfig):
+def configured_evaluator(cfg: DictConfig):
     """The config's evaluator, on the CPU (built before training so missing weights fail before any step)."""
     from rfsweep.evaluation.evaluators import build_evaluator as build
 
@@ -83,8 +83,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
                  tracker=None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
     evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early)."""
+    from rfsweep.evaluation.protocol import evaluate
     from rfsweep.evaluation.reference import real_reference_row, reference_stats
-    from rfsweep.evaluation.run import evaluate
 
     e, meta = cfg.eval, module.meta
     evaluator.to(module.device)

@@ -39,7 +39,7 @@ class DiffusionModule(L.LightningModule):
                  shard: bool = False):
         super().__init__()
         # shard (FSDP over several ranks): the EMA is made from the backbone's shards (configure_model); the backbone
-        # itself is whole on rank 0 only, on the meta device elsewhere (rfsweep.builders.build_model)
+        # itself is whole on rank 0 only, on the meta device elsewhere (rfsweep.run.builders.build_model)
         self.net, self.ema_net = net, make_ema(net, meta=shard)
         self.formulation = formulation
         self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)

@@ -11,47 +11,18 @@ plotted against `trainer/global_step`; the lowest EMA validation loss and its st
 
 from __future__ import annotations
 
-import hashlib
-import netrc
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.types import RunMeta
+from rfsweep.wandb_env import has_credentials, run_id, wandb_mode  # noqa: F401 (the job's W&B run uses them)
 
 GROUP_KEYS = ("variant", "family", "dataset", "backbone", "seed", "experiment", "params", "depth")
 STEP = "trainer/global_step"
-DEFAULT_HOST = "https://api.wandb.ai"
-
-
-def has_credentials(env=None) -> bool:
-    """An API key in the environment, or a netrc entry for the configured server (`WANDB_BASE_URL`'s host)."""
-    env = os.environ if env is None else env
-    if env.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(env.get("WANDB_BASE_URL", DEFAULT_HOST)).hostname or "api.wandb.ai"
-    try:
-        path = env.get("NETRC") or os.path.join(env.get("HOME", os.path.expanduser("~")), ".netrc")
-        return netrc.netrc(path).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_mode(env=None) -> str:
-    """`WANDB_MODE` if set, else online with credentials and offline without."""
-    env = os.environ if env is None else env
-    return env.get("WANDB_MODE") or ("online" if has_credentials(env) else "offline")
-
-
-def run_id(run_dir: str | Path) -> str:
-    """The W&B run id of a run folder: stable across launches, so they log to one W&B run."""
-    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-
-
 def run_config(cfg: DictConfig, meta: RunMeta, params: int | None = None, depth: int | None = None) -> dict:
     """The W&B config: the grouping keys at the top level, the resolved run config below `run`."""
     keys = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset,

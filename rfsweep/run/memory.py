@@ -1,6 +1,6 @@
 """The memory plan of a training job: bytes per GPU for weights, gradients, optimizer state, EMA and activations,
 under DDP or FSDP, with or without activation checkpointing, from the config alone (the backbone built on the meta
-device). `dry_run=true` prints it; `rfsweep.config.validate` refuses, before any job starts, a GPU config whose plan
+device). `dry_run=true` prints it; `rfsweep.run.config.validate` refuses, before any job starts, a GPU config whose plan
 exceeds `cluster.gpu_memory_gb`.
 
 - Weights, gradients, the EMA copy: fp32, 4 bytes per parameter each; AdamW's two moments: 8. Under DDP every GPU
@@ -92,7 +92,7 @@ def _measure(backbone_json: str, shape: tuple, tokens: int, context_dim: int, po
 
 def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
     """The plan of a job's config over `gpus` GPUs (default devices x nodes)."""
-    from rfsweep.builders import context_len, latent_shape
+    from rfsweep.run.builders import context_len, latent_shape
 
     tr = cfg.trainer
     gpus = gpus or int(tr.devices) * int(tr.num_nodes)
@@ -118,7 +118,7 @@ def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
 
 def check_fits(cfg: DictConfig) -> None:
     """Refuse (ConfigError, one line) a GPU config whose plan exceeds the GPUs' memory."""
-    from rfsweep.config import ConfigError
+    from rfsweep.errors import ConfigError
 
     if cfg.trainer.accelerator != "gpu":
         return
@@ -165,8 +165,8 @@ def host_plan(cfg: DictConfig) -> HostPlan:
     world = int(tr.devices) * int(tr.num_nodes)
     tables = 0.0
     if cfg.data.name == "precomputed" and cfg.data.path:
-        from rfsweep.data import DataError
         from rfsweep.data.precomputed import table_bytes
+        from rfsweep.errors import DataError
 
         try:
             tables = float(table_bytes(cfg.data.path, "train"))
@@ -197,7 +197,7 @@ def launcher_mem_gb() -> float | None:
 
 def check_host_fits(cfg: DictConfig, mem_gb: float | None) -> None:
     """Refuse (ConfigError, one line) a job whose host plan exceeds the node memory it asks SLURM for."""
-    from rfsweep.config import ConfigError
+    from rfsweep.errors import ConfigError
 
     if not mem_gb:
         return

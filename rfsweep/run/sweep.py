@@ -1,5 +1,6 @@
-"""Sweep plumbing: OmegaConf resolvers for run names and grids, and the Hydra callback that writes the
-sweep's manifest (the jobs it launched) so the analysis can name missing runs."""
+"""Sweep support: the Hydra callback that checks every planned job of a multirun (the one preflight) before any
+starts, and writes the sweep's manifest (the jobs it launched) so the analysis can name missing runs. The resolvers
+for run names and grids live in `rfsweep.run.resolvers`."""
 
 from __future__ import annotations
 
@@ -8,76 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.atomic import atomic_write
-from rfsweep.formulations import VariantError, build_formulation
+from rfsweep.errors import UserError
 from rfsweep.results import MANIFEST_FILE
-
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-
-
-def formulation_spec(node):
-    """What `build_formulation` takes, from a formulation config node (`variant: <name>` or family + parameters)."""
-    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    return spec["variant"] if isinstance(spec, dict) and "variant" in spec else spec
-
-
-def variant_name(node) -> str:
-    """Canonical paper name of a formulation config node."""
-    return build_formulation(formulation_spec(node)).name
-
-
-def slug(node) -> str:
-    """A file-system friendly name: rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00."""
-    try:
-        name = variant_name(node)
-    except VariantError:  # reported with its one-line message once the job starts
-        name = str(node.get("variant", "invalid") if OmegaConf.is_config(node) else node)
-    return name_slug(name)
-
-
-def name_slug(name: str) -> str:
-    """rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00 (the run folder's variant part)."""
-    return name.replace("/", "-").replace("(", "_").replace(")", "").replace(", ", "_").replace(" ", "")
-
-
-def read_grid(name: str) -> dict:
-    """A study grid from sweeps/<name>.yaml (variants, datasets, ...); `include: <grid>` takes the keys it does not
-    set from another grid."""
-    path = SWEEPS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        allowed = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"grid={name!r}: no {path} (allowed: {allowed})")
-    grid = yaml.safe_load(path.read_text())
-    base = grid.pop("include", None)
-    return {**read_grid(base), **grid} if base else grid
-
-
-def grid_choice(name: str, key: str) -> str:
-    """Hydra sweep syntax `choice('a', 'b', ...)` over one list of a grid file."""
-    values = read_grid(name)[key]
-    return "choice(" + ", ".join("'" + str(v).replace("'", "\\'") + "'" for v in values) + ")"
-
-
-def paper_settings() -> list[list]:
-    """The paper's six sampler settings as config values (one home: rfsweep.results.SETTINGS)."""
-    from rfsweep.results import SETTINGS
-
-    return [[s, c] for s, c in SETTINGS]
-
-
-def register_resolvers() -> None:
-    """The resolvers the configs use, and the config schema (rfsweep.schema)."""
-    from rfsweep.schema import register_schemas
-
-    register_schemas()
-    for key, fn in (("rfsweep.slug", slug), ("rfsweep.grid_choice", grid_choice),
-                    ("rfsweep.paper_settings", paper_settings)):
-        if not OmegaConf.has_resolver(key):
-            OmegaConf.register_new_resolver(key, fn)
+from rfsweep.run.builders import variant_name
 
 
 def _raw(node) -> list[str]:
@@ -115,15 +53,15 @@ class ManifestCallback(Callback):
             return
         from hydra import compose
 
-        from rfsweep.config import ConfigError, validate
+        from rfsweep.run.preflight import preflight
 
         jobs, seen = [], {}
         for overrides in planned_jobs(config):
             cfg = compose(config_name="config", overrides=overrides)
             try:
-                validate(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None))
+                preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False)
                 variant = variant_name(cfg.formulation)
-            except (ConfigError, VariantError) as e:
+            except UserError as e:
                 _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
             folder = str(cfg.job_name)
             if folder in seen:

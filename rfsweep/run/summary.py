@@ -19,8 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
-from rfsweep.job import LAUNCH_ENV
 from rfsweep.results import MANIFEST_FILE
+from rfsweep.run.job import LAUNCH_ENV
 
 GOOD = ("done", "skipped")
 SHOWN = 40  # lines of unfinished jobs on the screen; the rest are counted

@@ -1,6 +1,6 @@
 """The config's schema: one dataclass per config group (Hydra structured configs), each field with its type, default
 and range rule. Hydra composes every YAML of a group on top of its schema (`defaults: [<schema name>, _self_]`), so a
-misspelled or renamed key, or a value of the wrong type, fails at composition; `rfsweep.config.validate` runs every
+misspelled or renamed key, or a value of the wrong type, fails at composition; `rfsweep.run.config.validate` runs every
 field's rule, for every job of a sweep before any job starts. A rule lives on its field: renaming a key moves it.
 
 Groups without a schema here: `formulation` (checked by the variant grammar, `rfsweep.formulations.variants`).
@@ -292,17 +292,23 @@ def register_schemas() -> None:
         cs.store(group=group, name=name, node=node)
 
 
-def rules_for(group: str | None) -> dict[str, tuple[Callable, str]]:
-    """key -> (check, allowed) over every schema of a group (a backbone's keys depend on which backbone it is)."""
+def rules_for(group: str | None, node=None) -> dict[str, tuple[Callable, str]]:
+    """key -> (check, allowed) of the schema `node` follows: its own type when composed onto a schema, else the
+    group's schema whose checked keys the node has most of (a backbone's keys depend on which backbone it is)."""
     from dataclasses import fields
 
-    out: dict[str, tuple[Callable, str]] = {}
-    for (g, _), cls in SCHEMAS.items():
-        if g == group:
-            for f in fields(cls):
-                if "check" in f.metadata:
-                    out.setdefault(f.name, (f.metadata["check"], f.metadata["allowed"]))
-    return out
+    from omegaconf import OmegaConf
+
+    def rules(cls) -> dict:
+        return {f.name: (f.metadata["check"], f.metadata["allowed"]) for f in fields(cls) if "check" in f.metadata}
+
+    classes = [cls for (g, _), cls in SCHEMAS.items() if g == group]
+    typed = OmegaConf.get_type(node) if OmegaConf.is_config(node) else None
+    if typed in classes:
+        return rules(typed)
+    if node is None:
+        return {k: v for cls in reversed(classes) for k, v in rules(cls).items()}
+    return max((rules(cls) for cls in classes), key=lambda r: (sum(k in node for k in r), -len(r)))
 
 
 # Keys that moved, by their old names: a command written for an earlier schema is told, in one line, where the key

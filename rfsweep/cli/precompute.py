@@ -1,11 +1,11 @@
-"""`python -m rfsweep.data.precompute OUT [options] [overrides]`: encode a dataset's splits once with the configured
+"""`python -m rfsweep.cli.precompute OUT [options] [overrides]`: encode a dataset's splits once with the configured
 autoencoder and text encoders (App. E.1), for `data.name=precomputed data.path=OUT` (layout: `precomputed`).
 
-    python -m rfsweep.data.precompute /data/shapes-minilm data=shapes conditioning=minilm
-    python -m rfsweep.data.precompute OUT --splits train --device cuda --dtype bf16 --workers 8 --shard auto \\
+    python -m rfsweep.cli.precompute /data/shapes-minilm data=shapes conditioning=minilm
+    python -m rfsweep.cli.precompute OUT --splits train --device cuda --dtype bf16 --workers 8 --shard auto \\
         data=imagenet data.name=imagenet data.path=/data/imagenet conditioning=sd3 autoencoder=sd_vae \\
         data.resolution=256                                                 # one task of a SLURM array
-    python -m rfsweep.data.precompute OUT --splits val,test data=coco data.path=/data/coco ...   # COCO beside it
+    python -m rfsweep.cli.precompute OUT --splits val,test data=coco data.path=/data/coco ...   # COCO beside it
 
 --splits: which splits (default all); --shard i/N: this task encodes every N-th shard from i, a rerun resumes;
 --shard auto: i/N of this SLURM array task (any --array=A-B[:S][%T]; 0/1 outside an array); --device, --dtype
@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from rfsweep.data import SPLITS, DataError, build_dataset
-from rfsweep.data.precomputed import precompute, signature
-from rfsweep.sweep import register_resolvers
+from rfsweep.data import SPLITS, build_dataset
+from rfsweep.data.precomputed import precompute
+from rfsweep.errors import DataError, UserError
+from rfsweep.run.preflight import preflight
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,7 +50,7 @@ def shard_from_slurm(env: Mapping[str, str]) -> tuple[int, int]:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m rfsweep.data.precompute", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rfsweep.cli.precompute", description=__doc__.split("\n")[0])
     p.add_argument("out", help="the folder to write")
     p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--shard", default="0/1", help="i/N: encode every N-th shard from i; auto: this SLURM array task")
@@ -74,22 +75,19 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str]) -> None:
-    from rfsweep.config import ConfigError
-    from rfsweep.text_encoders import WeightsUnavailable
-
     try:
         args, overrides = parse(argv)
-        register_resolvers()
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, f"run_dir={args.out}"])
-        from rfsweep.builders import build_autoencoder, build_conditioner
+        preflight(cfg, data=False)
+        from rfsweep.run.builders import build_autoencoder, build_conditioner, encoding_signature
 
         datasets = {s: build_dataset(cfg.data.name, s, cfg.data.resolution, cfg.data.seed, cfg.data.path)
                     for s in args.splits}  # every split checked before any encoding
         ae, cond = build_autoencoder(cfg), build_conditioner(cfg)
-    except (DataError, ConfigError, WeightsUnavailable) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
-    sig = signature(cfg)
+    sig = encoding_signature(cfg)
     for split, ds in datasets.items():
         try:
             done = precompute(ds, ae, cond, args.out, split, sig, shard=args.shard, batch_size=args.batch_size,

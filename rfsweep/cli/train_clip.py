@@ -1,4 +1,4 @@
-"""Train the embedded evaluator: `python -m rfsweep.evaluation.train_clip [--out PATH] [--seed 0] [--steps N]`.
+"""Train the embedded evaluator: `python -m rfsweep.cli.train_clip [--out PATH] [--seed 0] [--steps N]`.
 
 A tiny open_clip `CLIP` (see `clip_model.py`) trained contrastively on the train splits of the embedded data sets
 (`digits`, `colour_digits`, `shapes`) at 8x8, one data set per batch, in turn. Captions that mean the same within

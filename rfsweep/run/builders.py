@@ -11,12 +11,22 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rfsweep.config import ConfigError
+from rfsweep.errors import ConfigError
 from rfsweep.formulations import build_formulation
-from rfsweep.sweep import formulation_spec
 
 AE_KEYS = ("latent_channels", "downsample")  # config-only keys of the autoencoder group
 BACKBONE_KEYS = ("label",)  # config-only keys of the backbone group
+
+
+def formulation_spec(node):
+    """What `build_formulation` takes, from a formulation config node (`variant: <name>` or family + parameters)."""
+    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return spec["variant"] if isinstance(spec, dict) and "variant" in spec else spec
+
+
+def variant_name(node) -> str:
+    """Canonical paper name of a formulation config node."""
+    return build_formulation(formulation_spec(node)).name
 
 
 def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
@@ -59,7 +69,7 @@ def latent_shape(cfg: DictConfig) -> tuple[int, int, int]:
 
 
 def build_data(cfg: DictConfig):
-    from rfsweep.data.module import DataModule
+    from rfsweep.data.datamodule import DataModule
 
     tr = cfg.trainer
     return DataModule(name=cfg.data.name, batch_size=tr.batch_size, max_steps=tr.max_steps,
@@ -70,11 +80,16 @@ def build_data(cfg: DictConfig):
 
 def encoding(cfg: DictConfig) -> dict | None:
     """The encoding a pre-encoded folder must have been written with for this config (None for other data)."""
-    if cfg.data.name != "precomputed":
-        return None
-    from rfsweep.data.precomputed import signature
+    return encoding_signature(cfg) if cfg.data.name == "precomputed" else None
 
-    return signature(cfg)
+
+def encoding_signature(cfg: DictConfig) -> dict:
+    """What an encoding depends on, from a config: the autoencoder, the text encoders and their widths and dtype,
+    the resolution. `precompute` writes it into a folder's plan; training checks the folder's plan against it."""
+    ae = OmegaConf.to_container(cfg.autoencoder, resolve=True)
+    c = OmegaConf.to_container(cfg.conditioning, resolve=True)
+    return {"autoencoder": ae, "resolution": int(cfg.data.resolution),
+            "conditioning": {k: c.get(k) for k in ("encoders", "context_dim", "pooled_dim", "clip_tokens", "dtype")}}
 
 
 def build_module(cfg: DictConfig, formulation=None, train: bool = False):
@@ -92,8 +107,8 @@ def build_model(cfg: DictConfig, formulation=None, warm=None, train: bool = Fals
     """The DiffusionModule of a config without its data (e.g. to sample from a finished run's checkpoint)."""
     import torch
 
-    from rfsweep.train.fit import process_rank
-    from rfsweep.train.module import DiffusionModule
+    from rfsweep.cluster.ranks import process_rank
+    from rfsweep.train.diffusion_module import DiffusionModule
     from rfsweep.types import RunMeta
 
     formulation = formulation or build_formulation(formulation_spec(cfg.formulation))

@@ -124,3 +124,13 @@ def test_a_moved_key_says_in_one_line_where_it_lives_now(tmp_path):
         assert OmegaConf.select(compose_cfg([]), new, default="<absent>") != "<absent>", new
     r = run_cli([*tiny(tmp_path), "trainer.lr=0.1"], timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {moved_key(['trainer.lr=0.1'])}"]
+
+
+@pytest.mark.parametrize("group,key", [("backbone", "depth"), ("trainer", "max_steps"), ("eval", "n_samples")])
+def test_a_missing_key_of_the_nodes_schema_is_an_error(group, key):
+    """A config that lost a key its schema checks (a hand-written or saved config, not composed onto the schema) is
+    refused in one line naming the key; it was skipped before."""
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_cfg(["backbone=dit"]), resolve=True))
+    del cfg[group][key]
+    with pytest.raises(ConfigError, match=rf"{group}\.{key} is missing \(allowed: "):
+        preflight(cfg, data=False)

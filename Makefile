@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip clean
+.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench lint gpu-check train-clip formulations clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -33,6 +33,10 @@ test-slow: $(STAMP)                ## tests marked slow
 
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m 'not gpu and not cluster'
+
+formulations: $(STAMP)             ## docs/formulations.png: the 61 formulations as they train, beside the paper (~15 s)
+	$(PY) -m analysis formulations --out analysis_out/formulations
+	cp analysis_out/formulations/formulations.png docs/formulations.png
 
 run: $(STAMP)                      ## one run on the embedded default (a few minutes on a CPU)
 	$(PY) -m rfsweep $(ARGS)

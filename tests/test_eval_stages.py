@@ -27,7 +27,7 @@ def _trained(tmp_path):
     return cfg, module, info, [(int(s), float(c)) for s, c in cfg.eval.settings]
 
 
-def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
+def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path, capsys):
     cfg, module, info, settings = _trained(tmp_path / "a")
     run = tmp_path / "a" / "run"
     full = pd.DataFrame(evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg)))
@@ -42,8 +42,13 @@ def test_a_stopped_evaluation_keeps_finished_settings_and_resumes(tmp_path):
     evaluator = configured_evaluator(cfg)
     encode = evaluator.encode_images
     evaluator.encode_images = lambda x: calls.append(len(x)) or encode(x)
+    capsys.readouterr()
     evaluate_run(cfg, module, run, info, settings, evaluator)
     assert len(calls) == 3  # only the three settings left were sampled
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval ")]
+    assert [line.split(":")[0] for line in said[::2]] == ["eval 1/3 ema 3 steps cfg 5", "eval 2/3 raw 2 steps cfg 1",
+                                                        "eval 3/3 raw 3 steps cfg 5"]
+    assert "done in" in said[1] and "ETA" in said[1] and said[-1].endswith("(all settings done)")
     done = read_results(run / "results.csv")
     cols = ["weights", "steps", "cfg", "clip_score", "fid"]
     key = ["weights", "steps", "cfg"]
@@ -82,6 +87,9 @@ def test_evaluation_is_its_own_job(tmp_path):
     r = run_cli([*args, "stage=evaluate"])
     assert r.returncode == 0 and read_status(run)["state"] == "done", r.stderr[-2000:]
     assert len(read_results(run / "results.csv")) == 5
+    said = [line for line in r.stdout.splitlines() if line.startswith("eval ")]  # the console follows evaluation
+    assert len(said) == 8  # a line as each of the four settings starts and one as it ends
+    assert said[0].startswith("eval 1/4 ema 2 steps cfg 1: sampling") and said[-1].endswith("(all settings done)")
 
 
 def test_an_evaluator_without_weights_fails_before_training(tmp_path):

@@ -14,8 +14,8 @@ from tests.helpers import popen_cli, run_cli, tiny
 STEPS = 150
 
 
-def _args(root: Path) -> list[str]:
-    return [*tiny(root, STEPS), "trainer.ckpt_every=10", "trainer.val_every=50", "trainer.deterministic=true"]
+def _args(root: Path, extra=()) -> list[str]:
+    return [*tiny(root, STEPS), "trainer.ckpt_every=10", "trainer.val_every=50", "trainer.deterministic=true", *extra]
 
 
 def _last(root: Path) -> Path:
@@ -37,16 +37,17 @@ def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
 
 
 @pytest.mark.long
-def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",)], ids=["plain", "shifted"])
+def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
-    r = run_cli(_args(a))
+    r = run_cli(_args(a, extra))
     assert r.returncode == 0, r.stderr[-3000:]
-    proc = popen_cli(_args(b))
+    proc = popen_cli(_args(b, extra))
     killed_at = _wait_for_step(proc, b, 20)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert killed_at < STEPS and read_status(_last(b).parent.parent).get("state") == "running"
-    r = run_cli(_args(b))
+    r = run_cli(_args(b, extra))
     assert r.returncode == 0, r.stderr[-3000:]
     ca, cb = (torch.load(_last(x), weights_only=True) for x in (a, b))
     assert ca["global_step"] == cb["global_step"] == STEPS

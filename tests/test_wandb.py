@@ -60,6 +60,10 @@ def test_one_wandb_run_per_job_with_grouping_keys_summaries_and_tables(sweep):
             assert s[f"samples/{setting}/caption"].count(" | ") >= 15  # the prompts of the grid
         table = json.loads((folder / "files" / s["eval/results/path"]).read_text())
         assert table["columns"] == list(columns()) and len(table["data"]) == 3  # two settings and the real images
+        weighting = json.loads((folder / "files" / s["formulation/weighting/path"]).read_text())
+        assert weighting["columns"][:4] == ["lambda", "density_lambda", "loss_weight", "effective"]
+        assert len(weighting["data"]) == 40 and all(row[3] >= 0 for row in weighting["data"])
+        assert s["formulation/effective_weight_table/nrows"] == 40  # the line plot's own table
         (ref,) = [a for a in run.artifacts if a.type == "model"]
         assert [c.ref for c in ref.manifest.contents] == [(job / "checkpoints" / "best.safetensors").resolve().as_uri()]
 

@@ -31,15 +31,16 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
 def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats, settings=SETTINGS,
              weights=("ema", "raw"), n_samples: int = 1000, batch_size: int = 250, seed: int = 0,
              grid_dir: str | Path | None = None, grid_size: int = 64, stop=None, done=(),
-             on_row=None) -> list[dict]:
+             on_row=None, on_setting=None) -> list[dict]:
     """One row per (weights, steps, cfg): {weights, steps, cfg, <each registered metric>, n_samples}.
 
-    prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are
-    saved as `<setting_name>.png` with their prompts. Settings in `done` ((weights, steps, cfg) triples, evaluated
-    earlier) are skipped; `on_row(row)` is called as each setting finishes (the caller writes it, so a pre-emption
-    keeps the finished settings). `stop()`, if given, is asked before each setting and between its batches: True
-    raises EvaluationStopped (a pre-emption signal: the setting under way is dropped, the job is requeued and
-    evaluates the rest; at the paper's protocol one setting can outlast the time between the signal and the kill).
+    prompts are cycled to n_samples; with `grid_dir`, the first `grid_size` samples of each setting are saved as
+    `<setting_name>.png` with their prompts. Settings in `done` ((weights, steps, cfg) triples, evaluated earlier)
+    are skipped; `on_row(row)` is called as each setting finishes (the caller writes it, so a pre-emption keeps the
+    finished settings); `on_setting(weights, steps, cfg)` as each starts. `stop()`, if given, is asked before each
+    setting and between its batches: True raises EvaluationStopped (a pre-emption signal: the setting under way is
+    dropped, the job is requeued and evaluates the rest; at the paper's protocol one setting can outlast the time
+    between the signal and the kill).
     """
     if ref_stats.evaluator_id != evaluator.id:
         raise ValueError(f"reference statistics were computed with {ref_stats.evaluator_id!r}, "
@@ -50,6 +51,8 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
     for w, (steps, cfg) in itertools.product(weights, settings):
         if (w, int(steps), round(float(cfg), 6)) in done:
             continue
+        if on_setting is not None:
+            on_setting(w, steps, cfg)
         feats, shown = [], []
         for b, i in enumerate(range(0, n_samples, batch_size)):
             if stop is not None and stop():

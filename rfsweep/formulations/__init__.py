@@ -27,9 +27,10 @@ __all__ = ["ALL_VARIANTS", "VALIDATION_T", "Formulation", "VariantError", "Varia
            "format_variant", "name_slug", "parse_variant"]
 
 
-def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:
+def build_formulation(spec: str | Mapping | VariantSpec, shift: float = 1.0) -> Formulation:
     """A paper name, a ``{family, density|schedule, **params}`` mapping, or a VariantSpec -> Formulation, built by
-    the class the registry (``variants.SCHEMES``) names for it."""
+    the class the registry (``variants.SCHEMES``) names for it. ``shift``: the Sec. 5.3.2 shift of its training
+    times, for the rf family (whose time is the rectified-flow time the shift is defined on)."""
     if isinstance(spec, str):
         spec = parse_variant(spec)
     elif isinstance(spec, Mapping):
@@ -39,5 +40,12 @@ def build_formulation(spec: str | Mapping | VariantSpec) -> Formulation:
     scheme = SCHEMES.get((spec.family, spec.scheme))
     if scheme is None:
         raise VariantError(f"formulation {spec.family}/{spec.scheme} is unknown (allowed: {GRAMMAR})")
+    if not (isinstance(shift, (int, float)) and shift > 0):
+        raise VariantError(f"shift={shift!r} (allowed: a number > 0)")
+    if shift != 1.0 and spec.family != "rf":
+        raise VariantError(f"a training shift of {shift:g} applies to the rf family, not {spec.family} (allowed: 1 for "
+                           f"{spec.family} variants)")
     module, cls = scheme.implementation.split(":")
-    return getattr(importlib.import_module(module), cls)(spec)
+    formulation = getattr(importlib.import_module(module), cls)(spec)
+    formulation.shift = float(shift)
+    return formulation

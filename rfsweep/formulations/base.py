@@ -138,6 +138,7 @@ class Formulation:
 
     frame: Frame
     prediction: Prediction
+    shift: float = 1.0  # Sec. 5.3.2: the shift of the training time draws (rf; `build_formulation(..., shift=)`)
 
     def __init__(self, spec: VariantSpec):
         self.spec = spec

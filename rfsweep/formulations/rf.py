@@ -37,7 +37,8 @@ class RectifiedFlow(Formulation):
         return t
 
     def sample_t(self, n, generator=None, device=None, dtype=None):
-        return self._draw(n, **self.params, generator=generator, device=device, dtype=dtype)
+        """Draws of the density, shifted by `shift` (Sec. 5.3.2: t_m = alpha t_n / (1 + (alpha - 1) t_n))."""
+        return time_shift(self._draw(n, **self.params, generator=generator, device=device, dtype=dtype), self.shift)
 
     def sampling_grid(self, n_steps: int, shift: float = 1.0) -> torch.Tensor:
         if n_steps < 1:

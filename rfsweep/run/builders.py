@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,6 +28,29 @@ def formulation_spec(node):
 def variant_name(node) -> str:
     """Canonical paper name of a formulation config node."""
     return build_formulation(formulation_spec(node)).name
+
+
+def train_shift(cfg: DictConfig) -> float:
+    """alpha of the training times (Sec. 5.3.2): trainer.shift; auto: sqrt(m / n) for m, n the pixel counts of
+    data.resolution and trainer.shift_base (256 when null); 1 when null."""
+    shift = cfg.trainer.get("shift")
+    if shift is None:
+        return 1.0
+    if shift == "auto":
+        base = cfg.trainer.get("shift_base") or 256
+        return math.sqrt(int(cfg.data.resolution) ** 2 / int(base) ** 2)
+    return float(shift)
+
+
+def formulation_for(cfg: DictConfig):
+    """The config's formulation, its training times shifted by `train_shift(cfg)`."""
+    spec, alpha = formulation_spec(cfg.formulation), train_shift(cfg)
+    if alpha != 1.0:
+        plain = build_formulation(spec)
+        if plain.family != "rf":
+            raise ConfigError(f"config error: trainer.shift={cfg.trainer.shift} (alpha {alpha:g}) shifts the training "
+                              f"times of rf variants; {plain.name} is of the {plain.family} family (allowed: null)")
+    return build_formulation(spec, shift=alpha)
 
 
 def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
@@ -111,7 +135,7 @@ def build_model(cfg: DictConfig, formulation=None, warm=None, train: bool = Fals
     from rfsweep.train.diffusion_module import DiffusionModule
     from rfsweep.types import RunMeta
 
-    formulation = formulation or build_formulation(formulation_spec(cfg.formulation))
+    formulation = formulation or formulation_for(cfg)
     tr = cfg.trainer
     shard = train and tr.strategy == "fsdp" and int(tr.devices) * int(tr.num_nodes) > 1
     with torch.device("meta") if shard and process_rank() != 0 else nullcontext():

@@ -83,6 +83,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
                  tracker=None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
     evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early)."""
+    from rfsweep.evaluation.progress import EvalProgress
     from rfsweep.evaluation.protocol import evaluate
     from rfsweep.evaluation.reference import real_reference_row, reference_stats
 
@@ -107,13 +108,19 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
             return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed,
                                    weights=weights).float()
 
+    skip = {(w, int(s), round(float(c), 6)) for w, s, c in done}  # as `evaluate` matches them
+    todo = [(w, int(s), float(c)) for w in e.weights for s, c in settings
+            if (w, int(s), round(float(c), 6)) not in skip]
+    progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
+
     def keep(row: dict) -> None:
         rows.append({**common, **row})
         write_results(run_dir / RESULTS_FILE, rows)
+        progress.finish()
 
     evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights), n_samples=e.n_samples,
              batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
-             done=done, on_row=keep)
+             done=done, on_row=keep, on_setting=progress.start)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
     write_results(run_dir / RESULTS_FILE, rows)
     if tracker is not None:

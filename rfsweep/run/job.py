@@ -198,6 +198,8 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
         net = module.net
         with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
                 p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None) as tracker:
+            if not trained and not status.get("step"):  # a fresh run: its formulation as it will train
+                tracker.log_formulation(formulation)
             result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
             tracker.finish(result.outcome, result.reason)
             return result

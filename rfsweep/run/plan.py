@@ -30,14 +30,19 @@ def job_flops(cfg: DictConfig) -> dict:
 
 
 def dry_run_line(cfg: DictConfig) -> str:
-    from rfsweep.run.builders import variant_name
+    from rfsweep.run.builders import train_shift, variant_name
 
     head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label} backbone={cfg.backbone.label} "
             f"run={cfg.job_name}")
+    alpha, sampling = train_shift(cfg), float(cfg.sampler.shift)
+    shift = f" shift=train {alpha:g} sample {sampling:g}"
+    if abs(alpha - sampling) > 1e-9:  # the paper shifts both by one alpha (Sec. 5.3.2)
+        shift += (f"\nwarning: {cfg.job_name}: the training shift {alpha:g} (trainer.shift={cfg.trainer.shift}) "
+                  f"differs from the sampling shift {sampling:g} (sampler.shift; the paper uses one alpha for both)")
     try:
         f = job_flops(cfg)
     except Exception as e:  # e.g. a backbone read from a checkpoint folder: no estimate, the plan still lists the job
-        return f"{head} (no estimate: {type(e).__name__})"
+        return f"{head} (no estimate: {type(e).__name__}){shift}"
     from rfsweep.run.memory import memory_plan
 
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
@@ -53,4 +58,4 @@ def dry_run_line(cfg: DictConfig) -> str:
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "
             f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
             f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu) "
-            f"memory={memory} host={host}")
+            f"memory={memory} host={host}{shift}")

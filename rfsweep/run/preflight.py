@@ -3,17 +3,18 @@ with its composed config (the job, every planned job of a multirun, precompute);
 resolvers and the schema the configs need (`rfsweep.run.resolvers`), so no entry point has to remember them.
 
 The checks, in order: the schema's rules and the cross-key checks (`rfsweep.run.config.validate`), the formulation's
-name (the registry of `rfsweep.formulations`), the GPU memory plan (gpu jobs) and the node's memory when a launcher
-asks for some (`rfsweep.run.memory`), and, for a job that will evaluate pre-encoded data, the reference images its
-evaluation needs. Each failure is a `rfsweep.errors.UserError` with one line naming the key and what is allowed.
+name (the registry of `rfsweep.formulations`) and its training shift, the GPU memory plan (gpu jobs) and the node's
+memory when a launcher asks for some (`rfsweep.run.memory`), and, for a job that will evaluate pre-encoded data, the
+reference images its evaluation needs. Each failure is a `rfsweep.errors.UserError` with one line naming the key and
+what is allowed.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from rfsweep.formulations import Formulation, build_formulation
-from rfsweep.run.builders import encoding, formulation_spec
+from rfsweep.formulations import Formulation
+from rfsweep.run.builders import encoding, formulation_for
 from rfsweep.run.config import validate
 from rfsweep.run.memory import check_fits, check_host_fits, launcher_mem_gb
 from rfsweep.run.resolvers import register_resolvers
@@ -26,7 +27,7 @@ def preflight(cfg: DictConfig, mem_gb: float | None = None, data: bool = True) -
     sweep passes `hydra.launcher.mem_gb`; a job reads its own launcher's). `data=False` skips what reads the data
     folder (a sweep checks its planned jobs before their data need to exist on this node)."""
     validate(cfg)
-    formulation = build_formulation(formulation_spec(cfg.formulation))
+    formulation = formulation_for(cfg)
     if cfg.trainer.accelerator == "gpu":
         check_fits(cfg)
     check_host_fits(cfg, mem_gb or launcher_mem_gb())

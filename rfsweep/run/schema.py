@@ -89,6 +89,12 @@ class TrainerConf:
     num_workers: int = rule(0, nonneg_int, "an integer >= 0")
     compile: bool = False
     threads: Optional[int] = rule(None, lambda v: v is None or positive_int(v), "null or an integer > 0")
+    # Sec. 5.3.2: the resolution-dependent shift of the training times (rf variants), as the sampler's sampler.shift
+    shift: Any = rule(None, lambda v: v is None or v == "auto" or (number(v) and v > 0),
+                      "null (no shift), a number > 0 (paper: 3.0 at 1024^2), or auto: sqrt(m / n) with m, n the pixel "
+                      "counts of data.resolution and trainer.shift_base")
+    shift_base: Optional[int] = rule(None, lambda v: v is None or positive_int(v),
+                                     "null (256, the paper's base resolution) or an integer > 0 (pixels per side)")
 
 
 @dataclass

@@ -79,6 +79,26 @@ class JobRun:
 
             self.log({"samples/grid": wandb.Image(str(path), caption=" | ".join(captions))}, step)
 
+    def log_formulation(self, formulation) -> None:
+        """The run's formulation as it trains (`rfsweep.formulations.weighting`): its density of log-SNR, loss weight
+        and effective weight over lambda, measured from its own `sample_t` and `loss`, beside the paper's closed form,
+        as a table and a line plot of the effective weight."""
+        if self.run is None:
+            return
+        import wandb
+
+        from rfsweep.formulations.weighting import measure
+
+        c = measure(formulation, n=100_000)
+        paper = c["paper_effective"] if c["paper_effective"] is not None else [None] * len(c["lambda"])
+        table = wandb.Table(columns=["lambda", "density_lambda", "loss_weight", "effective", "paper_effective"],
+                            data=[[float(x) if x is not None else None for x in row] for row in zip(
+                                c["lambda"], c["density_lambda"], c["loss_weight"], c["effective"], paper)])
+        title = f"{formulation.name}: effective weight over log-SNR (shift {formulation.shift:g})"
+        self.run.log({"formulation/weighting": table,
+                      "formulation/effective_weight": wandb.plot.line(table, "lambda", "effective", title=title),
+                      STEP: 0})
+
     def log_evaluation(self, rows: list[dict], grids: dict, info: dict) -> None:
         """The evaluation as a table (the results schema's columns), each setting's CLIP score and FID (history and
         summary, so a dashboard can plot one against the other per setting), each setting's sample grid with its

@@ -56,7 +56,9 @@ def test_evaluate_reference_images_themselves(clip, ref, tmp_path):
     rows = evaluate(sample_fn, clip, captions, ref, n_samples=N, batch_size=50, grid_dir=tmp_path)
     assert [(r["weights"], r["steps"], r["cfg"]) for r in rows] == [(w, s, c) for w in ("ema", "raw")
                                                                      for s, c in PAPER_SETTINGS]
-    assert calls[:3] == [("ema", 50, 1.0, 0, 50), ("ema", 50, 1.0, 1, 50), ("ema", 50, 1.0, 2, 28)]
+    first = [(w, s, c, seeds[0], n) for w, s, c, seeds, n in calls[:3]]
+    assert first == [("ema", 50, 1.0, 0, 50), ("ema", 50, 1.0, 50, 50), ("ema", 50, 1.0, 100, 28)]  # one per sample
+    assert calls[3][3] == list(range(50))  # the next setting draws each sample from the same noise seed again
     for r in rows:
         assert r["fid"] == pytest.approx(0, abs=1e-6) and r["clip_score"] == pytest.approx(ref.clip_score, abs=1e-6)
         assert r["n_samples"] == N

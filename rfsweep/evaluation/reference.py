@@ -30,6 +30,7 @@ class ReferenceStats:
     n: int  # images used (n requested, capped by the split's size)
     evaluator_id: str
     key: str
+    features: np.ndarray | None = None  # (n, d) fp16: the images' features (the evidence bank keeps them)
 
 
 def split_items(dataset: str, split: str, resolution: int, n: int, seed: int = 0, data_path: str | None = None):
@@ -43,7 +44,8 @@ def compute_stats(evaluator, images: torch.Tensor, captions: list[str], key: str
     feats = evaluator.encode_images(images)
     mu, sigma = feature_stats(feats)
     cs = clip_score(feats, evaluator.encode_texts(captions))
-    return ReferenceStats(mu, sigma, cs, len(images), evaluator.id, key)
+    return ReferenceStats(mu, sigma, cs, len(images), evaluator.id, key,
+                          np.asarray(feats.detach().cpu(), np.float16))
 
 
 def _save(path: Path, stats: ReferenceStats) -> None:
@@ -55,9 +57,12 @@ def _load(path: Path, key: str, dim: int) -> ReferenceStats | None:
     try:
         with np.load(path) as z:
             stats = ReferenceStats(z["mu"], z["sigma"], float(z["clip_score"]), int(z["n"]),
-                                   str(z["evaluator_id"]), str(z["key"]))
+                                   str(z["evaluator_id"]), str(z["key"]),
+                                   z["features"] if "features" in z.files else None)
     except Exception as e:  # truncated, not an npz, missing fields
         warnings.warn(f"reference cache {path} is unreadable ({type(e).__name__}: {e}); recomputing", stacklevel=3)
+        return None
+    if stats.features is None:  # written before the evidence bank kept the reference features: once more
         return None
     if stats.key != key or stats.mu.shape != (dim,) or stats.sigma.shape != (dim, dim):
         warnings.warn(f"reference cache {path} does not match key {key!r} / dim {dim}; recomputing", stacklevel=3)

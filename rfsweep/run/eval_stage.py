@@ -2,11 +2,13 @@
 logged to the job's W&B run.
 
 Joins the trained module (sampling) to the evaluator and the results schema; each piece stays ignorant of the others:
-`rfsweep.evaluation.protocol.evaluate` only sees a `sample_fn(weights, steps, cfg, captions, seed)`.
+`rfsweep.evaluation.protocol.evaluate` only sees a `sample_fn(weights, steps, cfg, captions, seeds)`. Each setting's
+per-sample evidence goes to the run's evidence bank (`rfsweep.evaluation.bank`) before its results row.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.data import build_dataset
+from rfsweep.errors import ResultsError
+from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
 from rfsweep.results import EVALUATOR, REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
@@ -66,7 +70,7 @@ def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[st
 def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
     """Rows of this checkpoint's evaluation by this evaluator written before a pre-emption (another checkpoint's or
     another evaluator's rows are dropped: evaluated again)."""
-    from rfsweep.results import ResultsError, of_evaluator, read_results
+    from rfsweep.results import of_evaluator, read_results
 
     path = run_dir / RESULTS_FILE
     if not path.is_file():
@@ -77,6 +81,19 @@ def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
         return []
     df = of_evaluator(df[(df["ckpt_step"] == step) | (df["weights"] == REAL)], evaluator_id)
     return [] if (df["weights"] != REAL).sum() == 0 else df.to_dict("records")
+
+
+def _earlier_bank(run_dir: Path, step: int, evaluator_id: str, reference) -> EvidenceBank:
+    """The bank of this checkpoint's evaluation by this evaluator written before a pre-emption, else a new one (a
+    damaged bank is said in one line and started afresh: its settings are evaluated again)."""
+    try:
+        bank = EvidenceBank.load(run_dir / BANK_FILE)
+    except ResultsError as e:
+        print(f"warning: {e}; evaluating its settings again", file=sys.stderr, flush=True)
+        bank = None
+    if bank is None or bank.evaluator_id != evaluator_id or bank.ckpt_step != step:
+        bank = EvidenceBank(evaluator_id, step, torch.from_numpy(reference.features), {})
+    return bank
 
 
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
@@ -96,22 +113,28 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     common = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset, "backbone": meta.backbone,
               "ckpt_step": info["step"], "val_loss": info["val_loss"], "seed": meta.seed, "run_dir": str(run_dir),
               EVALUATOR: evaluator.id}
-    rows = _earlier_rows(run_dir, info["step"], evaluator.id)
+    bank = _earlier_bank(run_dir, info["step"], evaluator.id, ref)
+    rows = [r for r in _earlier_rows(run_dir, info["step"], evaluator.id)  # a setting without its evidence: again
+            if r["weights"] == REAL or bank.has(r["weights"], r["steps"], r["cfg"])]
     if not any(r["weights"] == REAL for r in rows):
         real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
                                   data_path=cfg.data.path)
         rows.append({**common, **real, "variant": REAL_VARIANT, "family": REAL, "ckpt_step": 0, "val_loss": None})
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
-    def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seed: int) -> torch.Tensor:
+    def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seeds: list[int]) -> torch.Tensor:
         with sampling_precision(cfg, module.device):
-            return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seed,
+            return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seeds,
                                    weights=weights).float()
 
     skip = {(w, int(s), round(float(c), 6)) for w, s, c in done}  # as `evaluate` matches them
     todo = [(w, int(s), float(c)) for w in e.weights for s, c in settings
             if (w, int(s), round(float(c), 6)) not in skip]
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
+
+    def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row
+        bank.add(weights, steps, guidance, evidence)
+        bank.save(run_dir / BANK_FILE)
 
     def keep(row: dict) -> None:
         rows.append({**common, **row})
@@ -120,7 +143,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
 
     evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights), n_samples=e.n_samples,
              batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
-             done=done, on_row=keep, on_setting=progress.start)
+             done=done, on_row=keep, on_setting=progress.start, on_evidence=bank_it)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
     write_results(run_dir / RESULTS_FILE, rows)
     if tracker is not None:

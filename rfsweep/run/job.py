@@ -52,8 +52,13 @@ def run_finished(cfg: DictConfig) -> bool:
         return state in ("trained", runfolder.FINISHED)
     if state != runfolder.FINISHED:
         return False
-    return not cfg.eval.enabled or results_complete(run_dir / RESULTS_FILE, expected_results(cfg),
-                                                    evaluator=configured_evaluator_id(cfg))
+    if not cfg.eval.enabled:
+        return True
+    from rfsweep.evaluation.bank import BANK_FILE, bank_complete
+
+    evaluator = configured_evaluator_id(cfg)  # a run evaluated before its evidence bank existed: evaluated again
+    return results_complete(run_dir / RESULTS_FILE, expected_results(cfg), evaluator=evaluator) and \
+        bank_complete(run_dir / BANK_FILE, expected_results(cfg), evaluator)
 
 
 def configured_evaluator_id(cfg: DictConfig) -> str:

@@ -187,17 +187,22 @@ class DiffusionModule(L.LightningModule):
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, captions: list[str], steps: int, guidance: float, shift: float = 1.0, seed: int = 0,
+    def generate(self, captions: list[str], steps: int, guidance: float, shift: float = 1.0, seed=0,
                  weights: str = "ema", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for captions; noise fixed by `seed`."""
+        """Images (B, 3, H, W) in [-1, 1] for captions; noise fixed by `seed` (one int for the batch, or one seed per
+        caption: each sample's noise then does not depend on the batch it is drawn in)."""
         net = self.ema_net if weights == "ema" else self.net
         net.eval()
         cond = self.conditioner(list(captions))
         cond = Cond(cond.context.to(self.device), cond.pooled.to(self.device))
         uncond = self.conditioner.unconditional(len(captions), self.device) if guidance != 1.0 else None
         shape = shape or self.meta.latent_shape
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn((len(captions), *shape), generator=g).to(self.device)
+        if isinstance(seed, int):
+            noise = torch.randn((len(captions), *shape), generator=torch.Generator(device="cpu").manual_seed(seed))
+        else:
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(int(s)))
+                                 for s in seed])
+        noise = noise.to(self.device)
         z = sample(self.formulation, net, noise, cond, uncond, steps=steps, guidance=guidance, shift=shift)
         return self.autoencoder.decode(z).clamp(-1, 1)
 

@@ -1,0 +1,113 @@
+"""The evidence bank of one run (`<run>/evidence.safetensors`, beside `results.csv`): what each evaluated sampler
+setting leaves per sample, so the analysis can say how sure a ranking is (a paired bootstrap over prompts and seeds)
+long after the samples are gone.
+
+Per (weights, steps, cfg): every sample's evaluator image features (fp16), its CLIP similarity to its prompt (fp32),
+its prompt's index and its noise seed; once per run: the reference images' features (fp16). The file names the
+evaluator that computed it and the checkpoint step it evaluated; it is rewritten atomically after every setting, so
+a pre-empted evaluation keeps its finished settings, and a bank of another evaluator or checkpoint is not this
+evaluation's. Size per run: settings x n_samples x (2 d + 20) bytes, plus 2 d per reference image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, save
+
+from rfsweep.atomic import atomic_write
+from rfsweep.errors import ResultsError
+
+BANK_FILE = "evidence.safetensors"
+FORMAT = "rfsweep-evidence-1"
+
+
+def setting_key(weights: str, steps, cfg) -> tuple[str, int, float]:
+    """A setting as results rows and the evaluation match it (cfg to 1e-6)."""
+    return str(weights), int(steps), round(float(cfg), 6)
+
+
+@dataclass
+class SampleEvidence:
+    """One setting's samples, in sample order."""
+
+    features: torch.Tensor  # (N, d) fp16: the evaluator's unit image features
+    similarity: torch.Tensor  # (N,) fp32: cosine of each image with its prompt's text features
+    prompt: torch.Tensor  # (N,) int64: the prompt's index among the held-out captions
+    noise_seed: torch.Tensor  # (N,) int64: the seed its initial noise was drawn from
+
+    def __post_init__(self):
+        n = len(self.features)
+        if not (len(self.similarity) == len(self.prompt) == len(self.noise_seed) == n):
+            raise ValueError(f"sample evidence of unequal lengths: {n}, {len(self.similarity)}, {len(self.prompt)}, "
+                             f"{len(self.noise_seed)}")
+
+
+@dataclass
+class EvidenceBank:
+    evaluator_id: str
+    ckpt_step: int
+    reference: torch.Tensor  # (M, d) fp16: the reference images' features
+    settings: dict  # setting_key -> SampleEvidence
+
+    def add(self, weights: str, steps, cfg, evidence: SampleEvidence) -> None:
+        self.settings[setting_key(weights, steps, cfg)] = evidence
+
+    def has(self, weights: str, steps, cfg) -> bool:
+        return setting_key(weights, steps, cfg) in self.settings
+
+    def save(self, path: str | Path) -> None:
+        """Atomically: a reader sees the previous bank or this one, never half of one."""
+        tensors, keys = {"reference": self.reference.to(torch.float16).contiguous()}, []
+        for i, (key, e) in enumerate(sorted(self.settings.items())):
+            keys.append(list(key))
+            tensors.update({f"s{i}.features": e.features.to(torch.float16).contiguous(),
+                            f"s{i}.similarity": e.similarity.to(torch.float32).contiguous(),
+                            f"s{i}.prompt": e.prompt.to(torch.int64).contiguous(),
+                            f"s{i}.noise_seed": e.noise_seed.to(torch.int64).contiguous()})
+        meta = {"format": FORMAT, "evaluator_id": self.evaluator_id, "ckpt_step": str(int(self.ckpt_step)),
+                "settings": json.dumps(keys)}
+        with atomic_write(Path(path), "wb") as f:
+            f.write(save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvidenceBank | None:
+        """The bank at `path`, None when there is none; a damaged file is a ResultsError naming it."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            raw = path.read_bytes()
+            from safetensors import safe_open  # the metadata, which `load` drops
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load(raw)
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            settings = {}
+            for i, key in enumerate(json.loads(meta["settings"])):
+                settings[setting_key(*key)] = SampleEvidence(*(tensors[f"s{i}.{k}"] for k in (
+                    "features", "similarity", "prompt", "noise_seed")))
+            return cls(meta["evaluator_id"], int(meta["ckpt_step"]), tensors["reference"], settings)
+        except Exception as e:
+            raise ResultsError(f"{path}: not a readable evidence bank ({type(e).__name__}: {e}) (allowed: a file "
+                               f"written by rfsweep's evaluation; remove it and rerun with stage=evaluate)") from None
+
+
+def bank_complete(path: str | Path, expected: list[tuple], evaluator_id: str) -> bool:
+    """The bank at `path` holds every (weights, steps, cfg) of `expected`, computed by `evaluator_id` (a missing or
+    damaged bank is not complete: the run is evaluated again, never trained again)."""
+    try:
+        bank = EvidenceBank.load(path)
+    except ResultsError:
+        return False
+    return bank is not None and bank.evaluator_id == evaluator_id and all(bank.has(*k) for k in expected)
+
+
+def bank_size(settings: int, n_samples: int, dim: int, n_reference: int) -> int:
+    """Bytes of a bank: fp16 features, fp32 similarity and two int64 indices per sample, fp16 reference features."""
+    return settings * n_samples * (2 * dim + 4 + 8 + 8) + 2 * dim * n_reference

@@ -27,6 +27,36 @@ def _load(source: str | None, weights: str | None):
     return path, df, manifest
 
 
+def _confidence(df, miss, args, out: Path):
+    """Table 1's confidence (`analysis.confidence`) when every run has its evidence bank and the grid is complete;
+    else None, with a note that says why."""
+    import time
+
+    from analysis.confidence import bootstrap, missing_banks
+
+    if args.bootstrap <= 0:
+        return None
+    if miss:
+        print("note: no rank intervals for an incomplete grid", file=sys.stderr)
+        return None
+    lacking = missing_banks(df)
+    if lacking:
+        print(f"note: no rank intervals: {len(lacking)} of {df['run_dir'].nunique()} runs have no evidence bank of "
+              f"their results' evaluator (evaluated before the bank existed, or damaged), e.g. {lacking[0]}; rerun "
+              f"the sweep's command with stage=evaluate: they are evaluated again, never trained again",
+              file=sys.stderr)
+        return None
+    t0 = time.perf_counter()
+    conf = bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    conf.pairwise().to_csv(out / "pairwise.csv", float_format="%.3f")
+    seeds = sorted(set(conf.seeds.values()))
+    print(f"rank intervals: paired bootstrap, B={args.bootstrap}, training seeds per variant {seeds}, prompts "
+          f"{conf.prompts} ({time.perf_counter() - t0:.1f} s); P(row ahead of column): pairwise.csv",
+          file=sys.stderr)
+    return conf.table()
+
+
 def rank_table_cmd(args) -> int:
     src, df, manifest = _load(args.results, args.weights)
     miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
@@ -38,7 +68,7 @@ def rank_table_cmd(args) -> int:
         return 1
     out = Path(args.out) if args.out else (src / "analysis" if src.is_dir() else Path("analysis_out"))
     table = rank_table(df)
-    write_table1(table, out, miss)
+    write_table1(table, out, miss, _confidence(df, miss, args, out))
     write_missing(out, miss)
     w = args.weights or "ema"
     t2 = table2(df, weights=w, order=list(table["variant"]))
@@ -229,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="log the analysis run to W&B (default: when W&B credentials are configured)")
     r.add_argument("--project", default="rfsweep", help="W&B project (default rfsweep)")
+    r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="replicates of the rank intervals when the runs have evidence banks (0: none; default 1000)")
+    r.add_argument("--bootstrap-seed", type=int, default=0)
     r.add_argument("--entity", help="W&B entity")
     r.set_defaults(func=rank_table_cmd)
     d = sub.add_parser("wandb-dashboard", help="the sweep's W&B report, built as code (--save to create it)")

@@ -65,16 +65,30 @@ def write_missing(out_dir: str | Path, missing: list[str] | None) -> Path | None
     return path
 
 
-def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None) -> list[Path]:
-    """``table1.csv`` (exactly ``variant, all, 5 steps, 50 steps``, 2 decimals), ``table1.md``, ``table1.tex``."""
+CONFIDENCE_COLUMNS = ["rank", "rank_lo", "rank_hi", "p_rank1", "p_top5", "tie"]
+CONFIDENCE_HEADINGS = ["rank [95%]", "P(rank 1)", "P(top 5)", "tie"]
+
+
+def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None,
+                 confidence: pd.DataFrame | None = None) -> list[Path]:
+    """``table1.csv`` (``variant, all, 5 steps, 50 steps``, 2 decimals; with `confidence` (from
+    `analysis.confidence.Confidence.table`) also ``rank, rank_lo, rank_hi, p_rank1, p_top5, tie``), ``table1.md``,
+    ``table1.tex`` (the place with its 95% interval, P(rank 1), P(top 5), and = for the best's tie group)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = table[TABLE1_COLUMNS].round(2)
-    t.to_csv(out / "table1.csv", index=False, float_format="%.2f")
+    header = list(TABLE1_COLUMNS)
     rows = [[r.variant] + ["-" if pd.isna(x) else f"{x:.2f}" for x in r[1:]] for r in t.itertuples(index=False)]
-    (out / "table1.md").write_text(_markdown(TABLE1_COLUMNS, rows, missing))
+    if confidence is not None:
+        c = confidence.set_index("variant").reindex(t["variant"])
+        t = t.join(c[CONFIDENCE_COLUMNS].reset_index(drop=True))
+        header += CONFIDENCE_HEADINGS
+        rows = [row + [f"{int(r.rank)} [{int(r.rank_lo)}-{int(r.rank_hi)}]", f"{r.p_rank1:.2f}", f"{r.p_top5:.2f}",
+                       "=" if r.tie else ""] for row, r in zip(rows, c.itertuples())]
+    t.to_csv(out / "table1.csv", index=False, float_format="%.3f")
+    (out / "table1.md").write_text(_markdown(header, rows, missing))
     tex_rows = [[_tex_escape(r[0])] + r[1:] for r in rows]
-    (out / "table1.tex").write_text(_latex(TABLE1_COLUMNS, tex_rows, missing))
+    (out / "table1.tex").write_text(_latex(header, tex_rows, missing))
     return [out / f"table1.{e}" for e in ("csv", "md", "tex")]
 
 

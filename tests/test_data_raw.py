@@ -97,7 +97,7 @@ def test_imagenet_training_with_coco_evaluation_end_to_end(imagenet, coco, tmp_p
     assert all((out / s / "complete.json").is_file() for s in ("train", "val", "test"))
     r = subprocess.run([sys.executable, "-m", "rfsweep.cli.precompute", str(out), "--splits", "train,dev"],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "error: --splits" in r.stderr and "allowed" in r.stderr
+    assert r.returncode == 2 and "error: --splits" in r.stderr and "allowed" in r.stderr
     ev = ["eval=embedded", "eval.n_samples=2", "eval.batch_size=2", "eval.settings=[[2,1.0]]", "eval.weights=[ema]",
           "trainer.n_val=2", "trainer.batch_size=4"]
     r = run_cli([*tiny(tmp_path, steps=2), "data.name=precomputed", f"data.path={out}", "data.label=imagenet", *ev])

@@ -43,9 +43,13 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     assert r2.returncode == 0 and r2.stdout.count("skip:") == 2, r2.stdout[-2000:]
     assert [f.stat().st_mtime_ns for f in files] == stamp  # finished work is not redone
     out = tmp_path / "tables"
-    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
+    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out), "--bootstrap", "200"]) == 0
     assert (out / "table1.csv").is_file() and (out / "table2.csv").is_file()
     assert set(SETTINGS) >= {(5, 5.0), (25, 5.0)}
+    t1 = pd.read_csv(out / "table1.csv")  # every run has its evidence bank: Table 1 says how sure it is
+    assert {"rank", "rank_lo", "rank_hi", "p_rank1", "p_top5", "tie"} <= set(t1.columns)
+    assert t1["p_rank1"].sum() >= 1 - 1e-9 and (t1["rank_lo"] <= t1["rank"]).all() and t1["tie"].any()
+    assert "rank [95%]" in (out / "table1.md").read_text() and (out / "pairwise.csv").is_file()
 
 
 def test_sweep_through_submitit_as_on_slurm(tmp_path):

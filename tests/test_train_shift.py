@@ -42,6 +42,7 @@ def test_a_shift_of_one_draws_exactly_as_before():
 def test_the_configs_alpha_is_the_papers_formula(overrides, alpha):
     cfg = compose_cfg(overrides)
     assert train_shift(cfg) == alpha
+    assert preflight(cfg, data=False).shift == alpha  # what the job trains with
     assert build_model(cfg).formulation.shift == alpha  # the module that trains draws with it
 
 
@@ -67,3 +68,16 @@ def test_dry_run_prints_both_shifts_and_warns_when_they_differ(tmp_path):
     assert len(warnings) == 1 and "trainer.shift=3.0" in warnings[0] and "sampler.shift" in warnings[0]
     same = run_cli([*tiny(tmp_path), "dry_run=true", "trainer.shift=3.0", "sampler.shift=3.0"])
     assert "shift=train 3 sample 3" in same.stdout and "warning:" not in same.stdout
+
+
+def test_a_shifted_run_has_its_own_folder():
+    plain, shifted = compose_cfg([]), compose_cfg(["trainer.shift=3.0"])
+    assert shifted.job_name == plain.job_name.replace("rf-lognorm_0.00_1.00", "rf-lognorm_0.00_1.00-shift3")
+    assert compose_cfg(["trainer.shift=auto"]).job_name.split("/")[1] == "rf-lognorm_0.00_1.00-shiftauto"
+
+
+def test_a_bad_shift_in_a_dry_run_is_one_line_and_writes_nothing(tmp_path):
+    r = run_cli([*tiny(tmp_path), "dry_run=true", "formulation.variant=eps/cos", "trainer.shift=3.0"])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "eps family" in errors[0], r.stderr[-2000:]
+    assert not list(tmp_path.rglob("outcome.json"))

@@ -86,7 +86,8 @@ def main(argv: list[str]) -> None:
                     for s in args.splits}  # every split checked before any encoding
         ae, cond = build_autoencoder(cfg), build_conditioner(cfg)
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     sig = encoding_signature(cfg)
     for split, ds in datasets.items():
         try:
@@ -94,7 +95,8 @@ def main(argv: list[str]) -> None:
                               workers=args.workers, device=args.device, dtype=DTYPES[args.dtype],
                               seed=int(cfg.data.seed))
         except DataError as e:
-            sys.exit(f"error: {e}")
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         state = "complete" if done else f"shard {args.shard[0]}/{args.shard[1]} done, other shards pending"
         print(f"{split}: {len(ds)} items -> {args.out}/{split}/ ({state})", flush=True)
 

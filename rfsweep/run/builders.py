@@ -39,6 +39,9 @@ def train_shift(cfg: DictConfig) -> float:
     if shift == "auto":
         base = cfg.trainer.get("shift_base") or 256
         return math.sqrt(int(cfg.data.resolution) ** 2 / int(base) ** 2)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or shift <= 0:
+        raise ConfigError(f"config error: trainer.shift={shift!r} is out of range (allowed: null, a number > 0 or "
+                          f"auto)")
     return float(shift)
 
 

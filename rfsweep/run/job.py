@@ -116,7 +116,7 @@ def execute(cfg: DictConfig) -> int:
             launch.fail(result.reason)  # the other ranks stop waiting for this one
         finally:
             launch.close()
-    if result.outcome not in ("dry-run", "rank", "lost") and rank0:
+    if result.outcome not in ("dry-run", "rank", "lost") and rank0 and not cfg.dry_run:
         runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
                                 launch=os.environ.get(LAUNCH_ENV))
     return result.code
@@ -204,7 +204,11 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
         with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
                 p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None) as tracker:
             if not trained and not status.get("step"):  # a fresh run: its formulation as it will train
-                tracker.log_formulation(formulation)
+                try:
+                    tracker.log_formulation(formulation)
+                except Exception as e:  # a diagnostic: never the reason a job fails
+                    print(f"warning: the formulation's curves were not logged to W&B ({type(e).__name__}: {e})",
+                          file=sys.stderr, flush=True)
             result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
             tracker.finish(result.outcome, result.reason)
             return result

@@ -30,13 +30,14 @@ def job_flops(cfg: DictConfig) -> dict:
 
 
 def dry_run_line(cfg: DictConfig) -> str:
-    from rfsweep.run.builders import train_shift, variant_name
+    from rfsweep.run.builders import formulation_for
 
-    head = (f"dry-run: variant={variant_name(cfg.formulation)} dataset={cfg.data.label} backbone={cfg.backbone.label} "
+    formulation = formulation_for(cfg)  # a bad name or shift: one line, before anything else
+    head = (f"dry-run: variant={formulation.name} dataset={cfg.data.label} backbone={cfg.backbone.label} "
             f"run={cfg.job_name}")
-    alpha, sampling = train_shift(cfg), float(cfg.sampler.shift)
+    alpha, sampling = formulation.shift, float(cfg.sampler.shift)
     shift = f" shift=train {alpha:g} sample {sampling:g}"
-    if abs(alpha - sampling) > 1e-9:  # the paper shifts both by one alpha (Sec. 5.3.2)
+    if formulation.family == "rf" and abs(alpha - sampling) > 1e-9:  # the paper shifts both by one alpha (5.3.2)
         shift += (f"\nwarning: {cfg.job_name}: the training shift {alpha:g} (trainer.shift={cfg.trainer.shift}) "
                   f"differs from the sampling shift {sampling:g} (sampler.shift; the paper uses one alpha for both)")
     try:

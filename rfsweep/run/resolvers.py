@@ -16,13 +16,15 @@ from rfsweep.run.schema import register_schemas
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
-def slug(node) -> str:
-    """A file-system friendly name: rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00."""
+def slug(node, shift=None) -> str:
+    """A file-system friendly name: rf/lognorm(0.00, 1.00) -> rf-lognorm_0.00_1.00; with a training shift (Sec.
+    5.3.2: trainer.shift) it is part of the name, rf-lognorm_0.00_1.00-shift3, so a shifted run has its own folder."""
     try:
         name = variant_name(node)
     except VariantError:  # reported with its one-line message once the job starts
         name = str(node.get("variant", "invalid") if OmegaConf.is_config(node) else node)
-    return name_slug(name)
+    return name_slug(name) + ("" if shift is None else f"-shift{shift:g}" if isinstance(shift, (int, float))
+                              else f"-shift{shift}")
 
 
 def read_grid(name: str) -> dict:

@@ -18,16 +18,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep.run.builders import train_shift
 from rfsweep.types import RunMeta
 from rfsweep.wandb_env import has_credentials, run_id, wandb_mode  # noqa: F401 (the job's W&B run uses them)
 
-GROUP_KEYS = ("variant", "family", "dataset", "backbone", "seed", "experiment", "params", "depth")
+GROUP_KEYS = ("variant", "family", "dataset", "backbone", "seed", "experiment", "params", "depth", "train_shift")
 STEP = "trainer/global_step"
 def run_config(cfg: DictConfig, meta: RunMeta, params: int | None = None, depth: int | None = None) -> dict:
     """The W&B config: the grouping keys at the top level, the resolved run config below `run`."""
     keys = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset,
             "backbone": meta.backbone, "seed": int(meta.seed), "experiment": str(cfg.name),
-            "params": params, "depth": depth}
+            "params": params, "depth": depth, "train_shift": train_shift(cfg)}
     return {**keys, "run": OmegaConf.to_container(cfg, resolve=True)}
 
 

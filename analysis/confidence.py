@@ -1,0 +1,222 @@
+"""How sure Table 1 is: a paired, hierarchical bootstrap over the evidence banks (`rfsweep.evaluation.bank`).
+
+Each replicate resamples the training seeds of every variant (one draw per variant, shared by its settings), then
+the prompt indices of each data set (one draw shared by every variant and setting of that data set: the samples of
+prompt i of every run started from the same noise, so the comparison is paired), recomputes every registered metric
+of every (run, setting) from the resampled samples, and replays Table 1 exactly as the point table computes it:
+non-dominated sorting per setting (`analysis.ranking.pareto_ranks`), averaged over the settings of each column.
+
+A metric is recomputed through its first-order expansion in the samples' weights (`RESAMPLERS`): exact for the CLIP
+score (a mean), the delta method for FID (the derivative of the Frechet distance of the weighted feature statistics,
+`fid_influence`); the expansion leaves out the upward bias that duplicated samples give a resampled FID, which is
+common to the variants of a setting. Vectorised over replicates: B x settings x runs in one pass of matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_table
+from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank, SampleEvidence, setting_key
+from rfsweep.evaluation.statistics import _psd_sqrt, feature_stats
+from rfsweep.metrics import METRICS
+from rfsweep.results import REAL
+
+LEVEL = 0.95
+
+
+def fid_influence(features, mu_r: np.ndarray, sigma_r: np.ndarray | None = None,
+                  sigma_r_sqrt: np.ndarray | None = None) -> np.ndarray:
+    """The influence of each sample on the FID of `features` against (mu_r, sigma_r): d FID / d w_i for the weight
+    moved onto sample i, with FID = |mu - mu_r|^2 + tr(S) + tr(S_r) - 2 tr((S_r^1/2 S S_r^1/2)^1/2) of the weighted
+    mean and (unbiased) covariance. d tr(K^1/2) = tr(M dS) / 2 with M = S_r^1/2 K^-1/2 S_r^1/2, so sample x_i moves
+    it by 2 (mu - mu_r).(x_i - mu) + c (x_i - mu)^T (I - M) (x_i - mu) - tr((I - M) S), c = N / (N - 1).
+    `sigma_r_sqrt`: S_r^1/2, when the caller has it."""
+    x = np.asarray(features, np.float64)
+    n, d = x.shape
+    mu, s = feature_stats(x)
+    r = _psd_sqrt(np.asarray(sigma_r, np.float64)) if sigma_r_sqrt is None else sigma_r_sqrt
+    k = r @ s @ r
+    w, v = np.linalg.eigh((k + k.T) / 2)
+    inv_sqrt = (v / np.sqrt(np.clip(w, 1e-12 * max(w.max(), 1e-300), None))) @ v.T
+    a = np.eye(d) - r @ inv_sqrt @ r
+    xc = x - mu
+    influence = 2 * xc @ (mu - mu_r) + ((xc @ a) * xc).sum(1) * n / (n - 1) - np.trace(a @ s)
+    return influence - influence.mean()
+
+
+def _clip(e: SampleEvidence, reference) -> np.ndarray:
+    s = e.similarity.double().numpy()
+    return s - s.mean()
+
+
+def _fid(e: SampleEvidence, reference) -> np.ndarray:
+    mu_r, _, r = reference
+    return fid_influence(e.features.float().numpy(), mu_r, sigma_r_sqrt=r)
+
+
+# metric name -> (sample evidence, reference (mu, sigma, sigma^1/2)) -> the influence of each sample on its value
+RESAMPLERS = {"clip_score": _clip, "fid": _fid}
+
+
+@dataclass
+class Confidence:
+    """Replicates of Table 1: `scores[column]` (B, V) averaged Pareto ranks, `variants` in column order."""
+
+    variants: list[str]
+    scores: dict[str, np.ndarray]
+    point: pd.DataFrame  # the point Table 1 (analysis.ranking.rank_table)
+    seeds: dict[str, int]  # training seeds per variant
+    prompts: dict[str, int]  # prompts per data set
+
+    def positions(self, column: str = "all") -> np.ndarray:
+        """(B, V): each variant's place in each replicate (1 = best; equal scores share the better place)."""
+        s = self.scores[column]
+        return 1 + (s[:, None, :] < s[:, :, None]).sum(-1)
+
+    def table(self, column: str = "all") -> pd.DataFrame:
+        """variant, <column>, rank, rank_lo, rank_hi (the 95% interval of the place), p_rank1, p_top5, tie (in the
+        tie group of the point table's best: the 95% interval of its score minus the best's reaches 0)."""
+        pos, s = self.positions(column), self.scores[column]
+        point = self.point.set_index("variant")[column].reindex(self.variants).to_numpy()
+        place = 1 + (point[None, :] < point[:, None]).sum(-1)
+        best = int(np.argmin(point))
+        q = (1 - LEVEL) / 2
+        diff_lo = np.quantile(s - s[:, [best]], q, axis=0)
+        out = pd.DataFrame({"variant": self.variants, column: point, "rank": place,
+                            "rank_lo": np.quantile(pos, q, axis=0, method="lower"),
+                            "rank_hi": np.quantile(pos, 1 - q, axis=0, method="higher"),
+                            "p_rank1": (pos == 1).mean(0), "p_top5": (pos <= 5).mean(0), "tie": diff_lo <= 0})
+        return out.sort_values([column, "variant"], ignore_index=True)
+
+    def pairwise(self, column: str = "all") -> pd.DataFrame:
+        """P(row ranks ahead of column): the share of replicates where its score is lower, ties counting half."""
+        s = self.scores[column]
+        p = (s[:, :, None] < s[:, None, :]).mean(0) + 0.5 * (s[:, :, None] == s[:, None, :]).mean(0)
+        return pd.DataFrame(p, index=self.variants, columns=self.variants)
+
+
+def missing_banks(df: pd.DataFrame) -> list[str]:
+    """The runs of `df` whose evidence bank is absent, damaged, of another evaluator or lacks one of their rows."""
+    out = []
+    rows = df[df["weights"] != REAL]
+    for run, part in rows.groupby("run_dir"):
+        try:
+            bank = EvidenceBank.load(Path(run) / BANK_FILE)
+        except ValueError:
+            bank = None
+        if bank is None or bank.evaluator_id != str(part["evaluator"].iloc[0]) or not all(
+                bank.has(w, s, c) for w, s, c in zip(part["weights"], part["steps"], part["cfg"])):
+            out.append(str(run))
+    return out
+
+
+def load_banks(df: pd.DataFrame) -> dict[str, EvidenceBank]:
+    return {str(run): EvidenceBank.load(Path(run) / BANK_FILE) for run in df.loc[df["weights"] != REAL, "run_dir"]
+            .unique()}
+
+
+def _evidence(df: pd.DataFrame, banks: dict):
+    """(rows, prompts per data set, influence, counts): per results row (its point values are the row's), each
+    metric's influence summed per prompt (P,) and the samples per prompt (P,)."""
+    unknown = [m for m in METRICS if m not in RESAMPLERS]
+    if unknown:
+        raise ValueError(f"metrics {unknown} have no bootstrap (allowed: a RESAMPLERS entry in analysis.confidence)")
+    rows = df[df["weights"] != REAL].reset_index(drop=True).copy()
+    prompts: dict[str, int] = {}
+    for run, bank in banks.items():
+        n = max(int(e.prompt.max()) + 1 for e in bank.settings.values())
+        ds = rows.loc[rows["run_dir"] == run, "dataset"].iloc[0]
+        prompts[ds] = max(prompts.get(ds, 0), n)
+    infl = {m: [] for m in METRICS}
+    counts, refs = [], {}
+    for run, weights, steps, cfg, ds in zip(rows["run_dir"], rows["weights"], rows["steps"], rows["cfg"],
+                                            rows["dataset"]):
+        bank = banks[run]
+        e = bank.settings[setting_key(weights, steps, cfg)]
+        if run not in refs:
+            mu_r, sigma_r = feature_stats(bank.reference.float().numpy())
+            refs[run] = (mu_r, sigma_r, _psd_sqrt(sigma_r))
+        p = e.prompt.numpy()
+        counts.append(np.bincount(p, minlength=prompts[ds]).astype(np.float64))
+        for m in METRICS:
+            infl[m].append(np.bincount(p, weights=RESAMPLERS[m](e, refs[run]), minlength=prompts[ds]))
+    return rows, prompts, infl, counts
+
+
+def _pareto(x: np.ndarray, directions: list[str]) -> np.ndarray:
+    """Non-dominated sorting of (B, V, M) values, replicate by replicate at once (as `analysis.ranking.pareto_ranks`):
+    a front is what no remaining variant dominates; each front's members then stop counting as dominators."""
+    x = x * np.where(np.asarray(directions) == "max", 1.0, -1.0)
+    dom = ((x[:, :, None, :] >= x[:, None, :, :]).all(-1) & (x[:, :, None, :] > x[:, None, :, :]).any(-1))
+    dom = dom.astype(np.float32)  # dom[b, i, j]: i dominates j
+    dominators = dom.sum(1)
+    ranks = np.zeros(x.shape[:2], dtype=np.int64)
+    left = np.ones(x.shape[:2], dtype=bool)
+    r = 0
+    while left.any():
+        r += 1
+        front = left & (dominators < 0.5)
+        ranks[front] = r
+        left &= ~front
+        dominators -= np.matmul(front[:, None, :].astype(np.float32), dom)[:, 0, :]
+    return ranks
+
+
+def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: int = 0,
+              paired: bool = True) -> Confidence:
+    """B replicates of Table 1 from `df`'s rows and their runs' evidence banks (a complete grid: every variant in
+    every setting). `paired=False` draws the prompts of every run independently (what the shared draw gains)."""
+    banks = load_banks(df) if banks is None else banks
+    rows, prompts, infl, counts = _evidence(df, banks)
+    rng = np.random.default_rng(seed)
+    names = list(METRICS)
+    directions = [METRICS[n].direction for n in names]
+    variants = sorted(set(rows["variant"]))
+    draws = {ds: rng.multinomial(n, np.full(n, 1 / n), size=b).astype(np.float64) for ds, n in prompts.items()}
+    seeds = {v: sorted(set(g["seed"])) for v, g in rows.groupby("variant")}
+    pick = {v: rng.integers(0, len(s), size=(b, len(s))) for v, s in seeds.items()}  # seeds drawn per variant
+    own = {}  # unpaired: each run's own prompt draw
+    point = rows[names].to_numpy(np.float64)
+    ranks, meta = [], []
+    for key, g in rows.groupby(SETTING_KEYS, sort=True):
+        if set(g["variant"]) != set(variants):
+            raise ValueError(f"setting {dict(zip(SETTING_KEYS, key))} lacks variants "
+                             f"{sorted(set(variants) - set(g['variant']))}: no intervals for an incomplete grid")
+        idx = g.index.to_numpy()
+        ds = g["dataset"].iloc[0]
+        cnt = np.stack([counts[i] for i in idx], 1)  # (P, R)
+        if paired:
+            c = draws[ds]
+            weight = c @ cnt  # (B, R): resampled samples of each run
+            shift = np.stack([c @ np.stack([infl[m][i] for i in idx], 1) for m in names], -1) / weight[..., None]
+        else:
+            c = np.stack([own.setdefault(g.at[i, "run_dir"], rng.multinomial(
+                prompts[ds], np.full(prompts[ds], 1 / prompts[ds]), size=b).astype(np.float64)) for i in idx])
+            weight = np.einsum("rbp,pr->br", c, cnt)
+            shift = np.stack([np.einsum("rbp,pr->br", c, np.stack([infl[m][i] for i in idx], 1))
+                              for m in names], -1) / weight[..., None]
+        values_run = point[idx][None] + shift  # (B, R, M)
+        values = np.zeros((b, len(variants), len(names)))
+        for j, v in enumerate(variants):
+            mine = np.flatnonzero(g["variant"].to_numpy() == v)
+            have = g["seed"].to_numpy()[mine].tolist()
+            if sorted(have) != seeds[v]:
+                raise ValueError(f"setting {dict(zip(SETTING_KEYS, key))}: {v} has seeds {sorted(have)}, elsewhere "
+                                 f"{seeds[v]}: no intervals for an incomplete grid")
+            per_seed = values_run[:, [mine[have.index(s)] for s in seeds[v]]]  # (B, K, M) in seed order
+            values[:, j] = np.take_along_axis(per_seed, pick[v][..., None], 1).mean(1)
+        ranks.append(_pareto(values, directions))
+        meta.append(dict(zip(SETTING_KEYS, key)))
+    ranks = np.stack(ranks)  # (S, B, V)
+    setting_df = pd.DataFrame(meta)
+    scores = {}
+    for column in TABLE1_COLUMNS[1:]:
+        sel = column_rows(setting_df.assign(_i=range(len(setting_df))), column)["_i"].to_numpy()
+        if len(sel):
+            scores[column] = ranks[sel].mean(0)
+    return Confidence(variants, scores, rank_table(df), {v: len(s) for v, s in seeds.items()}, prompts)

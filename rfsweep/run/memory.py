@@ -1,7 +1,7 @@
 """The memory plan of a training job: bytes per GPU for weights, gradients, optimizer state, EMA and activations,
 under DDP or FSDP, with or without activation checkpointing, from the config alone (the backbone built on the meta
-device). `dry_run=true` prints it; `rfsweep.run.preflight` refuses, before any job starts, a GPU config whose plan exceeds
-`cluster.gpu_memory_gb`.
+device). `dry_run=true` prints it; `rfsweep.run.preflight` refuses, before any job starts, a GPU config whose
+plan exceeds `cluster.gpu_memory_gb`.
 
 - Weights, gradients, the EMA copy: fp32, 4 bytes per parameter each; AdamW's two moments: 8. Under DDP every GPU
   holds all of them (20 bytes per parameter); under FSDP each holds 1 / GPUs of them, plus the gathered fp32 weights

@@ -143,6 +143,27 @@ def wandb_sync_cmd(args) -> int:
     return subprocess.run(cmd).returncode
 
 
+def _correlation_confidence(a, b, published, args) -> None:
+    """The correlation's 95% interval (and, against a published table, how many of its rows lie in the sweep's rank
+    intervals) when the sweeps have their evidence banks; else one line saying why not."""
+    from analysis.confidence import bootstrap, correlation_interval, inside_intervals, missing_banks
+
+    if args.bootstrap <= 0:
+        return
+    lacking = missing_banks(a) + (missing_banks(b) if b is not None else [])
+    if lacking:
+        print(f"note: no interval: {len(lacking)} runs have no evidence bank of their results' evaluator (e.g. "
+              f"{lacking[0]}); rerun their sweep's command with stage=evaluate", file=sys.stderr)
+        return
+    conf = bootstrap(a, b=args.bootstrap, seed=args.bootstrap_seed)
+    other = published if b is None else bootstrap(b, b=args.bootstrap, seed=args.bootstrap_seed + 1)
+    lo, hi, n = correlation_interval(conf, other, args.column)
+    print(f"95% interval of rho: [{lo:.3f}, {hi:.3f}] (paired bootstrap, B={args.bootstrap}, {n} variants)")
+    if b is None:
+        k, m = inside_intervals(conf, published, args.column)
+        print(f"{k} of {m} published ranks lie inside this sweep's 95% intervals of the same variant's rank")
+
+
 def correlate_cmd(args) -> int:
     import pandas as pd
 
@@ -166,6 +187,7 @@ def correlate_cmd(args) -> int:
     n = len(common_ranks(ta, tb, args.column))
     pooled = f", seeds {', '.join(map(str, sorted(set(runs['seed'].astype(int)))))} pooled" if args.also else ""
     print(f"spearman rho = {rho:.3f} over {n} common variants (column {args.column!r}{pooled})")
+    _correlation_confidence(a, b if args.paper is None else None, tb, args)
     if args.by_metric:
         agree = metric_agreement(a, tb, args.column)
         print("by data set and metric (each metric alone, best first, averaged over the column's settings):")
@@ -288,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--also", action="append", default=[], metavar="SWEEP",
                    help="another seed's sweep of the same grid, pooled with A (repeatable): each setting's "
                         "metrics are averaged over seeds before ranking, as for seeds within one sweep")
+    c.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="replicates of the correlation's interval when the runs have evidence banks (0: none)")
+    c.add_argument("--bootstrap-seed", type=int, default=0)
     c.add_argument("--by-metric", action="store_true",
                    help="also show, per data set, how each metric alone (and the Pareto rank) agrees")
     c.set_defaults(func=correlate_cmd)

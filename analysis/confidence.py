@@ -100,6 +100,45 @@ class Confidence:
         return pd.DataFrame(p, index=self.variants, columns=self.variants)
 
 
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of x, y (B, V) (average ranks for ties, as scipy's spearmanr)."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    return (rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+
+
+def correlation_interval(conf: Confidence, other, column: str = "all") -> tuple[float, float, int]:
+    """The 95% bootstrap interval of Spearman's rho between Table 1's `column` and `other`'s: a published table
+    (variant, column), fixed, or another sweep's `Confidence` (its replicates drawn independently); over the common
+    variants. Returns (lo, hi, common variants)."""
+    mine = pd.DataFrame(conf.scores[column].T, index=conf.variants)
+    if isinstance(other, Confidence):
+        theirs = pd.DataFrame(other.scores[column].T, index=other.variants)
+    else:
+        theirs = other.set_index("variant")[[column]].dropna()
+    common = [v for v in mine.index if v in theirs.index]
+    if len(common) < 3:
+        raise ValueError(f"need at least 3 common variants with a {column!r} rank, got {len(common)}")
+    x = mine.loc[common].to_numpy().T
+    y = theirs.loc[common].to_numpy().T
+    rho = _spearman_rows(x, np.broadcast_to(y, x.shape) if y.shape[0] == 1 else y[: len(x)])
+    q = (1 - LEVEL) / 2
+    return float(np.quantile(rho, q)), float(np.quantile(rho, 1 - q)), len(common)
+
+
+def inside_intervals(conf: Confidence, published: pd.DataFrame, column: str = "all") -> tuple[int, int]:
+    """How many of a published table's averaged ranks (the paper's 16 rows) lie inside this sweep's 95% interval of
+    the same variant's averaged rank: (inside, common variants)."""
+    s = pd.DataFrame(conf.scores[column].T, index=conf.variants)
+    q = (1 - LEVEL) / 2
+    lo, hi = s.quantile(q, axis=1), s.quantile(1 - q, axis=1)
+    pub = published.set_index("variant")[column].dropna()
+    common = [v for v in pub.index if v in s.index]
+    return sum(bool(lo[v] <= pub[v] <= hi[v]) for v in common), len(common)
+
+
 def missing_banks(df: pd.DataFrame) -> list[str]:
     """The runs of `df` whose evidence bank is absent, damaged, of another evaluator or lacks one of their rows."""
     out = []

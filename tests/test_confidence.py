@@ -111,3 +111,22 @@ def test_runs_without_a_bank_are_named(tmp_path):
     (tmp_path / gone / "evidence.safetensors").unlink()
     assert missing_banks(df) == [gone]
     assert missing_banks(df.assign(evaluator="another")) == sorted(df["run_dir"].unique())
+
+
+def test_correlations_come_with_intervals():
+    from scipy.stats import spearmanr
+
+    from analysis.confidence import correlation_interval, inside_intervals
+
+    quality = {f"v{i:02d}": i / 60 for i in range(12)}
+    a = bootstrap(*synthetic(quality, rng_seed=1), b=400)
+    b = bootstrap(*synthetic(quality, rng_seed=2), b=400, seed=1)
+    truth = pd.DataFrame({"variant": list(quality), "all": [12 - i for i in range(12)]})
+    lo, hi, n = correlation_interval(a, truth)
+    point = spearmanr(a.point.set_index("variant").loc[list(quality), "all"], truth["all"]).statistic
+    assert n == 12 and lo <= point <= hi and hi - lo < 0.5  # an interval around the point that says something
+    lo2, hi2, _ = correlation_interval(a, b)  # two seeds' sweeps: both resampled
+    assert -1 <= lo2 <= hi2 <= 1 and hi2 > 0.5
+    assert inside_intervals(a, a.point) == (12, 12)  # a table lies inside its own intervals
+    far = a.point.assign(all=a.point["all"] + 50)
+    assert inside_intervals(a, far) == (0, 12)

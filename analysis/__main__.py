@@ -27,6 +27,20 @@ def _load(source: str | None, weights: str | None):
     return path, df, manifest
 
 
+def _pooled(first: str, also: list[str], weights: str | None):
+    """The rows of a sweep and of other seeds' sweeps of the same grid, pooled (`--also`): a run given twice is
+    refused in one line."""
+    import pandas as pd
+
+    df = pd.concat([_load(s, weights)[1] for s in [first, *also]], ignore_index=True)
+    check_one_evaluator(df, " + ".join([first, *also]))
+    runs = df[df["weights"] != REAL]  # the reference rows of the real images repeat in every sweep
+    if also and runs.duplicated([*KEYS, "seed"]).any():
+        raise ValueError(f"--also: {', '.join(also)} repeat(s) runs of {first} (allowed: sweeps of other "
+                         f"seeds, e.g. seed=1 name=demo_seed1)")
+    return df
+
+
 def _confidence(df, miss, args, out: Path):
     """Table 1's confidence (`analysis.confidence`) when every run has its evidence bank and the grid is complete;
     else None, with a note that says why."""
@@ -47,19 +61,25 @@ def _confidence(df, miss, args, out: Path):
               file=sys.stderr)
         return None
     t0 = time.perf_counter()
-    conf = bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed)
+    conf = bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed, paired=not args.unpaired)
     out.mkdir(parents=True, exist_ok=True)
     conf.pairwise().to_csv(out / "pairwise.csv", float_format="%.3f")
     seeds = sorted(set(conf.seeds.values()))
-    print(f"rank intervals: paired bootstrap, B={args.bootstrap}, training seeds per variant {seeds}, prompts "
-          f"{conf.prompts} ({time.perf_counter() - t0:.1f} s); P(row ahead of column): pairwise.csv",
-          file=sys.stderr)
+    place, diff = conf.widths()
+    print(f"rank intervals: {'independent' if args.unpaired else 'paired'} bootstrap, B={args.bootstrap}, training "
+          f"seeds per variant {seeds}, prompts {conf.prompts} ({time.perf_counter() - t0:.1f} s); mean 95% width: "
+          f"place {place:.2f}, difference of neighbours' averaged ranks {diff:.3f}; P(row ahead of column): "
+          f"pairwise.csv", file=sys.stderr)
     return conf.table()
 
 
 def rank_table_cmd(args) -> int:
     src, df, manifest = _load(args.results, args.weights)
     miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
+    for other in args.also:  # other seeds' sweeps of the grid, pooled
+        _, other_df, other_manifest = _load(other, args.weights)
+        miss += missing(other_df, other_manifest, weights=[args.weights] if args.weights else None)
+    df = _pooled(str(src), args.also, args.weights) if args.also else df
     if miss and not args.allow_incomplete:
         for m in miss:
             print(f"missing: {m}", file=sys.stderr)
@@ -159,9 +179,9 @@ def _correlation_confidence(a, b, published, args) -> None:
     other = published if b is None else bootstrap(b, b=args.bootstrap, seed=args.bootstrap_seed + 1)
     lo, hi, n = correlation_interval(conf, other, args.column)
     print(f"95% interval of rho: [{lo:.3f}, {hi:.3f}] (paired bootstrap, B={args.bootstrap}, {n} variants)")
-    if b is None:
-        k, m = inside_intervals(conf, published, args.column)
-        print(f"{k} of {m} published ranks lie inside this sweep's 95% intervals of the same variant's rank")
+    k, m = inside_intervals(conf, published, args.column)
+    what = "published ranks" if b is None else "averaged ranks of the second sweep"
+    print(f"{k} of {m} {what} lie inside the first's 95% intervals of the same variant's averaged rank")
 
 
 def correlate_cmd(args) -> int:
@@ -171,12 +191,8 @@ def correlate_cmd(args) -> int:
 
     if (args.b is None) == (args.paper is None):
         raise ValueError("correlate needs a second sweep or --paper (allowed: A B, or A --paper [FILE])")
-    a = pd.concat([_load(s, args.weights)[1] for s in [args.a, *args.also]], ignore_index=True)
-    check_one_evaluator(a, " + ".join([args.a, *args.also]))
-    runs = a[a["weights"] != REAL]  # the reference rows of the real images repeat in every sweep
-    if args.also and runs.duplicated([*KEYS, "seed"]).any():
-        raise ValueError(f"--also: {', '.join(args.also)} repeat(s) runs of {args.a} (allowed: sweeps of other "
-                         f"seeds, e.g. seed=1 name=demo_seed1)")
+    a = _pooled(args.a, args.also, args.weights)
+    runs = a[a["weights"] != REAL]
     ta = rank_table(a)
     if args.paper is not None:
         tb = pd.read_csv(args.paper)  # the paper's published rows (variant, all, 5 steps, 50 steps)
@@ -284,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="replicates of the rank intervals when the runs have evidence banks (0: none; default 1000)")
     r.add_argument("--bootstrap-seed", type=int, default=0)
+    r.add_argument("--unpaired", action="store_true",
+                   help="draw every run's prompts independently (to see what the shared draw gains)")
+    r.add_argument("--also", action="append", default=[], metavar="SWEEP",
+                   help="another seed's sweep of the same grid, pooled (repeatable): its runs are more seeds")
     r.add_argument("--entity", help="W&B entity")
     r.set_defaults(func=rank_table_cmd)
     d = sub.add_parser("wandb-dashboard", help="the sweep's W&B report, built as code (--save to create it)")

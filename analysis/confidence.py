@@ -93,6 +93,17 @@ class Confidence:
                             "p_rank1": (pos == 1).mean(0), "p_top5": (pos <= 5).mean(0), "tie": diff_lo <= 0})
         return out.sort_values([column, "variant"], ignore_index=True)
 
+    def widths(self, column: str = "all") -> tuple[float, float]:
+        """Mean width of the 95% intervals: of each variant's place, and of the difference between the averaged
+        ranks of neighbours in the point table (what the shared prompt draw sharpens)."""
+        q = (1 - LEVEL) / 2
+        pos = self.positions(column)
+        place = float(np.mean(np.quantile(pos, 1 - q, axis=0, method="higher")
+                              - np.quantile(pos, q, axis=0, method="lower")))
+        order = self.table(column)["variant"].map(self.variants.index).to_numpy()
+        d = self.scores[column][:, order[:-1]] - self.scores[column][:, order[1:]]
+        return place, float(np.mean(np.quantile(d, 1 - q, axis=0) - np.quantile(d, q, axis=0)))
+
     def pairwise(self, column: str = "all") -> pd.DataFrame:
         """P(row ranks ahead of column): the share of replicates where its score is lower, ties counting half."""
         s = self.scores[column]

@@ -39,7 +39,7 @@ def synthetic(quality: dict[str, float], seeds: int = 1, n: int = 200, d: int = 
                                        torch.arange(n), torch.arange(n))
                     bank.add(w, steps, cfg, e)
                     f16 = e.features.float().numpy()
-                    rows.append({"variant": variant, "family": variant.split("/")[0], "dataset": ds,
+                    rows.append({"variant": variant, "family": "rf", "dataset": ds,
                                  "backbone": "mlp", "weights": w, "steps": steps, "cfg": cfg,
                                  "clip_score": float(e.similarity.double().mean()),
                                  "fid": frechet_distance(*feature_stats(f16), *feature_stats(reference.astype(

@@ -130,3 +130,39 @@ def test_correlations_come_with_intervals():
     assert inside_intervals(a, a.point) == (12, 12)  # a table lies inside its own intervals
     far = a.point.assign(all=a.point["all"] + 50)
     assert inside_intervals(a, far) == (0, 12)
+
+
+def _write_sweep(root, df, banks):
+    """A sweep folder as evaluation leaves it: each run's results.csv and evidence bank."""
+    from rfsweep.results import write_results
+
+    df = df.assign(ckpt_step=100, val_loss=0.1)
+    for run, part in df.groupby("run_dir"):
+        folder = root / run.strip("/")
+        write_results(folder / "results.csv", part.assign(run_dir=str(folder)))
+        banks[run].save(folder / "evidence.safetensors")
+    return root
+
+
+def test_rank_table_pools_seeds_and_shows_what_pairing_gains(tmp_path, capsys):
+    from analysis.__main__ import main
+    from rfsweep.results import SETTINGS, WEIGHTS
+
+    quality = {f"v{i:02d}": i / 40 for i in range(8)}
+    paper = [(w, s, c) for w in WEIGHTS for s, c in SETTINGS]  # a sweep without a manifest is checked against them
+    a = _write_sweep(tmp_path / "a", *synthetic(quality, rng_seed=1, settings=paper))
+    df, banks = synthetic(quality, rng_seed=2, settings=paper)
+    b = _write_sweep(tmp_path / "b", df.assign(seed=1), banks)
+    widths = {}
+    for flag in ([], ["--unpaired"]):
+        out = tmp_path / ("out" + "".join(flag))
+        assert main(["rank-table", "--results", str(a), "--also", str(b), "--out", str(out), "--bootstrap", "300",
+                     *flag]) == 0
+        err = capsys.readouterr().err
+        assert "training seeds per variant [2]" in err  # the two sweeps are two seeds of every variant
+        widths[bool(flag)] = float(err.split("difference of neighbours' averaged ranks ")[1].split(";")[0])
+        assert pd.read_csv(out / "table1.csv")["p_rank1"].sum() >= 1 - 1e-9
+    assert widths[False] < widths[True]
+    assert main(["correlate", str(a), str(b), "--bootstrap", "200"]) == 0
+    said = capsys.readouterr().out
+    assert "95% interval of rho" in said and "averaged ranks of the second sweep lie inside" in said

@@ -1,5 +1,5 @@
 """Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``,
-``status``, ``formulations``, ``wandb-dashboard``, ``wandb-sync``."""
+``status``, ``formulations``, ``compare``, ``wandb-dashboard``, ``wandb-sync``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,47 @@ def _confidence(df, miss, args, out: Path):
     return conf.table()
 
 
+def _friedman(df, miss, out: Path) -> None:
+    """Friedman's test over the ranking settings and the critical-difference diagram (cd.png), or why not."""
+    from analysis.confidence import cd_diagram, friedman
+
+    if miss:
+        print("note: no Friedman test for an incomplete grid", file=sys.stderr)
+        return
+    try:
+        stat, p, mean_ranks, pvalues = friedman(df)
+    except ValueError as e:
+        print(f"note: no Friedman test: {e}", file=sys.stderr)
+        return
+    path = cd_diagram(mean_ranks, pvalues, out / "cd.png")
+    mean_ranks.rename("mean_rank").sort_values().to_csv(out / "friedman.csv", float_format="%.3f")
+    print(f"Friedman over {df.groupby(['dataset', 'weights', 'steps', 'cfg']).ngroups} settings: chi2 = {stat:.1f}, "
+          f"p = {p:.2g}; critical-difference diagram: {path}", file=sys.stderr)
+
+
+def compare_cmd(args) -> int:
+    from analysis.confidence import bootstrap, compare, missing_banks
+
+    if len(args.variants) % 2:
+        raise ValueError(f"compare takes pairs of variants, A B [C D ...] (got {len(args.variants)} names)")
+    df = _pooled(args.sweep, args.also, args.weights)
+    lacking = missing_banks(df)
+    if lacking:
+        raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
+                         f"rerun their sweep's command with stage=evaluate")
+    from rfsweep.formulations import build_formulation
+
+    names = [build_formulation(v).name for v in args.variants]
+    claims = list(zip(names[::2], names[1::2]))
+    summary, per_setting = compare(bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed), claims)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        per_setting.to_csv(Path(args.out) / "compare.csv", index=False, float_format="%.5g")
+    print(per_setting.to_markdown(index=False, floatfmt=".4g"))
+    print(summary.to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
 def rank_table_cmd(args) -> int:
     src, df, manifest = _load(args.results, args.weights)
     miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
@@ -89,6 +130,7 @@ def rank_table_cmd(args) -> int:
     out = Path(args.out) if args.out else (src / "analysis" if src.is_dir() else Path("analysis_out"))
     table = rank_table(df)
     write_table1(table, out, miss, _confidence(df, miss, args, out))
+    _friedman(df, miss, out)
     write_missing(out, miss)
     w = args.weights or "ema"
     t2 = table2(df, weights=w, order=list(table["variant"]))
@@ -357,6 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     fo.add_argument("--out", default="analysis_out/formulations", help="output folder (PNG and CSV)")
     fo.add_argument("--n", type=int, default=200_000, help="training draws per variant")
     fo.set_defaults(func=formulations_cmd)
+    cp = sub.add_parser("compare", help="claims 'A is better than B': per setting paired differences with intervals, "
+                                        "P(A dominates B), and P(A ahead in Table 1), Holm-corrected")
+    cp.add_argument("sweep")
+    cp.add_argument("variants", nargs="+", help="pairs A B [C D ...]: each claims A is better than B")
+    cp.add_argument("--also", action="append", default=[], metavar="SWEEP", help="other seeds' sweeps, pooled")
+    cp.add_argument("--weights", choices=WEIGHTS)
+    cp.add_argument("--bootstrap", type=int, default=1000, metavar="B")
+    cp.add_argument("--bootstrap-seed", type=int, default=0)
+    cp.add_argument("--out", help="folder for compare.csv")
+    cp.set_defaults(func=compare_cmd)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -72,6 +72,9 @@ class Confidence:
     point: pd.DataFrame  # the point Table 1 (analysis.ranking.rank_table)
     seeds: dict[str, int]  # training seeds per variant
     prompts: dict[str, int]  # prompts per data set
+    settings: pd.DataFrame | None = None  # one row per ranking setting (SETTING_KEYS)
+    values: np.ndarray | None = None  # (S, B, V, M): each metric of each variant in each replicate of each setting
+    metrics: tuple[str, ...] = ()
 
     def positions(self, column: str = "all") -> np.ndarray:
         """(B, V): each variant's place in each replicate (1 = best; equal scores share the better place)."""
@@ -232,7 +235,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
     pick = {v: rng.integers(0, len(s), size=(b, len(s))) for v, s in seeds.items()}  # seeds drawn per variant
     own = {}  # unpaired: each run's own prompt draw
     point = rows[names].to_numpy(np.float64)
-    ranks, meta = [], []
+    ranks, meta, kept = [], [], []
     for key, g in rows.groupby(SETTING_KEYS, sort=True):
         if set(g["variant"]) != set(variants):
             raise ValueError(f"setting {dict(zip(SETTING_KEYS, key))} lacks variants "
@@ -261,6 +264,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
             per_seed = values_run[:, [mine[have.index(s)] for s in seeds[v]]]  # (B, K, M) in seed order
             values[:, j] = np.take_along_axis(per_seed, pick[v][..., None], 1).mean(1)
         ranks.append(_pareto(values, directions))
+        kept.append(values)
         meta.append(dict(zip(SETTING_KEYS, key)))
     ranks = np.stack(ranks)  # (S, B, V)
     setting_df = pd.DataFrame(meta)
@@ -269,4 +273,71 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
         sel = column_rows(setting_df.assign(_i=range(len(setting_df))), column)["_i"].to_numpy()
         if len(sel):
             scores[column] = ranks[sel].mean(0)
-    return Confidence(variants, scores, rank_table(df), {v: len(s) for v, s in seeds.items()}, prompts)
+    return Confidence(variants, scores, rank_table(df), {v: len(s) for v, s in seeds.items()}, prompts, setting_df,
+                      np.stack(kept), tuple(names))
+
+
+def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Claims "A is better than B", tested on the replicates. Per claim and setting: each metric's paired difference
+    A - B with its 95% interval and P(A dominates B) there. Per claim: P(A ranks ahead of B in Table 1's `column`),
+    its one-sided p (the share of replicates where A is not ahead) and the p Holm-corrected over the claims."""
+    from statsmodels.stats.multitest import multipletests
+
+    unknown = sorted({v for pair in claims for v in pair} - set(conf.variants))
+    if unknown:
+        raise ValueError(f"compare: {unknown} not in the sweep (allowed: {', '.join(conf.variants)})")
+    q = (1 - LEVEL) / 2
+    sign = np.array([1.0 if METRICS[m].direction == "max" else -1.0 for m in conf.metrics])
+    per_setting, summary = [], []
+    for a, b in claims:
+        i, j = conf.variants.index(a), conf.variants.index(b)
+        va, vb = conf.values[:, :, i] * sign, conf.values[:, :, j] * sign  # (S, B, M), higher is better
+        dominates = ((va >= vb).all(-1) & (va > vb).any(-1)).mean(1)  # (S,)
+        for s, setting in enumerate(conf.settings.to_dict("records")):
+            for k, m in enumerate(conf.metrics):
+                d = conf.values[s, :, i, k] - conf.values[s, :, j, k]
+                per_setting.append({"claim": f"{a} > {b}", **setting, "metric": m, "difference": float(np.median(d)),
+                                    "lo": float(np.quantile(d, q)), "hi": float(np.quantile(d, 1 - q)),
+                                    "p_dominates": float(dominates[s])})
+        s = conf.scores[column]
+        summary.append({"claim": f"{a} > {b}", "p_ahead": float((s[:, i] < s[:, j]).mean()),
+                        "p": float((s[:, i] >= s[:, j]).mean())})
+    out = pd.DataFrame(summary)
+    out["p_holm"] = multipletests(out["p"], method="holm")[1]
+    return out, pd.DataFrame(per_setting)
+
+
+def friedman(df: pd.DataFrame) -> tuple[float, float, pd.Series, pd.DataFrame]:
+    """Friedman's test over the ranking settings (blocks) of the variants' Pareto ranks (scipy), the variants' mean
+    ranks and Nemenyi's post-hoc p-values (scikit-posthocs): (statistic, p, mean ranks, p-values)."""
+    import scikit_posthocs as sp
+    from scipy.stats import friedmanchisquare
+
+    from analysis.ranking import setting_ranks
+
+    r = setting_ranks(df).pivot_table(index=SETTING_KEYS, columns="variant", values="rank")
+    if r.isna().any().any() or r.shape[1] < 3 or r.shape[0] < 2:
+        raise ValueError(f"the Friedman test needs every variant in every setting, at least 3 variants and 2 settings "
+                         f"(got {r.shape[1]} variants, {r.shape[0]} settings, complete: {not r.isna().any().any()})")
+    stat, p = friedmanchisquare(*[r[c].to_numpy() for c in r.columns])
+    mean_ranks = r.rank(axis=1).mean()
+    return float(stat), float(p), mean_ranks, sp.posthoc_nemenyi_friedman(r.to_numpy()).set_axis(
+        r.columns, axis=0).set_axis(r.columns, axis=1)
+
+
+def cd_diagram(mean_ranks: pd.Series, pvalues: pd.DataFrame, path: str | Path) -> Path:
+    """The critical-difference diagram (scikit-posthocs): variants on the mean-rank axis, bars joining the ones
+    Nemenyi's test does not separate at 5%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scikit_posthocs as sp
+
+    from analysis.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(10, 0.2 * len(mean_ranks) + 2))
+    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, label_fmt_left="{label} ({rank:.1f})  ",
+                                   label_fmt_right="  ({rank:.1f}) {label}", text_h_margin=0.3)
+    ax.set_title("Mean rank over the ranking settings (Friedman; bars: not separated by Nemenyi at 5%)")
+    return save_figure(fig, path)

@@ -166,3 +166,40 @@ def test_rank_table_pools_seeds_and_shows_what_pairing_gains(tmp_path, capsys):
     assert main(["correlate", str(a), str(b), "--bootstrap", "200"]) == 0
     said = capsys.readouterr().out
     assert "95% interval of rho" in said and "averaged ranks of the second sweep lie inside" in said
+
+
+def test_claims_are_tested_with_their_intervals_and_holm():
+    from analysis.confidence import compare
+
+    quality = {"weak": 0.1, "mid": 0.5, "strong": 0.9}
+    df, banks = synthetic(quality)
+    twin = df[df["variant"] == "mid"].assign(variant="twin", run_dir=lambda d: d["run_dir"] + "-twin")
+    banks.update({r + "-twin": banks[r] for r in df.loc[df["variant"] == "mid", "run_dir"]})
+    conf = bootstrap(pd.concat([df, twin], ignore_index=True), banks, b=300)
+    summary, per = compare(conf, [("strong", "weak"), ("mid", "twin")])
+    s = summary.set_index("claim")
+    assert s.loc["strong > weak", "p_ahead"] == 1.0 and s.loc["strong > weak", "p"] == 0.0
+    assert s.loc["mid > twin", "p"] == 1.0  # identical: never ahead
+    assert (s["p_holm"] >= s["p"]).all() and s.loc["mid > twin", "p_holm"] == 1.0
+    sw = per[per["claim"] == "strong > weak"]
+    assert (sw["p_dominates"] == 1.0).all()
+    clip = sw[sw["metric"] == "clip_score"]
+    assert (clip["lo"] > 0).all()  # the CLIP difference's interval excludes 0
+    tw = per[per["claim"] == "mid > twin"]
+    assert (tw["p_dominates"] == 0).all() and (tw["lo"] == 0).all() and (tw["hi"] == 0).all()
+    with pytest.raises(ValueError, match="not in the sweep"):
+        compare(conf, [("strong", "absent")])
+
+
+def test_friedman_is_scipys_over_the_setting_ranks(tmp_path):
+    from scipy.stats import friedmanchisquare
+
+    from analysis.confidence import cd_diagram, friedman
+    from analysis.ranking import SETTING_KEYS, setting_ranks
+
+    df, _ = synthetic({f"v{i}": i / 10 for i in range(5)})
+    stat, p, mean_ranks, pvalues = friedman(df)
+    r = setting_ranks(df).pivot_table(index=SETTING_KEYS, columns="variant", values="rank")
+    assert stat == pytest.approx(friedmanchisquare(*[r[c] for c in r.columns]).statistic) and p < 0.05
+    assert mean_ranks.idxmin() == "v4" and pvalues.shape == (5, 5)
+    assert cd_diagram(mean_ranks, pvalues, tmp_path / "cd.png").stat().st_size > 5000

@@ -1,5 +1,5 @@
 """Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``,
-``status``, ``formulations``, ``compare``, ``wandb-dashboard``, ``wandb-sync``."""
+``status``, ``formulations``, ``compare``, ``power``, ``wandb-dashboard``, ``wandb-sync``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,34 @@ def compare_cmd(args) -> int:
         per_setting.to_csv(Path(args.out) / "compare.csv", index=False, float_format="%.5g")
     print(per_setting.to_markdown(index=False, floatfmt=".4g"))
     print(summary.to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
+def power_cmd(args) -> int:
+    import pandas as pd
+
+    from analysis.confidence import missing_banks, needed, power
+
+    df = _pooled(args.sweep, args.also, args.weights)
+    lacking = missing_banks(df)
+    if lacking:
+        raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
+                         f"rerun their sweep's command with stage=evaluate")
+    p = power(df)
+    print("The smallest difference of two variants' means each metric resolves (alpha 0.05, 80% power), from the "
+          "sweep's paired per-prompt and seed-to-seed variation:")
+    print(p.to_markdown(index=False, floatfmt=".4g"))
+    if args.pair:
+        from rfsweep.formulations import build_formulation
+
+        a, b = (build_formulation(v).name for v in args.pair)
+        rows = []
+        for ds, m in zip(p["dataset"], p["metric"]):
+            sel = df[(df["dataset"] == ds) & (df["weights"] != REAL)]
+            diff = sel[sel["variant"] == a][m].mean() - sel[sel["variant"] == b][m].mean()
+            rows.append({"dataset": ds, "metric": m, "difference": diff, **needed(p, diff, ds, m)})
+        print(f"To separate {a} from {b} (their mean difference over the settings; None: no number suffices):")
+        print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
     return 0
 
 
@@ -409,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--bootstrap-seed", type=int, default=0)
     cp.add_argument("--out", help="folder for compare.csv")
     cp.set_defaults(func=compare_cmd)
+    pw = sub.add_parser("power", help="the smallest difference the sweep resolves per metric, and the prompts and "
+                                      "seeds that would separate two named variants")
+    pw.add_argument("sweep")
+    pw.add_argument("--pair", nargs=2, metavar=("A", "B"), help="two variants to separate")
+    pw.add_argument("--also", action="append", default=[], metavar="SWEEP", help="other seeds' sweeps, pooled")
+    pw.add_argument("--weights", choices=WEIGHTS)
+    pw.set_defaults(func=power_cmd)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -341,3 +341,62 @@ def cd_diagram(mean_ranks: pd.Series, pvalues: pd.DataFrame, path: str | Path) -
                                    label_fmt_right="  ({rank:.1f}) {label}", text_h_margin=0.3)
     ax.set_title("Mean rank over the ranking settings (Friedman; bars: not separated by Nemenyi at 5%)")
     return save_figure(fig, path)
+
+
+Z80 = 0.8416212335729143  # the normal quantile of 80% power
+
+
+def _prompt_means(df: pd.DataFrame, banks: dict) -> pd.DataFrame:
+    """Per results row and metric: the per-prompt mean influence u_p (the metric moves by mean_p(u) under a prompt
+    draw): rows with `u__<metric>` (P,) arrays."""
+    rows, _, infl, counts = _evidence(df, banks)
+    for m in METRICS:
+        rows[f"u__{m}"] = [g / np.maximum(c, 1) for g, c in zip(infl[m], counts)]
+    return rows
+
+
+def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """What the sweep can resolve, per data set and metric, from its measured variances: `sample_sd` (one prompt's
+    paired difference between two variants), `seed_sd` (between training seeds of one variant, beyond the sample
+    noise; NaN with one seed), and `mde`: the smallest difference two variants' means must have to be told apart at
+    `alpha` (two-sided) with 80% power, with the sweep's prompts and seeds."""
+    from scipy.stats import norm
+
+    banks = load_banks(df) if banks is None else banks
+    rows = _prompt_means(df, banks)
+    z = norm.ppf(1 - alpha / 2) + Z80
+    out = []
+    for ds, part in rows.groupby("dataset", sort=False):
+        prompts = len(part.iloc[0][f"u__{next(iter(METRICS))}"])
+        seeds = int(part.groupby("variant")["seed"].nunique().min())
+        for m in METRICS:
+            pair_var, seed_var = [], []
+            for _, g in part.groupby(SETTING_KEYS):
+                for _, same_seed in g.groupby("seed"):  # one run per variant: a sweep's paired comparison
+                    u = np.stack(list(same_seed[f"u__{m}"]))  # (V, P)
+                    d = (u[:, None, :] - u[None, :, :])[np.triu_indices(len(u), 1)]  # every pair, per prompt
+                    if len(d):
+                        pair_var.append(d.var(axis=1, ddof=1).mean())
+                for _, h in g.groupby("variant"):
+                    if h["seed"].nunique() > 1:
+                        noise = np.mean([np.var(x, ddof=1) / len(x) for x in h[f"u__{m}"]])
+                        seed_var.append(max(0.0, h[m].var(ddof=1) - noise))
+            s2, t2 = float(np.mean(pair_var)), float(np.mean(seed_var)) if seed_var else np.nan
+            se = np.sqrt(s2 / prompts + (2 * t2 / seeds if seed_var else 0.0))
+            out.append({"dataset": ds, "metric": m, "prompts": prompts, "seeds": seeds, "sample_sd": np.sqrt(s2),
+                        "seed_sd": np.sqrt(t2), "mde": z * se})
+    return pd.DataFrame(out)
+
+
+def needed(p: pd.DataFrame, difference: float, dataset: str, metric: str, alpha: float = 0.05) -> dict:
+    """The prompts (at the sweep's seeds) and the seeds (at its prompts) that separate two variants `difference`
+    apart in `metric` on `dataset` at `alpha` with 80% power; None where no number of them suffices."""
+    from scipy.stats import norm
+
+    r = p[(p["dataset"] == dataset) & (p["metric"] == metric)].iloc[0]
+    budget = (abs(difference) / (norm.ppf(1 - alpha / 2) + Z80)) ** 2  # the variance the comparison may have
+    s2, t2 = r["sample_sd"] ** 2, 0.0 if np.isnan(r["seed_sd"]) else r["seed_sd"] ** 2
+    left_for_prompts = budget - 2 * t2 / r["seeds"]
+    left_for_seeds = budget - s2 / r["prompts"]
+    return {"prompts": int(np.ceil(s2 / left_for_prompts)) if left_for_prompts > 0 else None,
+            "seeds": (int(np.ceil(2 * t2 / left_for_seeds)) if t2 > 0 else 1) if left_for_seeds > 0 else None}

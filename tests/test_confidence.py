@@ -203,3 +203,34 @@ def test_friedman_is_scipys_over_the_setting_ranks(tmp_path):
     assert stat == pytest.approx(friedmanchisquare(*[r[c] for c in r.columns]).statistic) and p < 0.05
     assert mean_ranks.idxmin() == "v4" and pvalues.shape == (5, 5)
     assert cd_diagram(mean_ranks, pvalues, tmp_path / "cd.png").stat().st_size > 5000
+
+
+def test_power_recovers_the_variances_it_was_given():
+    """Synthetic CLIP similarities: per sample noise 0.05 in each run (a paired difference: 0.05 * sqrt 2), seeds
+    moving quality by tau = 0.05 (CLIP by 0.1 tau = 0.005)."""
+    from analysis.confidence import needed, power
+
+    df, banks = synthetic({f"v{i}": i / 10 for i in range(8)}, seeds=4, tau=0.05, n=400)
+    p = power(df, banks)
+    clip = p[p["metric"] == "clip_score"].iloc[0]
+    assert clip["sample_sd"] == pytest.approx(0.05 * np.sqrt(2), rel=0.1)
+    assert clip["seed_sd"] == pytest.approx(0.005, rel=0.35)
+    se = np.sqrt(clip["sample_sd"] ** 2 / 400 + 2 * clip["seed_sd"] ** 2 / 4)
+    assert clip["mde"] == pytest.approx(2.8016 * se, rel=1e-3)
+    at_mde = needed(p, clip["mde"], "a", "clip_score")
+    assert at_mde["prompts"] == pytest.approx(400, abs=1) and at_mde["seeds"] == pytest.approx(4, abs=1)
+    assert needed(p, clip["mde"] / 10, "a", "clip_score")["prompts"] is None  # seeds limit: no prompts suffice
+    one = power(*synthetic({"a": 0.1, "b": 0.5, "c": 0.9}, n=100))
+    assert one["seed_sd"].isna().all() and (one["seeds"] == 1).all()
+
+
+def test_power_command(tmp_path, capsys):
+    from analysis.__main__ import main
+
+    df, banks = synthetic({"eps/cos": 0.1, "v/cos": 0.5, "rf": 0.9}, seeds=2, tau=0.02, n=100)
+    sweep = _write_sweep(tmp_path / "s", df, banks)
+    assert main(["power", str(sweep), "--pair", "rf", "v/cos"]) == 0
+    out = capsys.readouterr().out
+    assert "| clip_score |" in out and "To separate rf from v/cos" in out
+    (next(sweep.rglob("evidence.safetensors"))).unlink()
+    assert main(["power", str(sweep)]) == 2 and "no evidence bank" in capsys.readouterr().err

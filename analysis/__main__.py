@@ -42,8 +42,8 @@ def _pooled(first: str, also: list[str], weights: str | None):
 
 
 def _confidence(df, miss, args, out: Path):
-    """Table 1's confidence (`analysis.confidence`) when every run has its evidence bank and the grid is complete;
-    else None, with a note that says why."""
+    """The tables' confidence (`analysis.confidence.Confidence`) when every run has its evidence bank and the grid is
+    complete; else None, with a note that says why."""
     import time
 
     from analysis.confidence import bootstrap, missing_banks
@@ -69,8 +69,10 @@ def _confidence(df, miss, args, out: Path):
     print(f"rank intervals: {'independent' if args.unpaired else 'paired'} bootstrap, B={args.bootstrap}, training "
           f"seeds per variant {seeds}, prompts {conf.prompts} ({time.perf_counter() - t0:.1f} s); mean 95% width: "
           f"place {place:.2f}, difference of neighbours' averaged ranks {diff:.3f}; P(row ahead of column): "
-          f"pairwise.csv", file=sys.stderr)
-    return conf.table()
+          f"pairwise.csv; Table 2's cells: table2_intervals.csv", file=sys.stderr)
+    conf.table2_intervals(weights=args.weights or "ema").to_csv(out / "table2_intervals.csv", index=False,
+                                                                float_format="%.5g")
+    return conf
 
 
 def _friedman(df, miss, out: Path) -> None:
@@ -157,7 +159,8 @@ def rank_table_cmd(args) -> int:
         return 1
     out = Path(args.out) if args.out else (src / "analysis" if src.is_dir() else Path("analysis_out"))
     table = rank_table(df)
-    write_table1(table, out, miss, _confidence(df, miss, args, out))
+    conf = _confidence(df, miss, args, out)
+    write_table1(table, out, miss, conf.table() if conf is not None else None)
     _friedman(df, miss, out)
     write_missing(out, miss)
     w = args.weights or "ema"
@@ -167,7 +170,8 @@ def rank_table_cmd(args) -> int:
     else:
         print(f"note: no Table 2 (no rows at steps=25 cfg=5.0 weights={w})", file=sys.stderr)
     figures = {}
-    if fig3(df, out / "fig3.png", weights=w) is None:
+    bands = conf.family_bands(weights=w) if conf is not None else None
+    if fig3(df, out / "fig3.png", weights=w, bands=bands) is None:
         print(f"note: no Fig. 3 (no rows at cfg=5.0 weights={w})", file=sys.stderr)
     else:
         figures["fig3"] = out / "fig3.png"

@@ -75,6 +75,45 @@ class Confidence:
     settings: pd.DataFrame | None = None  # one row per ranking setting (SETTING_KEYS)
     values: np.ndarray | None = None  # (S, B, V, M): each metric of each variant in each replicate of each setting
     metrics: tuple[str, ...] = ()
+    families: dict | None = None  # variant -> family
+
+    def _settings_where(self, weights: str, cfg: float, steps: int | None = None) -> list[int]:
+        s = self.settings
+        sel = (s["weights"] == weights) & ((s["cfg"] - cfg).abs() < 1e-9)
+        if steps is not None:
+            sel &= s["steps"] == steps
+        return list(np.flatnonzero(sel.to_numpy()))
+
+    def table2_intervals(self, steps: int = 25, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
+        """Table 2's cells with their 95% intervals: per data set, variant and metric the value's interval and the
+        interval of its place among the variants (1 = best in the metric's direction)."""
+        q, rows = (1 - LEVEL) / 2, []
+        for s in self._settings_where(weights, cfg, steps):
+            ds = self.settings.iloc[s]["dataset"]
+            for k, m in enumerate(self.metrics):
+                v = self.values[s, :, :, k] * (-1.0 if METRICS[m].direction == "max" else 1.0)  # lower is better
+                place = 1 + (v[:, None, :] < v[:, :, None]).sum(-1)
+                for j, variant in enumerate(self.variants):
+                    x = self.values[s, :, j, k]
+                    rows.append({"dataset": ds, "variant": variant, "metric": m, "lo": float(np.quantile(x, q)),
+                                 "hi": float(np.quantile(x, 1 - q)),
+                                 "place_lo": int(np.quantile(place[:, j], q, method="lower")),
+                                 "place_hi": int(np.quantile(place[:, j], 1 - q, method="higher"))})
+        return pd.DataFrame(rows)
+
+    def family_bands(self, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
+        """Fig. 3's bold lines with their 95% bands: per data set, family, steps and metric, the interval of the
+        family's median over its variants."""
+        q, rows = (1 - LEVEL) / 2, []
+        for s in self._settings_where(weights, cfg):
+            meta = self.settings.iloc[s]
+            for fam in sorted(set(self.families.values())):
+                cols = [j for j, v in enumerate(self.variants) if self.families[v] == fam]
+                med = np.median(self.values[s][:, cols], axis=1)  # (B, M)
+                for k, m in enumerate(self.metrics):
+                    rows.append({"dataset": meta["dataset"], "family": fam, "steps": int(meta["steps"]), "metric": m,
+                                 "lo": float(np.quantile(med[:, k], q)), "hi": float(np.quantile(med[:, k], 1 - q))})
+        return pd.DataFrame(rows)
 
     def positions(self, column: str = "all") -> np.ndarray:
         """(B, V): each variant's place in each replicate (1 = best; equal scores share the better place)."""
@@ -273,8 +312,9 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
         sel = column_rows(setting_df.assign(_i=range(len(setting_df))), column)["_i"].to_numpy()
         if len(sel):
             scores[column] = ranks[sel].mean(0)
+    families = dict(zip(rows["variant"], rows["family"]))
     return Confidence(variants, scores, rank_table(df), {v: len(s) for v, s in seeds.items()}, prompts, setting_df,
-                      np.stack(kept), tuple(names))
+                      np.stack(kept), tuple(names), families)
 
 
 def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all") -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -38,7 +38,8 @@ def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
     return pts.mean().sort_values("dataset", key=lambda c: c.map(order), kind="stable")
 
 
-def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema") -> Path | None:
+def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema",
+         bands: pd.DataFrame | None = None) -> Path | None:
     """Save Fig. 3 to ``path``: per dataset one panel per registered metric against the sampling steps present
     at ``cfg``; each variant a thin line in its family's colour, each family's median bold, and the
     reference (real images) as a dashed line when the evaluation wrote one.
@@ -62,6 +63,10 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
                 if not f.empty:
                     med = f.groupby("steps")[metric].median()
                     ax.plot(med.index, med.to_numpy(), color=color, lw=2.5, marker="o", ms=3, label=fam)
+                    if bands is not None:  # the 95% band of the family's median (analysis.confidence)
+                        b = bands[(bands["dataset"] == ds) & (bands["family"] == fam) & (bands["metric"] == metric)]
+                        b = b.sort_values("steps")
+                        ax.fill_between(b["steps"], b["lo"], b["hi"], color=color, alpha=0.2, lw=0)
             ref = df[(df["weights"] == REAL) & (df["dataset"] == ds)][metric]
             if len(ref):  # real images: the floor under which differences mean nothing
                 ax.axhline(ref.mean(), color="k", ls="--", lw=1, label="real images")

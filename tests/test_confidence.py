@@ -234,3 +234,22 @@ def test_power_command(tmp_path, capsys):
     assert "| clip_score |" in out and "To separate rf from v/cos" in out
     (next(sweep.rglob("evidence.safetensors"))).unlink()
     assert main(["power", str(sweep)]) == 2 and "no evidence bank" in capsys.readouterr().err
+
+
+def test_table2_cells_and_fig3_medians_have_intervals(tmp_path):
+    from analysis.figures import fig3
+
+    quality = {"rf": 0.9, "rf/cosmap": 0.8, "eps/cos": 0.2, "v/cos": 0.5}
+    df, banks = synthetic(quality, settings=[("ema", 5, 5.0), ("ema", 25, 5.0), ("ema", 50, 5.0)])
+    df["family"] = df["variant"].str.split("/").str[0]
+    conf = bootstrap(df, banks, b=300)
+    t2 = conf.table2_intervals().set_index(["variant", "metric"])
+    assert len(t2) == 4 * 2 and (t2["lo"] <= t2["hi"]).all()
+    point = df[(df["steps"] == 25)].set_index(["variant"])
+    for v in quality:
+        assert t2.loc[(v, "clip_score"), "lo"] <= point.loc[v, "clip_score"] <= t2.loc[(v, "clip_score"), "hi"]
+    assert t2.loc[("eps/cos", "clip_score"), ["place_lo", "place_hi"]].tolist() == [4, 4]  # far behind in CLIP
+    bands = conf.family_bands()
+    assert set(bands["family"]) == {"rf", "eps", "v"} and sorted(set(bands["steps"])) == [5, 25, 50]
+    assert (bands["lo"] <= bands["hi"]).all()
+    assert fig3(df, tmp_path / "fig3.png", bands=bands).stat().st_size > 10_000

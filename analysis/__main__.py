@@ -12,7 +12,7 @@ from analysis.collect import collect, latest_sweep
 from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
-from analysis.tables import table2, write_missing, write_table1, write_table2
+from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
 from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
 from rfsweep.wandb_env import has_credentials
 
@@ -188,7 +188,10 @@ def rank_table_cmd(args) -> int:
         if src.is_dir():
             figures.update(_fig4(src, out))
         experiment = str(manifest.get("experiment") or src.name) if manifest else src.stem
-        folder = log_study(src, out, experiment, table, t2 if len(t2) else None, df, miss, figures,
+        if (out / "cd.png").is_file():
+            figures["cd"] = out / "cd.png"
+        shown = table if conf is None else table.merge(conf.table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
+        folder = log_study(src, out, experiment, shown, t2 if len(t2) else None, df, miss, figures,
                            project=args.project, entity=args.entity)
         print(f"logged the analysis run to W&B ({folder})", file=sys.stderr)
     print(f"wrote {out}/" + (f" ({len(miss)} runs/settings missing, see missing.txt)" if miss else ""),

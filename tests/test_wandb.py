@@ -110,7 +110,8 @@ def test_rank_table_logs_the_analysis_run(sweep, tmp_path):
     assert run.job_type == "analysis" and run.group == "wbgrid" and run.config["complete"] is True
     s = run.summary
     table1 = json.loads((folder / "files" / s["study/table1/path"]).read_text())
-    assert table1["columns"] == ["variant", "all", "5 steps", "50 steps"] and len(table1["data"]) == 2
+    assert table1["columns"] == ["variant", "all", "5 steps", "50 steps", "rank", "rank_lo", "rank_hi", "p_rank1",
+                                 "p_top5", "tie"] and len(table1["data"]) == 2  # with the intervals of the banks
     assert s["study/results/nrows"] == 6 and s["study/missing/nrows"] == 0 and s["study/missing_count"] == 0
     assert s["study/fig3/_type"] == "image-file" and s["study/fig4/_type"] == "image-file"
 

@@ -89,8 +89,9 @@ def _friedman(df, miss, out: Path) -> None:
         return
     path = cd_diagram(mean_ranks, pvalues, out / "cd.png")
     mean_ranks.rename("mean_rank").sort_values().to_csv(out / "friedman.csv", float_format="%.3f")
-    settings = df[df["weights"] != REAL].groupby(["dataset", "weights", "steps", "cfg"]).ngroups
-    print(f"Friedman over {settings} settings: chi2 = {stat:.1f}, "
+    blocks = df[df["weights"] != REAL].groupby(["dataset", "backbone", "seed"]).ngroups
+    print(f"Friedman over {blocks} independent blocks (data set x seed; each the mean over its settings): chi2 = "
+          f"{stat:.1f}, "
           f"p = {p:.2g}; critical-difference diagram: {path}", file=sys.stderr)
 
 

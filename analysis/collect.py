@@ -35,6 +35,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return {"jobs": jobs, "settings": settings, "weights": weights, "experiment": m.get("experiment")}
 
 
+RESULTS_DIR = "results_dir"  # added by `collect`: the folder a row's results.csv was read from
+
+
 def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     """Rows and manifest of ``source``: a sweep directory (every ``**/results.csv`` below it, and
     ``manifest.json`` at its root if present) or a single CSV file of schema rows (no manifest)."""
@@ -50,7 +53,12 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
         raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
     frames = [read_results(f) for f in files]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns()))
-    return (check_one_evaluator(validate_rows(df), str(source)) if frames else df), manifest
+    if not frames:
+        return df, manifest
+    out = check_one_evaluator(validate_rows(df), str(source))
+    # where each row was read: its run's evidence bank lies beside it, wherever the sweep was moved since
+    out[RESULTS_DIR] = [str(f.parent) for f, frame in zip(files, frames) for _ in range(len(frame))]
+    return out, manifest
 
 
 def _is_sweep(d: Path) -> bool:

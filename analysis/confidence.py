@@ -176,9 +176,16 @@ def correlation_interval(conf: Confidence, other, column: str = "all") -> tuple[
         raise ValueError(f"need at least 3 common variants with a {column!r} rank, got {len(common)}")
     x = mine.loc[common].to_numpy().T
     y = theirs.loc[common].to_numpy().T
-    rho = _spearman_rows(x, np.broadcast_to(y, x.shape) if y.shape[0] == 1 else y[: len(x)])
-    q = (1 - LEVEL) / 2
-    return float(np.quantile(rho, q)), float(np.quantile(rho, 1 - q)), len(common)
+    n = len(x) if y.shape[0] == 1 else min(len(x), len(y))
+    x, y = x[:n], np.broadcast_to(y, x[:n].shape) if y.shape[0] == 1 else y[:n]
+    rho = _spearman_rows(x, y)
+    point_x = conf.point.set_index("variant")[column].reindex(common).to_numpy()[None]
+    point_y = (other.point.set_index("variant")[column].reindex(common).to_numpy()[None]
+               if isinstance(other, Confidence) else y[:1])
+    point = float(_spearman_rows(point_x, point_y)[0])
+    q = (1 - LEVEL) / 2  # the basic interval: replicate ranks are noisier than the point's, which pulls rho* to 0
+    lo, hi = 2 * point - np.quantile(rho, 1 - q), 2 * point - np.quantile(rho, q)
+    return float(max(-1.0, lo)), float(min(1.0, hi)), len(common)
 
 
 def inside_intervals(conf: Confidence, published: pd.DataFrame, column: str = "all") -> tuple[int, int]:
@@ -192,24 +199,37 @@ def inside_intervals(conf: Confidence, published: pd.DataFrame, column: str = "a
     return sum(bool(lo[v] <= pub[v] <= hi[v]) for v in common), len(common)
 
 
+def _bank_paths(df: pd.DataFrame) -> dict[str, Path]:
+    """run_dir -> its bank: beside the results file the rows were read from (`collect`'s results_dir), else in the
+    run folder the rows name."""
+    rows = df[df["weights"] != REAL]
+    where = rows["results_dir"] if "results_dir" in rows.columns else rows["run_dir"]
+    return {str(run): Path(folder) / BANK_FILE for run, folder in zip(rows["run_dir"], where)}
+
+
 def missing_banks(df: pd.DataFrame) -> list[str]:
-    """The runs of `df` whose evidence bank is absent, damaged, of another evaluator or lacks one of their rows."""
+    """The runs of `df` whose evidence bank is absent, damaged, of another evaluator or checkpoint, lacks one of
+    their rows, or does not hold what a row's CLIP score was computed from."""
     out = []
     rows = df[df["weights"] != REAL]
+    paths = _bank_paths(df)
     for run, part in rows.groupby("run_dir"):
         try:
-            bank = EvidenceBank.load(Path(run) / BANK_FILE)
+            bank = EvidenceBank.load(paths[str(run)])
         except ValueError:
             bank = None
-        if bank is None or bank.evaluator_id != str(part["evaluator"].iloc[0]) or not all(
-                bank.has(w, s, c) for w, s, c in zip(part["weights"], part["steps"], part["cfg"])):
+        ok = bank is not None and bank.evaluator_id == str(part["evaluator"].iloc[0]) and all(
+            bank.has(w, s, c) and bank.ckpt_step == int(step) and abs(float(bank.settings[setting_key(w, s, c)]
+                                                                           .similarity.double().mean()) - clip) < 1e-5
+            for w, s, c, step, clip in zip(part["weights"], part["steps"], part["cfg"], part["ckpt_step"],
+                                           part["clip_score"]))
+        if not ok:
             out.append(str(run))
     return out
 
 
 def load_banks(df: pd.DataFrame) -> dict[str, EvidenceBank]:
-    return {str(run): EvidenceBank.load(Path(run) / BANK_FILE) for run in df.loc[df["weights"] != REAL, "run_dir"]
-            .unique()}
+    return {run: EvidenceBank.load(path) for run, path in _bank_paths(df).items()}
 
 
 def _evidence(df: pd.DataFrame, banks: dict):
@@ -220,10 +240,17 @@ def _evidence(df: pd.DataFrame, banks: dict):
         raise ValueError(f"metrics {unknown} have no bootstrap (allowed: a RESAMPLERS entry in analysis.confidence)")
     rows = df[df["weights"] != REAL].reset_index(drop=True).copy()
     prompts: dict[str, int] = {}
+    shapes: dict[str, set] = {}
     for run, bank in banks.items():
-        n = max(int(e.prompt.max()) + 1 for e in bank.settings.values())
         ds = rows.loc[rows["run_dir"] == run, "dataset"].iloc[0]
-        prompts[ds] = max(prompts.get(ds, 0), n)
+        for e in bank.settings.values():
+            shapes.setdefault(ds, set()).add((len(e.prompt), int(e.prompt.max()) + 1))
+    for ds, seen in shapes.items():
+        if len(seen) > 1:
+            raise ValueError(f"data set {ds}: its runs were evaluated with different samples or prompts "
+                             f"({sorted(seen)}: (samples, prompts)); the paired bootstrap needs the same ones "
+                             f"(allowed: one eval.n_samples per data set)")
+        prompts[ds] = next(iter(seen))[1]
     infl = {m: [] for m in METRICS}
     counts, refs = [], {}
     for run, weights, steps, cfg, ds in zip(rows["run_dir"], rows["weights"], rows["steps"], rows["cfg"],
@@ -287,8 +314,11 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
             weight = c @ cnt  # (B, R): resampled samples of each run
             shift = np.stack([c @ np.stack([infl[m][i] for i in idx], 1) for m in names], -1) / weight[..., None]
         else:
-            c = np.stack([own.setdefault(g.at[i, "run_dir"], rng.multinomial(
-                prompts[ds], np.full(prompts[ds], 1 / prompts[ds]), size=b).astype(np.float64)) for i in idx])
+            for i in idx:
+                if g.at[i, "run_dir"] not in own:
+                    own[g.at[i, "run_dir"]] = rng.multinomial(prompts[ds], np.full(prompts[ds], 1 / prompts[ds]),
+                                                              size=b).astype(np.float64)
+            c = np.stack([own[g.at[i, "run_dir"]] for i in idx])
             weight = np.einsum("rbp,pr->br", c, cnt)
             shift = np.stack([np.einsum("rbp,pr->br", c, np.stack([infl[m][i] for i in idx], 1))
                               for m in names], -1) / weight[..., None]
@@ -341,24 +371,37 @@ def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all"
                                     "p_dominates": float(dominates[s])})
         s = conf.scores[column]
         summary.append({"claim": f"{a} > {b}", "p_ahead": float((s[:, i] < s[:, j]).mean()),
-                        "p": float((s[:, i] >= s[:, j]).mean())})
+                        "p": float(((s[:, i] >= s[:, j]).sum() + 1) / (len(s) + 1))})  # never 0 from B replicates
     out = pd.DataFrame(summary)
     out["p_holm"] = multipletests(out["p"], method="holm")[1]
     return out, pd.DataFrame(per_setting)
 
 
+def block_ranks(df: pd.DataFrame) -> pd.DataFrame:
+    """(blocks x variants): each variant's Pareto rank averaged over the sampler settings of one independent block, a
+    data set and training seed (the settings of one block rank the same trained networks: they are not independent)."""
+    from analysis.ranking import pareto_ranks
+
+    names = list(METRICS)
+    directions = [METRICS[n].direction for n in names]
+    rows = df[df["weights"] != REAL]
+    parts = [g.assign(rank=pareto_ranks(g[names].to_numpy(), directions))
+             for _, g in rows.groupby([*SETTING_KEYS, "seed"])]
+    ranked = pd.concat(parts, ignore_index=True)
+    return ranked.pivot_table(index=["dataset", "backbone", "seed"], columns="variant", values="rank", aggfunc="mean")
+
+
 def friedman(df: pd.DataFrame) -> tuple[float, float, pd.Series, pd.DataFrame]:
-    """Friedman's test over the ranking settings (blocks) of the variants' Pareto ranks (scipy), the variants' mean
+    """Friedman's test (scipy) over independent blocks (`block_ranks`: data set x training seed), the variants' mean
     ranks and Nemenyi's post-hoc p-values (scikit-posthocs): (statistic, p, mean ranks, p-values)."""
     import scikit_posthocs as sp
     from scipy.stats import friedmanchisquare
 
-    from analysis.ranking import setting_ranks
-
-    r = setting_ranks(df).pivot_table(index=SETTING_KEYS, columns="variant", values="rank")
+    r = block_ranks(df)
     if r.isna().any().any() or r.shape[1] < 3 or r.shape[0] < 2:
-        raise ValueError(f"the Friedman test needs every variant in every setting, at least 3 variants and 2 settings "
-                         f"(got {r.shape[1]} variants, {r.shape[0]} settings, complete: {not r.isna().any().any()})")
+        raise ValueError(f"the Friedman test needs every variant in every block (data set x seed), at least 3 "
+                         f"variants and 2 blocks (got {r.shape[1]} variants, {r.shape[0]} blocks, complete: "
+                         f"{not r.isna().any().any()})")
     stat, p = friedmanchisquare(*[r[c].to_numpy() for c in r.columns])
     mean_ranks = r.rank(axis=1).mean()
     return float(stat), float(p), mean_ranks, sp.posthoc_nemenyi_friedman(r.to_numpy()).set_axis(
@@ -417,11 +460,14 @@ def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> p
                     d = (u[:, None, :] - u[None, :, :])[np.triu_indices(len(u), 1)]  # every pair, per prompt
                     if len(d):
                         pair_var.append(d.var(axis=1, ddof=1).mean())
-                for _, h in g.groupby("variant"):
-                    if h["seed"].nunique() > 1:
-                        noise = np.mean([np.var(x, ddof=1) / len(x) for x in h[f"u__{m}"]])
-                        seed_var.append(max(0.0, h[m].var(ddof=1) - noise))
-            s2, t2 = float(np.mean(pair_var)), float(np.mean(seed_var)) if seed_var else np.nan
+                for _, h in g.groupby("variant"):  # pairs of seeds on the same prompts and noise: what of their
+                    vals, us = h[m].to_numpy(), list(h[f"u__{m}"])  # difference the paired prompt noise explains
+                    for k in range(len(vals)):
+                        for j in range(k + 1, len(vals)):
+                            diff = us[k] - us[j]
+                            seed_var.append((vals[k] - vals[j]) ** 2 / 2 - diff.var(ddof=1) / (2 * len(diff)))
+            s2 = float(np.mean(pair_var))
+            t2 = max(0.0, float(np.mean(seed_var))) if seed_var else np.nan
             se = np.sqrt(s2 / prompts + (2 * t2 / seeds if seed_var else 0.0))
             out.append({"dataset": ds, "metric": m, "prompts": prompts, "seeds": seeds, "sample_sd": np.sqrt(s2),
                         "seed_sd": np.sqrt(t2), "mde": z * se})
@@ -430,7 +476,9 @@ def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> p
 
 def needed(p: pd.DataFrame, difference: float, dataset: str, metric: str, alpha: float = 0.05) -> dict:
     """The prompts (at the sweep's seeds) and the seeds (at its prompts) that separate two variants `difference`
-    apart in `metric` on `dataset` at `alpha` with 80% power; None where no number of them suffices."""
+    apart in `metric` on `dataset` at `alpha` with 80% power; None where no number of them suffices or, for seeds,
+    where the sweep has one seed and so no measure of the seed-to-seed variation (its prompts then count the
+    sampling noise alone)."""
     from scipy.stats import norm
 
     r = p[(p["dataset"] == dataset) & (p["metric"] == metric)].iloc[0]
@@ -438,5 +486,6 @@ def needed(p: pd.DataFrame, difference: float, dataset: str, metric: str, alpha:
     s2, t2 = r["sample_sd"] ** 2, 0.0 if np.isnan(r["seed_sd"]) else r["seed_sd"] ** 2
     left_for_prompts = budget - 2 * t2 / r["seeds"]
     left_for_seeds = budget - s2 / r["prompts"]
-    return {"prompts": int(np.ceil(s2 / left_for_prompts)) if left_for_prompts > 0 else None,
-            "seeds": (int(np.ceil(2 * t2 / left_for_seeds)) if t2 > 0 else 1) if left_for_seeds > 0 else None}
+    seeds = None if np.isnan(r["seed_sd"]) or left_for_seeds <= 0 else (
+        int(np.ceil(2 * t2 / left_for_seeds)) if t2 > 0 else 1)
+    return {"prompts": int(np.ceil(s2 / left_for_prompts)) if left_for_prompts > 0 else None, "seeds": seeds}

@@ -44,7 +44,8 @@ def synthetic(quality: dict[str, float], seeds: int = 1, n: int = 200, d: int = 
                                  "clip_score": float(e.similarity.double().mean()),
                                  "fid": frechet_distance(*feature_stats(f16), *feature_stats(reference.astype(
                                      np.float16).astype(np.float32))),
-                                 "n_samples": n, "seed": s, "run_dir": run, "evaluator": "synthetic"})
+                                 "n_samples": n, "ckpt_step": 100, "val_loss": 0.1, "seed": s, "run_dir": run,
+                                 "evaluator": "synthetic"})
                 banks[run] = bank
     del ref_mu, ref_sigma
     return pd.DataFrame(rows), banks

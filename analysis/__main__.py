@@ -53,7 +53,8 @@ def _confidence(df, miss, args, out: Path):
     if miss:
         print("note: no rank intervals for an incomplete grid", file=sys.stderr)
         return None
-    lacking = missing_banks(df)
+    banks = {}
+    lacking = missing_banks(df, banks)
     if lacking:
         print(f"note: no rank intervals: {len(lacking)} of {df['run_dir'].nunique()} runs have no evidence bank of "
               f"their results' evaluator (evaluated before the bank existed, or damaged), e.g. {lacking[0]}; rerun "
@@ -61,7 +62,7 @@ def _confidence(df, miss, args, out: Path):
               file=sys.stderr)
         return None
     t0 = time.perf_counter()
-    conf = bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed, paired=not args.unpaired)
+    conf = bootstrap(df, banks, b=args.bootstrap, seed=args.bootstrap_seed, paired=not args.unpaired)
     out.mkdir(parents=True, exist_ok=True)
     conf.pairwise().to_csv(out / "pairwise.csv", float_format="%.3f")
     seeds = sorted(set(conf.seeds.values()))
@@ -101,7 +102,8 @@ def compare_cmd(args) -> int:
     if len(args.variants) % 2:
         raise ValueError(f"compare takes pairs of variants, A B [C D ...] (got {len(args.variants)} names)")
     df = _pooled(args.sweep, args.also, args.weights)
-    lacking = missing_banks(df)
+    banks = {}
+    lacking = missing_banks(df, banks)
     if lacking:
         raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
                          f"rerun their sweep's command with stage=evaluate")
@@ -109,7 +111,7 @@ def compare_cmd(args) -> int:
 
     names = [build_formulation(v).name for v in args.variants]
     claims = list(zip(names[::2], names[1::2]))
-    summary, per_setting = compare(bootstrap(df, b=args.bootstrap, seed=args.bootstrap_seed), claims)
+    summary, per_setting = compare(bootstrap(df, banks, b=args.bootstrap, seed=args.bootstrap_seed), claims)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         per_setting.to_csv(Path(args.out) / "compare.csv", index=False, float_format="%.5g")
@@ -124,11 +126,12 @@ def power_cmd(args) -> int:
     from analysis.confidence import missing_banks, needed, power
 
     df = _pooled(args.sweep, args.also, args.weights)
-    lacking = missing_banks(df)
+    banks = {}
+    lacking = missing_banks(df, banks)
     if lacking:
         raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
                          f"rerun their sweep's command with stage=evaluate")
-    p = power(df)
+    p = power(df, banks)
     print("The smallest difference of two variants' means each metric resolves (alpha 0.05, 80% power), from the "
           "sweep's paired per-prompt and seed-to-seed variation:")
     print(p.to_markdown(index=False, floatfmt=".4g"))

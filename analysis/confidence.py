@@ -207,9 +207,10 @@ def _bank_paths(df: pd.DataFrame) -> dict[str, Path]:
     return {str(run): Path(folder) / BANK_FILE for run, folder in zip(rows["run_dir"], where)}
 
 
-def missing_banks(df: pd.DataFrame) -> list[str]:
+def missing_banks(df: pd.DataFrame, loaded: dict | None = None) -> list[str]:
     """The runs of `df` whose evidence bank is absent, damaged, of another evaluator or checkpoint, lacks one of
-    their rows, or does not hold what a row's CLIP score was computed from."""
+    their rows, or does not hold what a row's CLIP score was computed from. `loaded`, when given, receives the banks
+    read (run_dir -> bank), so the bootstrap need not read them again."""
     out = []
     rows = df[df["weights"] != REAL]
     paths = _bank_paths(df)
@@ -225,6 +226,8 @@ def missing_banks(df: pd.DataFrame) -> list[str]:
                                            part["clip_score"]))
         if not ok:
             out.append(str(run))
+        elif loaded is not None:
+            loaded[str(run)] = bank
     return out
 
 

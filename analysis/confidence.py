@@ -441,16 +441,12 @@ def _prompt_means(df: pd.DataFrame, banks: dict) -> pd.DataFrame:
     return rows
 
 
-def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> pd.DataFrame:
-    """What the sweep can resolve, per data set and metric, from its measured variances: `sample_sd` (one prompt's
-    paired difference between two variants), `seed_sd` (between training seeds of one variant, beyond the sample
-    noise; NaN with one seed), and `mde`: the smallest difference two variants' means must have to be told apart at
-    `alpha` (two-sided) with 80% power, with the sweep's prompts and seeds."""
-    from scipy.stats import norm
-
+def variances(df: pd.DataFrame, banks: dict | None = None) -> pd.DataFrame:
+    """The sweep's measured variation, per data set and metric: `sample_sd` (one prompt's paired difference between
+    two variants), `seed_sd` (between training seeds of one variant, beyond the sample noise; NaN with one seed), and
+    the `prompts` and `seeds` (per variant, the fewest) it was measured with."""
     banks = load_banks(df) if banks is None else banks
     rows = _prompt_means(df, banks)
-    z = norm.ppf(1 - alpha / 2) + Z80
     out = []
     for ds, part in rows.groupby("dataset", sort=False):
         prompts = len(part.iloc[0][f"u__{next(iter(METRICS))}"])
@@ -471,10 +467,47 @@ def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> p
                             seed_var.append((vals[k] - vals[j]) ** 2 / 2 - diff.var(ddof=1) / (2 * len(diff)))
             s2 = float(np.mean(pair_var))
             t2 = max(0.0, float(np.mean(seed_var))) if seed_var else np.nan
-            se = np.sqrt(s2 / prompts + (2 * t2 / seeds if seed_var else 0.0))
             out.append({"dataset": ds, "metric": m, "prompts": prompts, "seeds": seeds, "sample_sd": np.sqrt(s2),
-                        "seed_sd": np.sqrt(t2), "mde": z * se})
+                        "seed_sd": np.sqrt(t2)})
     return pd.DataFrame(out)
+
+
+def resolution(v: pd.DataFrame, prompts: int | None = None, seeds: int | None = None,
+               alpha: float = 0.05) -> pd.DataFrame:
+    """`variances`' rows with `mde`: the smallest difference of two variants' means told apart at `alpha` (two-sided)
+    with 80% power, at `prompts` samples per setting and `seeds` training seeds per variant (default: the ones the
+    variances were measured with). Without a measured seed-to-seed variation it counts the sampling noise alone."""
+    from scipy.stats import norm
+
+    out = v.copy()
+    if prompts is not None:
+        out["prompts"] = int(prompts)
+    if seeds is not None:
+        out["seeds"] = int(seeds)
+    seed_term = np.where(np.isnan(out["seed_sd"]), 0.0, 2 * out["seed_sd"] ** 2 / out["seeds"])
+    out["mde"] = (norm.ppf(1 - alpha / 2) + Z80) * np.sqrt(out["sample_sd"] ** 2 / out["prompts"] + seed_term)
+    return out
+
+
+def sweep_variances(source: str | Path) -> pd.DataFrame:
+    """`variances` of a finished sweep with evidence banks: the reference a planned sweep's resolution is read from.
+    A sweep without them, or without results, is refused in one line (ValueError)."""
+    from analysis.collect import collect
+
+    df, _ = collect(source)
+    if not len(df[df["weights"] != REAL]):
+        raise ValueError(f"{source}: no results yet")
+    banks: dict = {}
+    lacking = missing_banks(df, banks)
+    if lacking:
+        raise ValueError(f"{source}: {len(lacking)} runs have no evidence bank (e.g. {lacking[0]}); rerun its "
+                         f"sweep with stage=evaluate")
+    return variances(df, banks)
+
+
+def power(df: pd.DataFrame, banks: dict | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """What the sweep can resolve with its own prompts and seeds: `resolution` of its `variances`."""
+    return resolution(variances(df, banks), alpha=alpha)
 
 
 def needed(p: pd.DataFrame, difference: float, dataset: str, metric: str, alpha: float = 0.05) -> dict:

@@ -275,3 +275,45 @@ def test_table2_cells_and_fig3_medians_have_intervals(tmp_path):
     assert set(bands["family"]) == {"rf", "eps", "v"} and sorted(set(bands["steps"])) == [5, 25, 50]
     assert (bands["lo"] <= bands["hi"]).all()
     assert fig3(df, tmp_path / "fig3.png", bands=bands).stat().st_size > 10_000
+
+
+def test_the_dry_run_scales_a_reference_sweeps_variation_to_its_plan(tmp_path):
+    """The expected resolution of a planned sweep is the reference's measured variances at the plan's samples and
+    seeds: four times the prompts and more seeds resolve a smaller difference; a data set the reference lacks and a
+    reference without banks are said in one line."""
+    from analysis.confidence import resolution, sweep_variances
+    from rfsweep.errors import UserError
+    from rfsweep.run.plan import expected_resolution
+    from tests.helpers import compose_cfg
+
+    df, banks = synthetic({"eps/cos": 0.1, "v/cos": 0.5, "rf": 0.9}, seeds=2, tau=0.02, n=100, datasets=("shapes",))
+    sweep = _write_sweep(tmp_path / "ref", df, banks)
+    plan = [compose_cfg([f"formulation.variant={v}", "data=shapes", "eval.n_samples=400", f"seed={s}"])
+            for v in ("rf", "eps/cos") for s in range(3)]
+    out = expected_resolution(str(sweep), plan + [compose_cfg(["data=colour_digits"])])
+    v = sweep_variances(sweep)
+    want = resolution(v, prompts=400, seeds=3)
+    clip = want[want["metric"] == "clip_score"].iloc[0]
+    line = next(ln for ln in out.splitlines() if "| clip_score" in ln)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["shapes", "clip_score", "400", "3"] and float(cells[6]) == pytest.approx(clip["mde"], 1e-3)
+    assert clip["mde"] < resolution(v)[lambda r: r["metric"] == "clip_score"]["mde"].iloc[0]
+    assert "colour_digits: not in reference_sweep" in out
+    (next(sweep.rglob("evidence.safetensors"))).unlink()
+    with pytest.raises(UserError, match="reference_sweep=.*no evidence bank"):
+        expected_resolution(str(sweep), plan)
+
+
+def test_a_sweeps_dry_run_prints_its_expected_resolution(tmp_path):
+    from tests.helpers import run_cli, tiny
+
+    df, banks = synthetic({"eps/cos": 0.1, "v/cos": 0.5, "rf": 0.9}, seeds=2, tau=0.02, n=100, datasets=("shapes",))
+    sweep = _write_sweep(tmp_path / "ref", df, banks)
+    r = run_cli([*tiny(tmp_path), "-m", "dry_run=true", f"reference_sweep={sweep}", "data=shapes", "seed=0,1,2",
+                 "formulation.variant=rf,eps/cos", "eval.n_samples=400"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("expected resolution") == 1 and r.stdout.count("dry-run: variant=") == 6
+    row = next(ln for ln in r.stdout.splitlines() if "| clip_score" in ln)
+    assert [c.strip() for c in row.strip("|").split("|")][:4] == ["shapes", "clip_score", "400", "3"]
+    bad = run_cli([*tiny(tmp_path), "dry_run=true", f"reference_sweep={tmp_path / 'nowhere'}"])
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: reference_sweep=")

@@ -74,11 +74,7 @@ def configured_evaluator_id(cfg: DictConfig) -> str:
 def check_multi_device(cfg: DictConfig) -> None:
     """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
     sweep in each. Under SLURM each task is one rank, started by the scheduler."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if cfg.trainer.devices > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN \
-            and "SLURM_NTASKS" not in os.environ:
+    if cfg.trainer.devices > 1 and _multirun() and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
 
@@ -157,6 +153,13 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool) -
     return Outcome(1, "failed", reason)
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
     import torch
 
@@ -166,6 +169,10 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
         from rfsweep.run.plan import dry_run_line
 
         print(dry_run_line(cfg), flush=True)
+        if cfg.reference_sweep and not _multirun():  # a sweep's callback prints it once for all its jobs
+            from rfsweep.run.plan import expected_resolution
+
+            print(expected_resolution(str(cfg.reference_sweep), [cfg]), flush=True)
         return Outcome(0, "dry-run")
     formulation = preflight(cfg)
     run_dir = Path(cfg.run_dir)

@@ -1,6 +1,6 @@
 """What a job will cost, from its config alone (nothing loaded, the backbone built on the meta device): parameters,
 training and evaluation FLOPs, and GPU-hours at a stated achieved throughput (`cluster.tflops_per_gpu`, per GPU).
-`dry_run=true` prints one line per job."""
+`dry_run=true` prints one line per job, and with `reference_sweep` the resolution the planned sweep can expect."""
 
 from __future__ import annotations
 
@@ -60,3 +60,46 @@ def dry_run_line(cfg: DictConfig) -> str:
             f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
             f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu) "
             f"memory={memory} host={host}{shift}")
+
+
+def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
+    """What the planned `jobs` can resolve, read from a finished `reference` sweep's measured variation (its evidence
+    banks: `analysis.confidence.variances`), scaled to the jobs' samples per setting and seeds per variant: per data
+    set and metric the smallest difference of two variants' means told apart at 5% with 80% power."""
+    from analysis.confidence import resolution, sweep_variances
+    from rfsweep.errors import UserError
+    from rfsweep.run.builders import variant_name
+
+    try:
+        v = sweep_variances(reference)
+    except (ValueError, OSError) as e:
+        raise UserError(f"reference_sweep={reference}: {str(e).splitlines()[0]} (allowed: a finished sweep folder "
+                        f"with evidence banks, or null)") from e
+    seeds: dict[str, dict[str, set]] = {}
+    prompts: dict[str, int] = {}
+    for cfg in jobs:
+        ds = str(cfg.data.label)
+        seeds.setdefault(ds, {}).setdefault(variant_name(cfg.formulation), set()).add(int(cfg.seed))
+        prompts[ds] = min(prompts.get(ds, int(cfg.eval.n_samples)), int(cfg.eval.n_samples))
+    lines, frames = [], []
+    for ds in sorted(seeds):
+        ref = v[v["dataset"] == ds]
+        if not len(ref):
+            lines.append(f"resolution: {ds}: not in reference_sweep={reference} (it has {', '.join(sorted(set(v['dataset'])))})")
+            continue
+        n_seeds = min(len(s) for s in seeds[ds].values())
+        planned = resolution(ref, prompts=prompts[ds], seeds=n_seeds)
+        planned["reference"] = resolution(ref)["mde"].to_numpy()
+        frames.append(planned)
+        if ref["seed_sd"].isna().all():
+            lines.append(f"resolution: {ds}: the reference has one seed per variant: the seed-to-seed variation is not "
+                         f"measured and the expected resolution counts the sampling noise alone (a lower bound)")
+    head = (f"expected resolution (smallest difference of two variants' means told apart at 5% with 80% power; "
+            f"from reference_sweep={reference}, scaled to this sweep's samples and seeds):")
+    if not frames:
+        return "\n".join(lines)
+    import pandas as pd
+
+    table = pd.concat(frames)[["dataset", "metric", "prompts", "seeds", "sample_sd", "seed_sd", "mde", "reference"]]
+    table = table.rename(columns={"mde": "expected_mde", "reference": "reference_mde"})
+    return "\n".join([head, table.to_markdown(index=False, floatfmt=".4g"), *lines])

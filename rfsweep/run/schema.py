@@ -47,6 +47,7 @@ class RootConf:
     name: str = "default"  # experiment name: run and sweep folders are grouped under it
     seed: int = rule(0, nonneg_int, "an integer >= 0")
     dry_run: bool = False  # print each job and its cost, train nothing
+    reference_sweep: Optional[str] = None  # a finished sweep with evidence banks: the dry run's expected resolution
     stage: str = rule("all", lambda v: v in ("all", "train", "evaluate"),
                       "all, train (stop once trained) or evaluate (a trained run's evaluation only)")
     grid: Optional[str] = None  # a sweep's grid (sweeps/<grid>.yaml), read by hydra/sweeper=grid

@@ -49,9 +49,18 @@ class ManifestCallback(Callback):
     not show, e.g. backbone.depth without a label per depth) stop the sweep with one line before any job runs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if config.get("dry_run"):
-            return
         from hydra import compose
+
+        if config.get("dry_run"):  # nothing written; with a reference sweep, the resolution the plan can expect
+            if config.get("reference_sweep"):
+                from rfsweep.run.plan import expected_resolution
+
+                cfgs = [compose(config_name="config", overrides=o) for o in planned_jobs(config)]
+                try:
+                    print(expected_resolution(str(config.reference_sweep), cfgs), flush=True)
+                except UserError as e:
+                    _refuse(str(e))
+            return
 
         from rfsweep.run.preflight import preflight
 

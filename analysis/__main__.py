@@ -19,9 +19,15 @@ from rfsweep.wandb_env import has_credentials
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
 
 
-def _load(source: str | None, weights: str | None):
+def _load(source: str | None, weights: str | None, posthoc: bool = False):
+    """A sweep's rows; the post-hoc EMA lengths' rows (phema<sigma_rel>) only with `posthoc` (the tables rank the
+    fixed EMA and the raw weights; `rank-table --ema best` the best length)."""
+    from analysis.ema_choice import posthoc_rows
+
     path = Path(source) if source else latest_sweep()
     df, manifest = collect(path)
+    if not posthoc and len(df):
+        df = df[~posthoc_rows(df)]
     if weights:
         df = df[df["weights"].isin([weights, REAL])]
     return path, df, manifest
@@ -149,7 +155,50 @@ def power_cmd(args) -> int:
     return 0
 
 
+def ema_best(args, src: Path, out: Path) -> int:
+    """Table 1 with every run at its best post-hoc EMA length (chosen per setting on half the prompts, reported on
+    the other half) beside the fixed EMA on the same half; the metrics against sigma_rel per family."""
+    import pandas as pd
+
+    from analysis.confidence import bootstrap, missing_banks
+    from analysis.ema_choice import best_ema, fig_lengths, length_curves
+
+    df = pd.concat([_load(s, None, posthoc=True)[1] for s in [str(src), *args.also]], ignore_index=True)
+    banks: dict = {}
+    lacking = missing_banks(df, banks)
+    if lacking:
+        raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
+                         f"rerun their sweep's command with stage=evaluate")
+    best, fixed, halves = best_ema(df, banks)
+    tables = {}
+    for name, rows in (("ema_best", best), ("ema_fixed_half", fixed)):
+        tables[name] = rank_table(rows)
+        mine = {run: halves[run] for run in set(rows.loc[rows["weights"] != REAL, "run_dir"])}
+        conf = bootstrap(rows, mine, b=args.bootstrap, seed=args.bootstrap_seed) if args.bootstrap > 0 else None
+        write_table1(tables[name], out / name, [], conf.table() if conf is not None else None)
+    chosen = best[best["weights"] != REAL][["variant", "family", "dataset", "seed", "steps", "cfg", "sigma_rel",
+                                             "select", "select_value"]]
+    chosen.to_csv(out / "ema_best" / "choices.csv", index=False)
+    curves = length_curves(df)
+    curves.to_csv(out / "ema_lengths.csv", index=False)
+    fig_lengths(curves, out / "ema_lengths.png")
+    paper = pd.read_csv(PAPER_TABLE1)
+    rho = {"best vs fixed": rank_correlation(tables["ema_best"], tables["ema_fixed_half"]),
+           "best vs paper": rank_correlation(tables["ema_best"], paper),
+           "fixed vs paper": rank_correlation(tables["ema_fixed_half"], paper)}
+    print((out / "ema_best" / "table1.md").read_text(), end="")
+    spread = chosen.groupby("family")["sigma_rel"].median()
+    print("median chosen sigma_rel per family: " + ", ".join(f"{f} {v:.3g}" for f, v in spread.items()))
+    print("spearman (column 'all', EMA settings, reported on the odd-index prompts): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()))
+    print(f"wrote {out}/ema_best, {out}/ema_fixed_half, {out}/ema_lengths.png", file=sys.stderr)
+    return 0
+
+
 def rank_table_cmd(args) -> int:
+    if args.ema == "best":
+        src = Path(args.results) if args.results else latest_sweep()
+        return ema_best(args, src, Path(args.out) if args.out else src / "analysis")
     src, df, manifest = _load(args.results, args.weights)
     miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
     for other in args.also:  # other seeds' sweeps of the grid, pooled
@@ -387,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--also", action="append", default=[], metavar="SWEEP",
                    help="another seed's sweep of the same grid, pooled (repeatable): its runs are more seeds")
     r.add_argument("--entity", help="W&B entity")
+    r.add_argument("--ema", choices=["fixed", "best"], default="fixed",
+                   help="best: every run at its best post-hoc EMA length (eval.ema_lengths), chosen on half the "
+                        "prompts and reported on the other, beside the fixed EMA on that half")
     r.set_defaults(func=rank_table_cmd)
     d = sub.add_parser("wandb-dashboard", help="the sweep's W&B report, built as code (--save to create it)")
     d.add_argument("--entity", required=True)

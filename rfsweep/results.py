@@ -38,6 +38,21 @@ def columns() -> tuple[str, ...]:
 # Sec. 5.1 / App. B.3: Euler sampler, 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0.
 SETTINGS: tuple[tuple[int, float], ...] = ((50, 1.0), (50, 2.5), (50, 5.0), (5, 5.0), (10, 5.0), (25, 5.0))
 WEIGHTS = ("ema", "raw")
+POSTHOC = "phema"  # weights rebuilt by post-hoc EMA at one length: phema<sigma_rel>, e.g. phema0.05 (eval.ema_lengths)
+
+
+def posthoc_weights(sigma_rel: float) -> str:
+    return f"{POSTHOC}{float(sigma_rel):.4g}"
+
+
+def posthoc_sigma_rel(weights: str) -> float | None:
+    """The sigma_rel of a post-hoc EMA's weights value, else None."""
+    if not str(weights).startswith(POSTHOC):
+        return None
+    try:
+        return float(str(weights)[len(POSTHOC):])
+    except ValueError:
+        return None
 REAL = "real"  # weights/family value of reference rows
 REAL_VARIANT = "real images"
 
@@ -77,9 +92,9 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("variant", "family", "dataset", "weights"):
         if df[col].isna().any() or (df[col].astype(str).str.strip() == "").any():
             raise ResultsError(f"column {col!r} must not be empty")
-    bad = sorted(set(df["weights"]) - {*WEIGHTS, REAL})
+    bad = sorted(w for w in set(df["weights"]) - {*WEIGHTS, REAL} if posthoc_sigma_rel(w) is None)
     if bad:
-        raise ResultsError(f"column 'weights' has {bad}; allowed: {[*WEIGHTS, REAL]}")
+        raise ResultsError(f"column 'weights' has {bad}; allowed: {[*WEIGHTS, REAL]} or {POSTHOC}<sigma_rel>")
     bad = sorted(set(df["family"]) - {*FAMILIES, REAL})
     if bad:
         raise ResultsError(f"column 'family' has {bad}; allowed: {[*FAMILIES, REAL]}")

@@ -39,12 +39,14 @@ def _same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
 @pytest.mark.long
 def test_two_processes_train_the_weights_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    for root, devices in ((one, 1), (two, 2)):
-        r = run_cli(_args(root, devices=devices))
+    for root, devices in ((one, 1), (two, 2)):  # with the post-hoc EMAs: updated on every rank, written by rank 0
+        r = run_cli([*_args(root, devices=devices), "ema=posthoc", "ema.snapshot_every=4"])
         assert r.returncode == 0, r.stderr[-3000:]
     a, b = _ckpt(one), _ckpt(two)
-    assert a["global_step"] == b["global_step"] == 8
+    assert a["global_step"] == b["global_step"] == 8 and any(k.startswith("phema.") for k in b["state_dict"])
     _same_weights(a, b)
+    snapshots = sorted(p.name for p in (_last(two).parent / "posthoc").iterdir())
+    assert snapshots == ["step0000004.safetensors", "step0000008.safetensors"]
     run_one, run_two = (_last(x).parent.parent for x in (one, two))
     logs = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (run_one, run_two)]
     for col in ("train/loss", "val/loss_ema"):  # the global batch's loss; the whole validation set on each rank

@@ -41,8 +41,9 @@ def _final(root) -> dict:
 @pytest.mark.long
 def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_cli(_args(one)).returncode == 0
-    r = run_cli(_args(two, extra=["trainer.devices=2", "trainer.strategy=fsdp"]))
+    posthoc = ["ema=posthoc", "ema.snapshot_every=4"]
+    assert run_cli(_args(one, extra=posthoc)).returncode == 0
+    r = run_cli(_args(two, extra=["trainer.devices=2", "trainer.strategy=fsdp", *posthoc]))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _final(one), _final(two)
     assert a["global_step"] == b["global_step"] == 8 and a["state_dict"].keys() == b["state_dict"].keys()
@@ -56,6 +57,15 @@ def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
     with safe_open(str(run / "checkpoints" / "best.safetensors"), framework="pt") as f:  # whole tensors, gathered
         assert set(f.keys()) == set(a["state_dict"]) and all(f.get_tensor(k).shape == a["state_dict"][k].shape
                                                              for k in f.keys())
+    # the post-hoc EMA snapshots: each rank writes its shards; joined, they are one process's snapshots
+    from rfsweep.train.posthoc_ema import read_snapshot, snapshot_steps
+
+    shards, whole = snapshot_steps(run / "checkpoints" / "posthoc"), snapshot_steps(_run(one) / "checkpoints" / "posthoc")
+    assert sorted(shards) == sorted(whole) == [4, 8] and all(len(f) == 2 for f in shards.values())
+    for step in whole:
+        joined, single = read_snapshot(shards[step])[1], read_snapshot(whole[step])[1]
+        for s in single:
+            _same_weights({"state_dict": single[s]}, {"state_dict": joined[s]}, tol=1e-4)
 
 
 @pytest.mark.long

@@ -37,7 +37,8 @@ def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",)], ids=["plain", "shifted"])
+@pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",), ("ema=posthoc", "ema.snapshot_every=10")],
+                         ids=["plain", "shifted", "posthoc"])
 def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli(_args(a, extra))
@@ -55,6 +56,15 @@ def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
         assert torch.equal(v, cb["state_dict"][k]), k
     for sa, sb in zip(ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    if "ema=posthoc" in extra:  # the post-hoc EMAs (in the state dict above) and every snapshot, bit for bit
+        from rfsweep.train.posthoc_ema import read_snapshot, snapshot_steps
+
+        assert any(k.startswith("phema.1.") for k in ca["state_dict"])
+        sa, sb = (snapshot_steps(_last(x).parent / "posthoc") for x in (a, b))
+        assert sorted(sa) == sorted(sb) == list(range(10, STEPS + 1, 10))
+        for step in sa:
+            ea, eb = read_snapshot(sa[step])[1], read_snapshot(sb[step])[1]
+            assert all(torch.equal(ea[s][k], eb[s][k]) for s in ea for k in ea[s]), step
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])

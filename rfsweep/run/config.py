@@ -68,6 +68,16 @@ def _cross_checks(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")
+    if cfg.ema.sigma_rels and not cfg.ema.snapshot_every:
+        raise ConfigError(f"config error: ema.snapshot_every=0 with ema.sigma_rels={list(cfg.ema.sigma_rels)} "
+                          f"(allowed: an integer > 0, the steps between post-hoc EMA snapshots)")
+    if cfg.eval.ema_lengths and not cfg.ema.sigma_rels:
+        raise ConfigError(f"config error: eval.ema_lengths={list(cfg.eval.ema_lengths)} without post-hoc EMA "
+                          f"snapshots (allowed: [] or with ema=posthoc / ema.sigma_rels=[...])")
+    if cfg.eval.ema_lengths and tr.val_every % cfg.ema.snapshot_every:
+        raise ConfigError(f"config error: trainer.val_every={tr.val_every} is not a multiple of ema.snapshot_every="
+                          f"{cfg.ema.snapshot_every} with eval.ema_lengths (allowed: a multiple: the evaluated step, "
+                          f"the best validation's, needs its snapshot)")
     _check_width(cfg.backbone)
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1

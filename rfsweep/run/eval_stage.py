@@ -20,7 +20,18 @@ from rfsweep.errors import ResultsError
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
-from rfsweep.results import EVALUATOR, REAL, REAL_VARIANT, RESULTS_FILE, setting_name, write_results
+from rfsweep import runfolder
+from rfsweep.results import (
+    EVALUATOR,
+    REAL,
+    REAL_VARIANT,
+    RESULTS_FILE,
+    posthoc_sigma_rel,
+    posthoc_weights,
+    setting_name,
+    write_results,
+)
+from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -96,6 +107,35 @@ def _earlier_bank(run_dir: Path, step: int, evaluator_id: str, reference) -> Evi
     return bank
 
 
+def evaluated_weights(cfg: DictConfig) -> list[str]:
+    """The weights evaluation samples: eval.weights, then each post-hoc EMA length of eval.ema_lengths."""
+    return [*cfg.eval.weights, *(posthoc_weights(s) for s in cfg.eval.ema_lengths)]
+
+
+class PostHocNets:
+    """The networks of post-hoc EMA weights (phema<sigma_rel>), rebuilt from the run's snapshots at the evaluated step
+    when first sampled; one held at a time (evaluation goes weights by weights). Other weights pass through."""
+
+    def __init__(self, module, run_dir: Path, step: int):
+        self.module, self.folder, self.step = module, runfolder.checkpoint_dir(run_dir) / POSTHOC_FOLDER, int(step)
+        self.name, self.net = None, None
+
+    def get(self, weights: str):
+        sigma_rel = posthoc_sigma_rel(weights)
+        if sigma_rel is None:
+            return weights
+        if self.name != weights:
+            from rfsweep.train.ema import make_ema
+            from rfsweep.train.posthoc_ema import reconstruct
+
+            state, _ = reconstruct(self.folder, sigma_rel, self.step)
+            self.net = None
+            net = make_ema(self.module.net)
+            net.load_state_dict(state)
+            self.name, self.net = weights, net.to(self.module.device)
+        return self.net
+
+
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
                  tracker=None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
@@ -122,13 +162,16 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
         rows.append({**common, **real, "variant": REAL_VARIANT, "family": REAL, "ckpt_step": 0, "val_loss": None})
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
+    rebuilt = PostHocNets(module, run_dir, info["step"])
+
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seeds: list[int]) -> torch.Tensor:
         with sampling_precision(cfg, module.device):
             return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seeds,
-                                   weights=weights).float()
+                                   weights=rebuilt.get(weights)).float()
 
+    weights = evaluated_weights(cfg)
     skip = {(w, int(s), round(float(c), 6)) for w, s, c in done}  # as `evaluate` matches them
-    todo = [(w, int(s), float(c)) for w in e.weights for s, c in settings
+    todo = [(w, int(s), float(c)) for w in weights for s, c in settings
             if (w, int(s), round(float(c), 6)) not in skip]
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
 
@@ -141,7 +184,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
         write_results(run_dir / RESULTS_FILE, rows)
         progress.finish()
 
-    evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(e.weights), n_samples=e.n_samples,
+    evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(weights), n_samples=e.n_samples,
              batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
              done=done, on_row=keep, on_setting=progress.start, on_evidence=bank_it)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last

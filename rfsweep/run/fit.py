@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from rfsweep import runfolder
 from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
 
 # Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
 # position is the global step, which Lightning restores); the modules in eval mode are the EMA copy (test
@@ -88,6 +89,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         EMAUpdate,
         FailureRecorder,
         PeriodicCheckpoint,
+        PostHocSnapshots,
         Preemption,
         Progress,
         Throughput,
@@ -107,7 +109,9 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
     # order matters: the EMA is updated before anything saves the step; the best weights are chosen before the
     # step's checkpoint is written after its validation (PeriodicCheckpoint)
-    callbacks = [EMAUpdate(), best, *([BestValidation(tracker)] if tracker is not None and tracker.run is not None
+    snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every)] if cfg.ema.sigma_rels
+                 else [])
+    callbacks = [EMAUpdate(), *snapshots, best, *([BestValidation(tracker)] if tracker is not None and tracker.run is not None
                                       else []),
                  periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,
                  Throughput(tr.batch_size, flops, log_every)]

@@ -39,7 +39,9 @@ def eval_settings(cfg: DictConfig) -> list[tuple[int, float]]:
 
 
 def expected_results(cfg: DictConfig) -> list[tuple]:
-    return [(w, s, c) for w in cfg.eval.weights for s, c in eval_settings(cfg)]
+    from rfsweep.run.eval_stage import evaluated_weights
+
+    return [(w, s, c) for w in evaluated_weights(cfg) for s, c in eval_settings(cfg)]
 
 
 def run_finished(cfg: DictConfig) -> bool:

@@ -113,6 +113,7 @@ def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
         weights, grads, optim, ema = 4 * shard + gathered, 4 * shard, 8 * shard, 4 * shard
     else:
         weights, grads, optim, ema = 4 * p, 4 * p, 8 * p, 4 * p
+    ema *= 1 + len(cfg.ema.sigma_rels or [])  # the paper's EMA and each post-hoc EMA: a float32 copy each
     return MemoryPlan(p, gpus, str(tr.strategy), micro, weights, grads, optim, ema, saved * micro)
 
 

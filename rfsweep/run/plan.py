@@ -59,7 +59,17 @@ def dry_run_line(cfg: DictConfig) -> str:
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "
             f"eval_flops={f['eval_flops']:.2e} gpu_hours={hours:.3g} "
             f"(at {cfg.cluster.tflops_per_gpu:g} TFLOP/s per GPU, cluster.tflops_per_gpu) "
-            f"memory={memory} host={host}{shift}")
+            f"memory={memory} host={host}{posthoc_disk(cfg, f['params'])}{shift}")
+
+
+def posthoc_disk(cfg: DictConfig, params: int) -> str:
+    """The post-hoc EMA snapshots' disk (float32, every tracked EMA, every `ema.snapshot_every` steps and the last)."""
+    if not cfg.ema.sigma_rels:
+        return ""
+    steps, every = int(cfg.trainer.max_steps), int(cfg.ema.snapshot_every)
+    snapshots = steps // every + (1 if steps % every else 0)
+    size = snapshots * len(cfg.ema.sigma_rels) * params * 4
+    return f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB"
 
 
 def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rfsweep.metrics import metric_names
+
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
@@ -114,8 +116,17 @@ class OptimizerConf:
 
 @dataclass
 class EMAConf:
+    """The paper's EMA (`every`, `decay`: the `ema` weights), and EDM2's post-hoc EMA when `sigma_rels` is set (ema=
+    posthoc): power-function EMAs of those lengths updated every step, snapshots of them every `snapshot_every` steps
+    (and at the last step) under <run>/checkpoints/posthoc, rebuilt at any length afterwards (rfsweep.cli.posthoc)."""
+
     every: int = rule(100, positive_int, "an integer > 0 (paper: 100)")
     decay: float = rule(0.99, lambda v: number(v) and 0 <= v < 1, "a number in [0, 1) (paper: 0.99)")
+    sigma_rels: list = rule(None, lambda v: len(set(v)) == len(v) and (len(v) == 0 or len(v) >= 2) and all(
+        number(x) and 0 < x <= 0.28 for x in v), "[] (off) or two or more distinct numbers in (0, 0.28] "
+        "(EDM2: [0.05, 0.10])", factory=list)
+    snapshot_every: int = rule(0, nonneg_int, "an integer >= 0 (steps between post-hoc EMA snapshots; > 0 with "
+                               "ema.sigma_rels)")
 
 
 @dataclass
@@ -143,6 +154,12 @@ class EvalConf:
     settings: Any = rule(None, _settings, "a list of [steps > 0, guidance >= 0] pairs", factory=list)
     seed: int = rule(0, nonneg_int, "an integer >= 0")
     evaluator_args: dict = field(default_factory=dict)
+    # post-hoc EMA lengths (sigma_rel) evaluated beside `weights`, each rebuilt at the evaluated step from the run's
+    # snapshots (ema=posthoc) and written as weights phema<sigma_rel>; `analysis rank-table --ema best` picks each
+    # run's length per setting by `ema_select` on half the prompts and reports the other half
+    ema_lengths: list = rule(None, lambda v: len(set(v)) == len(v) and all(number(x) and 0 < x <= 0.28 for x in v),
+                             "distinct numbers in (0, 0.28] (sigma_rel), or []", factory=list)
+    ema_select: str = rule("fid", lambda v: v in metric_names(), "a registered metric (clip_score, fid)")
     bf16: bool = True  # on a GPU, sample under bf16 autocast with TF32 matmuls (ignored on a CPU)
 
 

@@ -58,6 +58,27 @@ class EMAUpdate(L.Callback):
             pl_module.update_ema()
 
 
+class PostHocSnapshots(L.Callback):
+    """Snapshots of the post-hoc EMAs (`rfsweep.train.posthoc_ema`) every `every` optimizer steps and at the last
+    step, after their update (it comes after EMAUpdate): rank 0 under DDP, every rank its shards under FSDP. A step
+    written before a pre-emption is written again, identically, by the resumed run."""
+
+    def __init__(self, folder: str | Path, every: int):
+        self.folder, self.every = Path(folder), int(every)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from rfsweep.train.posthoc_ema import write_snapshot
+
+        step = trainer.global_step
+        if not completed_step(trainer, batch_idx) or not (step % self.every == 0 or step == trainer.max_steps):
+            return
+        emas = dict(zip(pl_module.sigma_rels, pl_module.phema))
+        if sharded(trainer):
+            write_snapshot(self.folder, step, emas, trainer.global_rank, trainer.world_size)
+        elif trainer.is_global_zero:
+            write_snapshot(self.folder, step, emas)
+
+
 class PeriodicCheckpoint(L.Callback):
     """Writes `<dir>/last.ckpt` every `every` optimizer steps, at a stop (`request`) and when training ends.
 

@@ -17,6 +17,7 @@ from torch import nn
 from rfsweep.formulations import VALIDATION_T
 from rfsweep.sampling import sample
 from rfsweep.train.ema import make_ema, update_ema
+from rfsweep.train.posthoc_ema import beta, gamma_of
 from rfsweep.types import Batch, Cond, RunMeta
 
 VAL_NOISE_SEED = 20240305  # fixed across runs so validation losses of one run (and of a sweep) compare
@@ -41,6 +42,10 @@ class DiffusionModule(L.LightningModule):
         # shard (FSDP over several ranks): the EMA is made from the backbone's shards (configure_model); the backbone
         # itself is whole on rank 0 only, on the meta device elsewhere (rfsweep.run.builders.build_model)
         self.net, self.ema_net = net, make_ema(net, meta=shard)
+        # EDM2's post-hoc EMA (rfsweep.train.posthoc_ema): power-function EMAs of the lengths `ema["sigma_rels"]`
+        self.sigma_rels = [float(s) for s in ema.get("sigma_rels") or []]
+        self.phema = nn.ModuleList([make_ema(net, meta=shard) for _ in self.sigma_rels])
+        self.phema_gammas = [gamma_of(s) for s in self.sigma_rels]
         self.formulation = formulation
         self._cond, self._ae = _Frozen(conditioner), _Frozen(autoencoder)
         self.optimizer_factory, self.warmup_steps = optimizer, warmup_steps  # (params) -> torch optimizer
@@ -81,11 +86,12 @@ class DiffusionModule(L.LightningModule):
         cuda = mesh.device_type == "cuda"
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         whole = {k: v for k, v in self.net.state_dict().items()} if rank == 0 else {}
-        for net in (self.net, self.ema_net):
+        copies = (self.ema_net, *self.phema)  # the EMAs: sharded as the backbone, started from its weights
+        for net in (self.net, *copies):
             for block in getattr(net, "blocks", []):
                 fully_shard(block, mesh=dp)
             fully_shard(net, mesh=dp)
-        for net in (self.net, self.ema_net):
+        for net in (self.net, *copies):
             if any(t.is_meta for t in (*net.parameters(), *net.buffers())):
                 net.to_empty(device=device)
             else:
@@ -95,10 +101,11 @@ class DiffusionModule(L.LightningModule):
         with torch.no_grad():
             for b in self.net.buffers():  # non-persistent buffers (e.g. position tables) are not in the state dict
                 dist.broadcast(b, src=0)
-            for e, p in zip(self.ema_net.parameters(), self.net.parameters()):
-                e.copy_(p)
-            for e, b in zip(self.ema_net.buffers(), self.net.buffers()):
-                e.copy_(b)
+            for copy in copies:
+                for e, p in zip(copy.parameters(), self.net.parameters()):
+                    e.copy_(p)
+                for e, b in zip(copy.buffers(), self.net.buffers()):
+                    e.copy_(b)
         state = [torch.get_rng_state(), np.random.get_state(), random.getstate()]
         dist.broadcast_object_list(state, src=0, device=device)
         torch.set_rng_state(state[0])
@@ -160,6 +167,8 @@ class DiffusionModule(L.LightningModule):
         # Sec. 5.1 / App. B.3: EMA updated every 100 batches with decay 0.99.
         if self.global_step % self.ema_cfg["every"] == 0:
             update_ema(self.ema_net, self.net, self.ema_cfg["decay"])
+        for copy, gamma in zip(self.phema, self.phema_gammas):  # EDM2: every step t, beta_t = (1 - 1/t)^(gamma + 1)
+            update_ema(copy, self.net, beta(self.global_step, gamma))
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.net.parameters())
@@ -188,10 +197,11 @@ class DiffusionModule(L.LightningModule):
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, captions: list[str], steps: int, guidance: float, shift: float = 1.0, seed=0,
-                 weights: str = "ema", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+                 weights: str | nn.Module = "ema", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for captions; noise fixed by `seed` (one int for the batch, or one seed per
-        caption: each sample's noise then does not depend on the batch it is drawn in)."""
-        net = self.ema_net if weights == "ema" else self.net
+        caption: each sample's noise then does not depend on the batch it is drawn in). `weights`: ema, raw, or a
+        network of the backbone's class (e.g. a post-hoc EMA rebuilt at one length)."""
+        net = weights if isinstance(weights, nn.Module) else self.ema_net if weights == "ema" else self.net
         net.eval()
         cond = self.conditioner(list(captions))
         cond = Cond(cond.context.to(self.device), cond.pooled.to(self.device))

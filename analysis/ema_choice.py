@@ -1,0 +1,140 @@
+"""Every variant at its own best EMA length (EDM2's post-hoc EMA, evaluated as weights phema<sigma_rel>).
+
+The choice must not favour a run by the noise of the prompts it is reported on: each run's length is chosen per
+sampler setting on one half of the evaluation prompts (even prompt indices) by the config's `eval.ema_select`
+metric, and its metrics are reported from the other half (odd indices), recomputed from the evidence bank. The
+fixed-EMA rows are recomputed on the same half, so the two tables compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.collect import RESULTS_DIR
+from rfsweep.evaluation.bank import EvidenceBank, SampleEvidence, setting_key
+from rfsweep.evaluation.statistics import feature_stats, frechet_distance
+from rfsweep.metrics import METRICS
+from rfsweep.results import REAL, posthoc_sigma_rel
+
+SELECT_DEFAULT = "fid"
+
+
+def posthoc_rows(df: pd.DataFrame) -> pd.Series:
+    """Which rows hold post-hoc EMA weights (phema<sigma_rel>)."""
+    return df["weights"].map(lambda w: posthoc_sigma_rel(w) is not None)
+
+
+def _subset(e: SampleEvidence, keep: np.ndarray) -> SampleEvidence:
+    k = np.flatnonzero(keep)
+    return SampleEvidence(e.features[k], e.similarity[k], e.prompt[k], e.noise_seed[k])
+
+
+def metrics_of(e: SampleEvidence, reference: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """CLIP score and FID of a setting's samples from its evidence (the bank keeps both inputs)."""
+    unknown = [m for m in METRICS if m not in ("clip_score", "fid")]
+    if unknown:
+        raise ValueError(f"metrics {unknown} cannot be recomputed from an evidence bank (allowed: clip_score, fid)")
+    mu, sigma = feature_stats(e.features.float().numpy())
+    return {"clip_score": float(e.similarity.double().mean()),
+            "fid": float(frechet_distance(mu, sigma, *reference))}
+
+
+def halves(e: SampleEvidence) -> tuple[np.ndarray, np.ndarray]:
+    """(choose, report): the samples of even and of odd prompt indices."""
+    even = (e.prompt.numpy() % 2) == 0
+    return even, ~even
+
+
+def run_select(results_dir: str) -> str:
+    """The run's `eval.ema_select` from its config.json (fid when absent)."""
+    try:
+        cfg = json.loads((Path(results_dir) / "config.json").read_text())
+        return str(cfg.get("eval", {}).get("ema_select") or SELECT_DEFAULT)
+    except (OSError, ValueError):
+        return SELECT_DEFAULT
+
+
+def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(best, fixed, banks_b): `best` has one `ema` row per run and setting at the length chosen on the choosing half,
+    its metrics from the reporting half (column `sigma_rel`: the length); `fixed` the fixed-EMA rows recomputed on
+    the reporting half; both with the real-image rows. `banks_b` holds the reporting half's evidence under `ema`
+    for each (run, setting) of `best` (for the bootstrap); keyed "<run>#best" and "<run>#fixed"."""
+    post = df[posthoc_rows(df)]
+    if post.empty:
+        raise ValueError("no post-hoc EMA rows (weights phema<sigma_rel>): evaluate with eval.ema_lengths=[...]")
+    best, fixed, banks_b = [], [], {}
+    for run, part in post.groupby("run_dir", sort=False):
+        bank = banks[run]
+        reference = feature_stats(bank.reference.float().numpy())
+        select = run_select(part[RESULTS_DIR].iloc[0]) if RESULTS_DIR in part else SELECT_DEFAULT
+        better = max if METRICS[select].direction == "max" else min
+        b_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
+        f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
+        for (steps, cfg), setting in part.groupby(["steps", "cfg"], sort=False):
+            scored = []
+            for _, row in setting.iterrows():
+                e = bank.settings[setting_key(row["weights"], steps, cfg)]
+                choose, report = halves(e)
+                scored.append((metrics_of(_subset(e, choose), reference)[select], row, _subset(e, report)))
+            value, row, shown = better(scored, key=lambda x: x[0])
+            best.append({**row.to_dict(), **metrics_of(shown, reference), "weights": "ema",
+                         "n_samples": len(shown.prompt), "sigma_rel": posthoc_sigma_rel(row["weights"]),
+                         "run_dir": f"{run}#best", "select": select, "select_value": value})
+            b_bank.add("ema", steps, cfg, shown)
+            key = setting_key("ema", steps, cfg)
+            if key in bank.settings:
+                base = df[(df["run_dir"] == run) & (df["weights"] == "ema") & (df["steps"] == steps) &
+                          (df["cfg"] == cfg)].iloc[0]
+                e = _subset(bank.settings[key], halves(bank.settings[key])[1])
+                fixed.append({**base.to_dict(), **metrics_of(e, reference), "n_samples": len(e.prompt),
+                              "run_dir": f"{run}#fixed"})
+                f_bank.add("ema", steps, cfg, e)
+        banks_b[f"{run}#best"], banks_b[f"{run}#fixed"] = b_bank, f_bank
+    real = df[df["weights"] == REAL]
+    return (pd.concat([pd.DataFrame(best), real], ignore_index=True),
+            pd.concat([pd.DataFrame(fixed), real], ignore_index=True), banks_b)
+
+
+def length_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Each metric against sigma_rel per family (the median over the family's runs) at every setting, from the
+    post-hoc rows' values (all prompts)."""
+    post = df[posthoc_rows(df)].assign(sigma_rel=lambda d: d["weights"].map(posthoc_sigma_rel))
+    out = post.groupby(["dataset", "family", "steps", "cfg", "sigma_rel"])[list(METRICS)].median().reset_index()
+    return out
+
+
+def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: float = 5.0) -> Path:
+    """Each metric against sigma_rel, one line per family, one panel per data set and metric, at one setting; the
+    marker at each family's best length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    at = curves[(curves["steps"] == steps) & (curves["cfg"] == cfg)]
+    datasets, metrics = sorted(set(at["dataset"])), list(METRICS)
+    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(metrics)),
+                             squeeze=False)
+    for j, ds in enumerate(datasets):
+        for i, m in enumerate(metrics):
+            ax = axes[i][j]
+            for family, g in at[at["dataset"] == ds].groupby("family"):
+                g = g.sort_values("sigma_rel")
+                line, = ax.plot(g["sigma_rel"], g[m], marker=".", label=family)
+                k = g[m].idxmax() if METRICS[m].direction == "max" else g[m].idxmin()
+                ax.plot(g.loc[k, "sigma_rel"], g.loc[k, m], "o", ms=9, mfc="none", color=line.get_color())
+            ax.set_title(f"{ds}: {METRICS[m].label} ({steps} steps, cfg {cfg:g})", fontsize=9)
+            ax.set_xlabel("sigma_rel (EMA length)")
+            ax.set_ylabel(METRICS[m].label + (" (higher better)" if METRICS[m].direction == "max" else
+                                              " (lower better)"))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

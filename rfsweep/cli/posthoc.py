@@ -1,0 +1,65 @@
+"""`python -m rfsweep.cli.posthoc RUN_DIR --sigma-rel 0.07 [0.12 ...] [--step N]`: EMAs of any length rebuilt after
+training from a run's post-hoc EMA snapshots (trained with `ema=posthoc`; EDM2's least-squares reconstruction,
+`rfsweep.train.posthoc_ema`). Writes `RUN_DIR/checkpoints/posthoc_ema/sigma<sigma_rel>_step<N>.safetensors` (the
+backbone's weights; metadata: step, sigma_rel, the snapshots used and the sum of their coefficients) and prints each
+path with its time.
+
+Example: python -m rfsweep.cli.posthoc runs/default/shapes/rf-lognorm_0.00_1.00/mlp/seed0 --sigma-rel 0.07 0.15
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+OUT_FOLDER = "posthoc_ema"
+
+
+def output_path(run_dir: Path, sigma_rel: float, step: int) -> Path:
+    from rfsweep.runfolder import checkpoint_dir
+    from rfsweep.train.posthoc_ema import tag
+
+    return checkpoint_dir(run_dir) / OUT_FOLDER / f"sigma{tag(sigma_rel)}_step{step:07d}.safetensors"
+
+
+def rebuild(run_dir: Path, sigma_rel: float, step: int | None = None) -> tuple[Path, dict]:
+    """Rebuild one EMA length, write it atomically, and return its path and info."""
+    from safetensors.torch import save
+
+    from rfsweep.atomic import atomic_write
+    from rfsweep.runfolder import checkpoint_dir
+    from rfsweep.train.posthoc_ema import FOLDER, reconstruct
+
+    state, info = reconstruct(checkpoint_dir(run_dir) / FOLDER, sigma_rel, step)
+    path = output_path(run_dir, sigma_rel, info["step"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) for k, v in info.items()}
+    with atomic_write(path, "wb") as f:
+        f.write(save({k: v.contiguous() for k, v in state.items()}, metadata=meta))
+    return path, info
+
+
+def main(argv=None) -> int:
+    from rfsweep.errors import UserError
+
+    p = argparse.ArgumentParser(prog="python -m rfsweep.cli.posthoc", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--sigma-rel", type=float, nargs="+", required=True, help="EMA lengths (EDM2's sigma_rel)")
+    p.add_argument("--step", type=int, help="the training step to rebuild at (default: the last snapshot's)")
+    a = p.parse_args(argv)
+    try:
+        for s in a.sigma_rel:
+            start = time.perf_counter()
+            path, info = rebuild(a.run_dir, s, a.step)
+            print(f"{path}  sigma_rel={s:g} step={info['step']} snapshots={info['snapshots']} "
+                  f"coefficient sum={info['sum']:.4f} ({time.perf_counter() - start:.2f} s)", flush=True)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

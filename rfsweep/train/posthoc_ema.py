@@ -1,0 +1,182 @@
+"""Post-hoc EMA (EDM2, Karras et al. 2024, Sec. 3 and App. C): power-function EMAs tracked during training, snapshots
+of them every N steps, and an EMA of any length rebuilt afterwards as the least-squares combination of the snapshots.
+
+A power-function EMA with exponent gamma averages the weights theta_t of steps t = 1..T with the profile
+p(t; T) = (gamma + 1) t^gamma / T^(gamma + 1): the update at step t is theta_ema <- beta_t theta_ema + (1 - beta_t)
+theta_t with beta_t = (1 - 1/t)^(gamma + 1). Its length is given by sigma_rel, the profile's standard deviation
+relative to T: sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)).
+
+Snapshots: `<checkpoints>/posthoc/step<NNNNNNN>.safetensors`, tensors `<sigma_rel>/<state key>` of every tracked EMA,
+float32, metadata the step and the sigma_rels. Under FSDP each rank writes its own shard
+(`step<NNNNNNN>.rank<r>of<w>.safetensors`, dim-0 shards as FSDP2 cuts them) and the reader joins them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rfsweep.atomic import atomic_write
+from rfsweep.errors import UserError
+
+SIGMA_REL_MAX = 0.28  # gamma = 0 (a uniform average of all steps) has sigma_rel 0.2887
+FOLDER = "posthoc"
+_NAME = re.compile(r"step(\d{7})(?:\.rank(\d+)of(\d+))?\.safetensors$")
+
+
+class PostHocError(UserError):
+    """A run folder without usable snapshots, or a sigma_rel out of range."""
+
+
+def sigma_rel_of(gamma: float) -> float:
+    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+
+def gamma_of(sigma_rel: float) -> float:
+    """The exponent of the power-function EMA with relative standard deviation `sigma_rel` (in (0, 0.28]): sigma_rel
+    falls monotonically in gamma >= 0, so bisection finds it."""
+    from scipy.optimize import brentq
+
+    if not 0 < sigma_rel <= SIGMA_REL_MAX:
+        raise PostHocError(f"sigma_rel={sigma_rel} (allowed: a number in (0, {SIGMA_REL_MAX}])")
+    return float(brentq(lambda g: sigma_rel_of(g) - sigma_rel, 0.0, 1e9, xtol=1e-12, rtol=1e-14, maxiter=500))
+
+
+def beta(step: int, gamma: float) -> float:
+    """The power-function EMA's decay at training step `step` (1, 2, ...): 0 at the first, so it starts from theta_1."""
+    return (1.0 - 1.0 / step) ** (gamma + 1.0)
+
+
+def tag(sigma_rel: float) -> str:
+    return f"{sigma_rel:.4g}"
+
+
+# -- snapshots ------------------------------------------------------------------------------------------------------
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t  # an FSDP2 parameter is a DTensor: this rank's shard
+
+
+def snapshot_path(folder: Path, step: int, rank: int = 0, world: int = 1) -> Path:
+    return Path(folder) / (f"step{step:07d}.safetensors" if world == 1 else
+                           f"step{step:07d}.rank{rank}of{world}.safetensors")
+
+
+def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1) -> Path:
+    """One snapshot of every tracked EMA (`{sigma_rel: module}`), atomically; under FSDP (`world` > 1) this rank's
+    shards with the full shapes in the metadata."""
+    from safetensors.torch import save
+
+    tensors, shapes = {}, {}
+    for sigma_rel, module in emas.items():
+        for key, value in module.state_dict().items():
+            name = f"{tag(sigma_rel)}/{key}"
+            tensors[name] = _local(value).detach().to("cpu", torch.float32 if value.is_floating_point() else None)
+            tensors[name] = tensors[name].contiguous().clone()
+            shapes[name] = list(value.shape)
+    meta = {"step": str(step), "sigma_rels": json.dumps([float(s) for s in emas]), "rank": str(rank),
+            "world": str(world), "shapes": json.dumps(shapes)}
+    path = snapshot_path(Path(folder), step, rank, world)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(save(tensors, metadata=meta))
+    return path
+
+
+def snapshot_steps(folder: str | Path) -> dict[int, list[Path]]:
+    """{step: its files} of the complete snapshots in `folder` (every rank's shard present)."""
+    found: dict[int, dict] = {}
+    for p in sorted(Path(folder).glob("step*.safetensors")):
+        m = _NAME.match(p.name)
+        if m:
+            world = int(m.group(3) or 1)
+            entry = found.setdefault(int(m.group(1)), {"world": world, "files": {}})
+            entry["files"][int(m.group(2) or 0)] = p
+    return {s: [e["files"][r] for r in range(e["world"])] for s, e in sorted(found.items())
+            if len(e["files"]) == e["world"]}
+
+
+def read_snapshot(files: list[Path]) -> tuple[int, dict[float, dict[str, torch.Tensor]]]:
+    """(step, {sigma_rel: full state dict}) of one snapshot, its shards joined along dim 0."""
+    from safetensors import safe_open
+
+    parts, meta = [], {}
+    try:
+        for p in files:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                parts.append({k: f.get_tensor(k) for k in f.keys()})
+        shapes, sigma_rels = json.loads(meta["shapes"]), json.loads(meta["sigma_rels"])
+    except Exception as e:
+        raise PostHocError(f"snapshot {files[0]} is corrupt ({type(e).__name__}: {e}); delete it to rebuild "
+                           f"without it") from None
+    out: dict[float, dict[str, torch.Tensor]] = {s: {} for s in sigma_rels}
+    by_tag = {tag(s): s for s in sigma_rels}
+    for name, shape in shapes.items():
+        pieces = [p[name] for p in parts]
+        full = pieces[0] if len(pieces) == 1 or not shape else torch.cat(pieces, dim=0)
+        s, key = name.split("/", 1)
+        out[by_tag[s]][key] = full.reshape(shape)
+    return int(meta["step"]), out
+
+
+# -- the least-squares reconstruction -----------------------------------------------------------------------------
+def profile_dot(t_a, gamma_a, t_b, gamma_b) -> np.ndarray:
+    """The inner product of two power-function profiles, integral over [0, min(t_a, t_b)] of p(t; t_a, gamma_a)
+    p(t; t_b, gamma_b) dt = (g_a + 1)(g_b + 1) m^(g_a + g_b + 1) / ((g_a + g_b + 1) t_a^(g_a + 1) t_b^(g_b + 1)),
+    m = min(t_a, t_b); evaluated in logs (gamma reaches hundreds). Broadcasts."""
+    t_a, g_a, t_b, g_b = (np.asarray(x, dtype=np.float64) for x in (t_a, gamma_a, t_b, gamma_b))
+    m = np.minimum(t_a, t_b)
+    log = (g_a + g_b + 1) * np.log(m) - (g_a + 1) * np.log(t_a) - (g_b + 1) * np.log(t_b)
+    return (g_a + 1) * (g_b + 1) / (g_a + g_b + 1) * np.exp(log)
+
+
+def coefficients(steps, gammas, step: float, gamma: float) -> np.ndarray:
+    """The weights x of the snapshots (taken at `steps` of EMAs with `gammas`) whose sum best matches the profile of
+    (`step`, `gamma`) in L2: the normal equations A x = b with A_ij = <p_i, p_j>, b_i = <p_i, p_target>."""
+    t, g = np.asarray(steps, dtype=np.float64), np.asarray(gammas, dtype=np.float64)
+    a = profile_dot(t[:, None], g[:, None], t[None, :], g[None, :])
+    b = profile_dot(t, g, float(step), float(gamma))
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
+                using: list[float] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The EMA of length `sigma_rel` at `step` (default: the last snapshot's), from the snapshots of the tracked EMAs
+    (`using`: only those sigma_rels; default all) taken at or before `step`. Returns (state dict, info: step,
+    snapshots used, the coefficients' sum, which is 1 when the profile is well matched)."""
+    gamma = gamma_of(sigma_rel)
+    found = snapshot_steps(folder)
+    if not found:
+        raise PostHocError(f"{folder}: no post-hoc EMA snapshots (train with ema=posthoc or ema.sigma_rels=[...])")
+    step = max(found) if step is None else int(step)
+    chosen = [s for s in found if s <= step]
+    if not chosen or step > max(found):
+        raise PostHocError(f"{folder}: no snapshots up to step {step} (snapshots at steps {min(found)}.."
+                           f"{max(found)})")
+    first_step, first = read_snapshot(found[chosen[0]])
+    tracked = [r for r in first if using is None or any(abs(r - u) < 1e-9 for u in using)]
+    if len(tracked) < 1:
+        raise PostHocError(f"{folder}: snapshots hold sigma_rels {sorted(first)} (allowed in `using`: those)")
+    pairs = [(s, r) for s in chosen for r in tracked]
+    x = coefficients([s for s, _ in pairs], [gamma_of(r) for _, r in pairs], step, gamma)
+    out: dict[str, torch.Tensor] = {}
+    k = 0
+    for s in chosen:
+        _, emas = (first_step, first) if s == first_step else read_snapshot(found[s])
+        for r in tracked:
+            for key, value in emas[r].items():
+                if not value.is_floating_point():
+                    out[key] = value  # integer buffers: the last snapshot's
+                    continue
+                acc = out.get(key)
+                term = value.double() * x[k]
+                out[key] = term if acc is None else acc + term
+            k += 1
+    out = {key: v.float() if v.is_floating_point() else v for key, v in out.items()}
+    return out, {"step": step, "snapshots": len(chosen), "sum": float(x.sum()), "sigma_rel": sigma_rel}

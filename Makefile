@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-bootstrap lint gpu-check train-clip formulations clean
+.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-bootstrap bench-posthoc lint gpu-check train-clip formulations clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -59,6 +59,9 @@ bench: $(STAMP)                    ## rfsweep MM-DiT vs diffusers SD3Transformer
 
 bench-bootstrap: $(STAMP)          ## the rank-confidence bootstrap at the demo's scale (122 runs x 12 settings, B=1000)
 	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_bootstrap.py $(ARGS)
+
+bench-posthoc: $(STAMP)            ## post-hoc EMA reconstruction: disk and time for 50 M parameters, 20 snapshots
+	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_posthoc.py $(ARGS)
 
 bench-data: $(STAMP)               ## items/s of the pre-encoded training loader, SD3-shaped items, 2 workers
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_data.py $(ARGS)

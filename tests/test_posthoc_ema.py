@@ -98,6 +98,16 @@ def test_reconstruction_equals_ema_pytorchs_from_the_same_snapshots(tmp_path):
             torch.testing.assert_close(ours[k], v, rtol=1e-4, atol=1e-5)
 
 
+def test_16_bit_snapshots_store_half_the_bytes_and_rebuild_close(tmp_path):
+    net, emas = _trajectory(tmp_path / "f32", steps=100)
+    write_snapshot(tmp_path / "bf16", 100, {t: emas[t] for t in TRACKED}, dtype=torch.bfloat16)
+    _, stored = read_snapshot(snapshot_steps(tmp_path / "bf16")[100])
+    assert all(v.dtype == torch.bfloat16 for e in stored.values() for v in e.values())  # 2 bytes a value, not 4
+    rebuilt, _ = reconstruct(tmp_path / "bf16", 0.05)
+    exact = emas[0.05].state_dict()
+    assert _distance(rebuilt, exact) < 1e-2 * _distance(exact, {k: torch.zeros_like(v) for k, v in exact.items()})
+
+
 def test_a_corrupt_or_partial_snapshot_is_said_or_skipped(tmp_path):
     _trajectory(tmp_path, steps=60)
     (tmp_path / "step0000060.rank1of2.safetensors").write_bytes(b"")  # a shard without its partner: not complete
@@ -135,6 +145,13 @@ def test_a_training_run_snapshots_its_emas_and_the_command_rebuilds_any_length(t
     written = sorted(p.name for p in (run / "checkpoints" / "posthoc_ema").iterdir())
     assert written == ["sigma0.07_step0000120.safetensors", "sigma0.15_step0000120.safetensors"]
     assert main([str(run), "--sigma-rel", "0.3"]) == 2
+    from rfsweep.run.plan import dry_run_line
+    from tests.helpers import compose_cfg
+
+    line = dry_run_line(compose_cfg(_posthoc_args(tmp_path)))  # the dry run's disk: what the run wrote
+    planned = float(line.split("posthoc_disk=")[1].split("GiB")[0]) * 2**30
+    written = sum(p.stat().st_size for p in folder.iterdir())
+    assert "posthoc_snapshots=12x3" in line and abs(planned - written) / written < 0.05  # headers: 2.5% here
 
 
 def test_posthoc_config_errors_are_one_line(tmp_path):

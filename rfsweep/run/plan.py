@@ -68,8 +68,9 @@ def posthoc_disk(cfg: DictConfig, params: int) -> str:
         return ""
     steps, every = int(cfg.trainer.max_steps), int(cfg.ema.snapshot_every)
     snapshots = steps // every + (1 if steps % every else 0)
-    size = snapshots * len(cfg.ema.sigma_rels) * params * 4
-    return f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB"
+    size = snapshots * len(cfg.ema.sigma_rels) * params * (4 if cfg.ema.snapshot_dtype == "float32" else 2)
+    return (f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB "
+            f"({cfg.ema.snapshot_dtype})")
 
 
 def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:

@@ -127,6 +127,8 @@ class EMAConf:
         "(EDM2: [0.05, 0.10])", factory=list)
     snapshot_every: int = rule(0, nonneg_int, "an integer >= 0 (steps between post-hoc EMA snapshots; > 0 with "
                                "ema.sigma_rels)")
+    snapshot_dtype: str = rule("float32", lambda v: v in ("float32", "bfloat16", "float16"),
+                               "float32, bfloat16 or float16 (the snapshots' floating tensors; half the disk in 16 bit)")
 
 
 @dataclass

@@ -63,8 +63,10 @@ class PostHocSnapshots(L.Callback):
     step, after their update (it comes after EMAUpdate): rank 0 under DDP, every rank its shards under FSDP. A step
     written before a pre-emption is written again, identically, by the resumed run."""
 
-    def __init__(self, folder: str | Path, every: int):
-        self.folder, self.every = Path(folder), int(every)
+    def __init__(self, folder: str | Path, every: int, dtype: str = "float32"):
+        import torch
+
+        self.folder, self.every, self.dtype = Path(folder), int(every), getattr(torch, dtype)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from rfsweep.train.posthoc_ema import write_snapshot
@@ -74,9 +76,9 @@ class PostHocSnapshots(L.Callback):
             return
         emas = dict(zip(pl_module.sigma_rels, pl_module.phema))
         if sharded(trainer):
-            write_snapshot(self.folder, step, emas, trainer.global_rank, trainer.world_size)
+            write_snapshot(self.folder, step, emas, trainer.global_rank, trainer.world_size, dtype=self.dtype)
         elif trainer.is_global_zero:
-            write_snapshot(self.folder, step, emas)
+            write_snapshot(self.folder, step, emas, dtype=self.dtype)
 
 
 class PeriodicCheckpoint(L.Callback):

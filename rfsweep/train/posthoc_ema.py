@@ -6,8 +6,8 @@ p(t; T) = (gamma + 1) t^gamma / T^(gamma + 1): the update at step t is theta_ema
 theta_t with beta_t = (1 - 1/t)^(gamma + 1). Its length is given by sigma_rel, the profile's standard deviation
 relative to T: sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)).
 
-Snapshots: `<checkpoints>/posthoc/step<NNNNNNN>.safetensors`, tensors `<sigma_rel>/<state key>` of every tracked EMA,
-float32, metadata the step and the sigma_rels. Under FSDP each rank writes its own shard
+Snapshots: `<checkpoints>/posthoc/step<NNNNNNN>.safetensors`, tensors `<sigma_rel>/<state key>` of every tracked EMA
+(float32, or `ema.snapshot_dtype`), metadata the step and the sigma_rels. Under FSDP each rank writes its own shard
 (`step<NNNNNNN>.rank<r>of<w>.safetensors`, dim-0 shards as FSDP2 cuts them) and the reader joins them.
 """
 
@@ -67,16 +67,17 @@ def snapshot_path(folder: Path, step: int, rank: int = 0, world: int = 1) -> Pat
                            f"step{step:07d}.rank{rank}of{world}.safetensors")
 
 
-def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1) -> Path:
-    """One snapshot of every tracked EMA (`{sigma_rel: module}`), atomically; under FSDP (`world` > 1) this rank's
-    shards with the full shapes in the metadata."""
+def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1,
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically; under FSDP
+    (`world` > 1) this rank's shards with the full shapes in the metadata."""
     from safetensors.torch import save
 
     tensors, shapes = {}, {}
     for sigma_rel, module in emas.items():
         for key, value in module.state_dict().items():
             name = f"{tag(sigma_rel)}/{key}"
-            tensors[name] = _local(value).detach().to("cpu", torch.float32 if value.is_floating_point() else None)
+            tensors[name] = _local(value).detach().to("cpu", dtype if value.is_floating_point() else None)
             tensors[name] = tensors[name].contiguous().clone()
             shapes[name] = list(value.shape)
     meta = {"step": str(step), "sigma_rels": json.dumps([float(s) for s in emas]), "rank": str(rank),
@@ -101,28 +102,43 @@ def snapshot_steps(folder: str | Path) -> dict[int, list[Path]]:
             if len(e["files"]) == e["world"]}
 
 
+class _Snapshot:
+    """One snapshot's files opened lazily (memory-mapped): its step, tracked sigma_rels and whole tensors on demand,
+    the shards of FSDP joined along dim 0."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self.files = files
+        try:
+            self.handles = [safe_open(str(p), framework="pt") for p in files]
+            meta = self.handles[0].metadata() or {}
+            self.step, self.sigma_rels = int(meta["step"]), [float(x) for x in json.loads(meta["sigma_rels"])]
+            self.shapes = json.loads(meta["shapes"])
+        except Exception as e:
+            raise PostHocError(f"snapshot {files[0]} is corrupt ({type(e).__name__}: {e}); delete it to rebuild "
+                               f"without it") from None
+
+    def keys(self, sigma_rel: float) -> list[str]:
+        prefix = f"{tag(sigma_rel)}/"
+        return [n[len(prefix):] for n in self.shapes if n.startswith(prefix)]
+
+    def tensor(self, sigma_rel: float, key: str) -> torch.Tensor:
+        name = f"{tag(sigma_rel)}/{key}"
+        try:
+            pieces = [h.get_tensor(name) for h in self.handles]
+        except Exception as e:
+            raise PostHocError(f"snapshot {self.files[0]} is corrupt ({type(e).__name__}: {e}); delete it to "
+                               f"rebuild without it") from None
+        shape = self.shapes[name]
+        full = pieces[0] if len(pieces) == 1 or not shape else torch.cat(pieces, dim=0)
+        return full.reshape(shape)
+
+
 def read_snapshot(files: list[Path]) -> tuple[int, dict[float, dict[str, torch.Tensor]]]:
     """(step, {sigma_rel: full state dict}) of one snapshot, its shards joined along dim 0."""
-    from safetensors import safe_open
-
-    parts, meta = [], {}
-    try:
-        for p in files:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-                parts.append({k: f.get_tensor(k) for k in f.keys()})
-        shapes, sigma_rels = json.loads(meta["shapes"]), json.loads(meta["sigma_rels"])
-    except Exception as e:
-        raise PostHocError(f"snapshot {files[0]} is corrupt ({type(e).__name__}: {e}); delete it to rebuild "
-                           f"without it") from None
-    out: dict[float, dict[str, torch.Tensor]] = {s: {} for s in sigma_rels}
-    by_tag = {tag(s): s for s in sigma_rels}
-    for name, shape in shapes.items():
-        pieces = [p[name] for p in parts]
-        full = pieces[0] if len(pieces) == 1 or not shape else torch.cat(pieces, dim=0)
-        s, key = name.split("/", 1)
-        out[by_tag[s]][key] = full.reshape(shape)
-    return int(meta["step"]), out
+    snap = _Snapshot(files)
+    return snap.step, {r: {k: snap.tensor(r, k) for k in snap.keys(r)} for r in snap.sigma_rels}
 
 
 # -- the least-squares reconstruction -----------------------------------------------------------------------------
@@ -148,8 +164,9 @@ def coefficients(steps, gammas, step: float, gamma: float) -> np.ndarray:
 def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
                 using: list[float] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The EMA of length `sigma_rel` at `step` (default: the last snapshot's), from the snapshots of the tracked EMAs
-    (`using`: only those sigma_rels; default all) taken at or before `step`. Returns (state dict, info: step,
-    snapshots used, the coefficients' sum, which is 1 when the profile is well matched)."""
+    (`using`: only those sigma_rels; default all) taken at or before `step`. Tensor by tensor over memory-mapped
+    snapshots: the memory is the result and one tensor. Returns (state dict, info: step, snapshots used, the
+    coefficients' sum, which is 1 when the profile is well matched)."""
     gamma = gamma_of(sigma_rel)
     found = snapshot_steps(folder)
     if not found:
@@ -159,24 +176,20 @@ def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
     if not chosen or step > max(found):
         raise PostHocError(f"{folder}: no snapshots up to step {step} (snapshots at steps {min(found)}.."
                            f"{max(found)})")
-    first_step, first = read_snapshot(found[chosen[0]])
-    tracked = [r for r in first if using is None or any(abs(r - u) < 1e-9 for u in using)]
-    if len(tracked) < 1:
-        raise PostHocError(f"{folder}: snapshots hold sigma_rels {sorted(first)} (allowed in `using`: those)")
-    pairs = [(s, r) for s in chosen for r in tracked]
-    x = coefficients([s for s, _ in pairs], [gamma_of(r) for _, r in pairs], step, gamma)
+    snaps = [_Snapshot(found[s]) for s in chosen]
+    tracked = [r for r in snaps[0].sigma_rels if using is None or any(abs(r - u) < 1e-9 for u in using)]
+    if not tracked:
+        raise PostHocError(f"{folder}: snapshots hold sigma_rels {snaps[0].sigma_rels} (allowed in `using`: those)")
+    pairs = [(snap, r) for snap in snaps for r in tracked]
+    x = coefficients([snap.step for snap, _ in pairs], [gamma_of(r) for _, r in pairs], step, gamma)
     out: dict[str, torch.Tensor] = {}
-    k = 0
-    for s in chosen:
-        _, emas = (first_step, first) if s == first_step else read_snapshot(found[s])
-        for r in tracked:
-            for key, value in emas[r].items():
-                if not value.is_floating_point():
-                    out[key] = value  # integer buffers: the last snapshot's
-                    continue
-                acc = out.get(key)
-                term = value.double() * x[k]
-                out[key] = term if acc is None else acc + term
-            k += 1
-    out = {key: v.float() if v.is_floating_point() else v for key, v in out.items()}
+    for key in snaps[0].keys(tracked[0]):
+        last = snaps[-1].tensor(tracked[-1], key)
+        if not last.is_floating_point():
+            out[key] = last  # integer buffers: the last snapshot's
+            continue
+        acc = torch.zeros(last.shape, dtype=torch.float64)
+        for (snap, r), weight in zip(pairs, x):
+            acc.add_(snap.tensor(r, key).double(), alpha=float(weight))
+        out[key] = acc.float()
     return out, {"step": step, "snapshots": len(chosen), "sum": float(x.sum()), "sigma_rel": sigma_rel}

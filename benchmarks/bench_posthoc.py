@@ -1,0 +1,43 @@
+"""Cost of post-hoc EMA reconstruction (`rfsweep.train.posthoc_ema.reconstruct`): snapshots of two tracked EMAs of a
+model of P parameters (float32, 16 tensors), S snapshots; the disk they take and the time to rebuild one length, with
+the read rate it reaches. `python benchmarks/bench_posthoc.py [P_MILLIONS] [S]` (default 50 M parameters, 20
+snapshots: 8 GB of snapshots)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rfsweep.train.posthoc_ema import reconstruct, write_snapshot  # noqa: E402
+
+
+def main(millions: float = 50, snapshots: int = 20) -> None:
+    per = int(millions * 1e6 / 16)
+    folder = Path(tempfile.mkdtemp(prefix="bench-posthoc-"))
+    try:
+        nets = {s: nn.ParameterList([nn.Parameter(torch.randn(per)) for _ in range(16)]) for s in (0.05, 0.10)}
+        t0 = time.perf_counter()
+        for k in range(1, snapshots + 1):
+            write_snapshot(folder, 1000 * k, nets)
+        wrote = time.perf_counter() - t0
+        disk = sum(p.stat().st_size for p in folder.iterdir())
+        t0 = time.perf_counter()
+        state, info = reconstruct(folder, 0.08)
+        took = time.perf_counter() - t0
+        print(f"posthoc: {16 * per / 1e6:.0f} M parameters, {snapshots} snapshots x 2 EMAs: {disk / 2**30:.2f} GiB on "
+              f"disk (written in {wrote:.1f} s); rebuilding one length: {took:.1f} s ({disk / took / 2**20:.0f} MiB/s "
+              f"read), coefficient sum {info['sum']:.4f}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(*(float(a) if i == 0 else int(a) for i, a in enumerate(sys.argv[1:])))

@@ -14,6 +14,7 @@ from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
 from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
+from rfsweep.metrics import METRICS
 from rfsweep.wandb_env import has_credentials
 
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
@@ -161,7 +162,7 @@ def ema_best(args, src: Path, out: Path) -> int:
     import pandas as pd
 
     from analysis.confidence import bootstrap, missing_banks
-    from analysis.ema_choice import best_ema, fig_lengths, length_curves
+    from analysis.ema_choice import best_ema, fig_lengths, length_curves, posthoc_rows
 
     df = pd.concat([_load(s, None, posthoc=True)[1] for s in [str(src), *args.also]], ignore_index=True)
     banks: dict = {}
@@ -169,7 +170,18 @@ def ema_best(args, src: Path, out: Path) -> int:
     if lacking:
         raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
                          f"rerun their sweep's command with stage=evaluate")
-    best, fixed, halves = best_ema(df, banks)
+    runs = df[posthoc_rows(df)]
+    want = {(w, int(st), float(c)) for w, st, c in zip(runs["weights"], runs["steps"], runs["cfg"])}
+    every = df[df["weights"] != REAL].groupby("run_dir")
+    miss = [f"{run}: {w} steps={st} cfg={c:g}" for run, part in every for w, st, c in sorted(want - {
+        (w, int(st), float(c)) for w, st, c in zip(part["weights"], part["steps"], part["cfg"])})]
+    if miss and not args.allow_incomplete:
+        for m in miss:
+            print(f"missing: {m}", file=sys.stderr)
+        print(f"error: {src}: {len(miss)} post-hoc EMA lengths x settings missing (listed above; evaluate with the "
+              f"sweep's eval.ema_lengths); pass --allow-incomplete to rank anyway", file=sys.stderr)
+        return 1
+    best, fixed, halves = best_ema(df, banks, select=args.select)
     tables = {}
     for name, rows in (("ema_best", best), ("ema_fixed_half", fixed)):
         tables[name] = rank_table(rows)
@@ -198,7 +210,8 @@ def ema_best(args, src: Path, out: Path) -> int:
 def rank_table_cmd(args) -> int:
     if args.ema == "best":
         src = Path(args.results) if args.results else latest_sweep()
-        return ema_best(args, src, Path(args.out) if args.out else src / "analysis")
+        return ema_best(args, src, Path(args.out) if args.out else (src / "analysis" if src.is_dir()
+                                                                    else Path("analysis_out")))
     src, df, manifest = _load(args.results, args.weights)
     miss = missing(df, manifest, weights=[args.weights] if args.weights else None)
     for other in args.also:  # other seeds' sweeps of the grid, pooled
@@ -439,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ema", choices=["fixed", "best"], default="fixed",
                    help="best: every run at its best post-hoc EMA length (eval.ema_lengths), chosen on half the "
                         "prompts and reported on the other, beside the fixed EMA on that half")
+    r.add_argument("--select", choices=list(METRICS), help="with --ema best: the metric that chooses each run's "
+                   "length (default: the runs' eval.ema_select)")
     r.set_defaults(func=rank_table_cmd)
     d = sub.add_parser("wandb-dashboard", help="the sweep's W&B report, built as code (--save to create it)")
     d.add_argument("--entity", required=True)

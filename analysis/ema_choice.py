@@ -58,10 +58,12 @@ def run_select(results_dir: str) -> str:
         return SELECT_DEFAULT
 
 
-def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
+             select: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(best, fixed, banks_b): `best` has one `ema` row per run and setting at the length chosen on the choosing half,
     its metrics from the reporting half (column `sigma_rel`: the length); `fixed` the fixed-EMA rows recomputed on
-    the reporting half; both with the real-image rows. `banks_b` holds the reporting half's evidence under `ema`
+    the reporting half; both with the real-image rows. `select`: the choosing metric (default: each run's
+    eval.ema_select). `banks_b` holds the reporting half's evidence under `ema`
     for each (run, setting) of `best` (for the bootstrap); keyed "<run>#best" and "<run>#fixed"."""
     post = df[posthoc_rows(df)]
     if post.empty:
@@ -70,8 +72,8 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank]) -> tuple[pd.DataF
     for run, part in post.groupby("run_dir", sort=False):
         bank = banks[run]
         reference = feature_stats(bank.reference.float().numpy())
-        select = run_select(part[RESULTS_DIR].iloc[0]) if RESULTS_DIR in part else SELECT_DEFAULT
-        better = max if METRICS[select].direction == "max" else min
+        chosen_by = select or (run_select(part[RESULTS_DIR].iloc[0]) if RESULTS_DIR in part else SELECT_DEFAULT)
+        better = max if METRICS[chosen_by].direction == "max" else min
         b_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
         f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
         for (steps, cfg), setting in part.groupby(["steps", "cfg"], sort=False):
@@ -79,11 +81,11 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank]) -> tuple[pd.DataF
             for _, row in setting.iterrows():
                 e = bank.settings[setting_key(row["weights"], steps, cfg)]
                 choose, report = halves(e)
-                scored.append((metrics_of(_subset(e, choose), reference)[select], row, _subset(e, report)))
+                scored.append((metrics_of(_subset(e, choose), reference)[chosen_by], row, _subset(e, report)))
             value, row, shown = better(scored, key=lambda x: x[0])
             best.append({**row.to_dict(), **metrics_of(shown, reference), "weights": "ema",
                          "n_samples": len(shown.prompt), "sigma_rel": posthoc_sigma_rel(row["weights"]),
-                         "run_dir": f"{run}#best", "select": select, "select_value": value})
+                         "run_dir": f"{run}#best", "select": chosen_by, "select_value": value})
             b_bank.add("ema", steps, cfg, shown)
             key = setting_key("ema", steps, cfg)
             if key in bank.settings:

@@ -50,9 +50,10 @@ def posthoc_sigma_rel(weights: str) -> float | None:
     if not str(weights).startswith(POSTHOC):
         return None
     try:
-        return float(str(weights)[len(POSTHOC):])
+        value = float(str(weights)[len(POSTHOC):])
     except ValueError:
         return None
+    return value if 0 < value <= 0.28 else None  # NaN and inf fail too
 REAL = "real"  # weights/family value of reference rows
 REAL_VARIANT = "real images"
 

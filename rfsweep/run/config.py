@@ -69,8 +69,13 @@ def _cross_checks(cfg: DictConfig) -> None:
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")
     if cfg.ema.sigma_rels and not cfg.ema.snapshot_every:
-        raise ConfigError(f"config error: ema.snapshot_every=0 with ema.sigma_rels={list(cfg.ema.sigma_rels)} "
-                          f"(allowed: an integer > 0, the steps between post-hoc EMA snapshots)")
+        raise ConfigError(f"config error: ema.snapshot_every={cfg.ema.snapshot_every} with ema.sigma_rels="
+                          f"{list(cfg.ema.sigma_rels)} (allowed: an integer > 0, the steps between post-hoc EMA "
+                          f"snapshots)")
+    if cfg.ema.sigma_rels and str(tr.precision).endswith("-true"):
+        raise ConfigError(f"config error: trainer.precision={tr.precision} with ema.sigma_rels (allowed: a mixed "
+                          f"precision such as bf16-mixed or 32-true: the post-hoc EMAs' per-step update (gamma + 1) / t "
+                          f"falls below 16-bit resolution)")
     if cfg.eval.ema_lengths and not cfg.ema.sigma_rels:
         raise ConfigError(f"config error: eval.ema_lengths={list(cfg.eval.ema_lengths)} without post-hoc EMA "
                           f"snapshots (allowed: [] or with ema=posthoc / ema.sigma_rels=[...])")

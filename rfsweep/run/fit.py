@@ -109,8 +109,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
     # order matters: the EMA is updated before anything saves the step; the best weights are chosen before the
     # step's checkpoint is written after its validation (PeriodicCheckpoint)
-    snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype)]
-                 if cfg.ema.sigma_rels else [])
+    snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every,
+                                   cfg.ema.snapshot_dtype or "float32")] if cfg.ema.sigma_rels else [])
     callbacks = [EMAUpdate(), *snapshots, best, *([BestValidation(tracker)] if tracker is not None and tracker.run is not None
                                       else []),
                  periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,

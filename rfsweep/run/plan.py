@@ -63,14 +63,14 @@ def dry_run_line(cfg: DictConfig) -> str:
 
 
 def posthoc_disk(cfg: DictConfig, params: int) -> str:
-    """The post-hoc EMA snapshots' disk (float32, every tracked EMA, every `ema.snapshot_every` steps and the last)."""
+    """The post-hoc EMA snapshots' disk (every tracked EMA, every `ema.snapshot_every` steps and the last)."""
     if not cfg.ema.sigma_rels:
         return ""
     steps, every = int(cfg.trainer.max_steps), int(cfg.ema.snapshot_every)
     snapshots = steps // every + (1 if steps % every else 0)
-    size = snapshots * len(cfg.ema.sigma_rels) * params * (4 if cfg.ema.snapshot_dtype == "float32" else 2)
-    return (f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB "
-            f"({cfg.ema.snapshot_dtype})")
+    dtype = cfg.ema.snapshot_dtype or "float32"
+    size = snapshots * len(cfg.ema.sigma_rels) * params * (4 if dtype == "float32" else 2)
+    return f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB ({dtype})"
 
 
 def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:

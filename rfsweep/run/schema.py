@@ -36,6 +36,11 @@ def number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _lengths(v) -> bool:
+    """Post-hoc EMA lengths: sigma_rel values in [1e-4, 0.28], distinct as they are named (4 significant digits)."""
+    return all(number(x) and 1e-4 <= x <= 0.28 for x in v) and len({f"{float(x):.4g}" for x in v}) == len(v)
+
+
 def rule(default: Any, check: Callable[[Any], bool], allowed: str, factory: Callable | None = None):
     """A field with its range rule: `check(value)` must hold; `allowed` says what is allowed."""
     meta = {"check": check, "allowed": allowed}
@@ -122,13 +127,14 @@ class EMAConf:
 
     every: int = rule(100, positive_int, "an integer > 0 (paper: 100)")
     decay: float = rule(0.99, lambda v: number(v) and 0 <= v < 1, "a number in [0, 1) (paper: 0.99)")
-    sigma_rels: list = rule(None, lambda v: len(set(v)) == len(v) and (len(v) == 0 or len(v) >= 2) and all(
-        number(x) and 0 < x <= 0.28 for x in v), "[] (off) or two or more distinct numbers in (0, 0.28] "
-        "(EDM2: [0.05, 0.10])", factory=list)
-    snapshot_every: int = rule(0, nonneg_int, "an integer >= 0 (steps between post-hoc EMA snapshots; > 0 with "
-                               "ema.sigma_rels)")
-    snapshot_dtype: str = rule("float32", lambda v: v in ("float32", "bfloat16", "float16"),
-                               "float32, bfloat16 or float16 (the snapshots' floating tensors; half the disk in 16 bit)")
+    # null = off (and what a run's config.json from before post-hoc EMA existed holds: such runs resume unchanged)
+    sigma_rels: Optional[list] = rule(None, lambda v: v is None or _lengths(v) and len(v) >= 2,
+                                      "null (off) or two or more distinct numbers in [0.0001, 0.28] (EDM2: [0.05, "
+                                      "0.10])")
+    snapshot_every: Optional[int] = rule(None, lambda v: v is None or positive_int(v),
+                                         "null or an integer > 0 (steps between post-hoc EMA snapshots)")
+    snapshot_dtype: Optional[str] = rule(None, lambda v: v in (None, "float32", "bfloat16", "float16"),
+                                         "null (float32), float32, bfloat16 or float16 (16 bit: half the disk)")
 
 
 @dataclass
@@ -159,8 +165,7 @@ class EvalConf:
     # post-hoc EMA lengths (sigma_rel) evaluated beside `weights`, each rebuilt at the evaluated step from the run's
     # snapshots (ema=posthoc) and written as weights phema<sigma_rel>; `analysis rank-table --ema best` picks each
     # run's length per setting by `ema_select` on half the prompts and reports the other half
-    ema_lengths: list = rule(None, lambda v: len(set(v)) == len(v) and all(number(x) and 0 < x <= 0.28 for x in v),
-                             "distinct numbers in (0, 0.28] (sigma_rel), or []", factory=list)
+    ema_lengths: list = rule(None, _lengths, "distinct numbers in [0.0001, 0.28] (sigma_rel), or []", factory=list)
     ema_select: str = rule("fid", lambda v: v in metric_names(), "a registered metric (clip_score, fid)")
     bf16: bool = True  # on a GPU, sample under bf16 autocast with TF32 matmuls (ignored on a CPU)
 

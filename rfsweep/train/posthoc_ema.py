@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfsweep.atomic import atomic_write
 from rfsweep.errors import UserError
 
-SIGMA_REL_MAX = 0.28  # gamma = 0 (a uniform average of all steps) has sigma_rel 0.2887
+SIGMA_REL_MIN, SIGMA_REL_MAX = 1e-4, 0.28  # gamma = 0 (a uniform average of all steps) has sigma_rel 0.2887
 FOLDER = "posthoc"
-_NAME = re.compile(r"step(\d{7})(?:\.rank(\d+)of(\d+))?\.safetensors$")
+_NAME = re.compile(r"step(\d{7,})(?:\.rank(\d+)of(\d+))?\.safetensors$")
 
 
 class PostHocError(UserError):
@@ -39,12 +38,12 @@ def sigma_rel_of(gamma: float) -> float:
 
 
 def gamma_of(sigma_rel: float) -> float:
-    """The exponent of the power-function EMA with relative standard deviation `sigma_rel` (in (0, 0.28]): sigma_rel
-    falls monotonically in gamma >= 0, so bisection finds it."""
+    """The exponent of the power-function EMA with relative standard deviation `sigma_rel` (in [1e-4, 0.28]):
+    sigma_rel falls monotonically in gamma >= 0, so bisection finds it."""
     from scipy.optimize import brentq
 
-    if not 0 < sigma_rel <= SIGMA_REL_MAX:
-        raise PostHocError(f"sigma_rel={sigma_rel} (allowed: a number in (0, {SIGMA_REL_MAX}])")
+    if not SIGMA_REL_MIN <= sigma_rel <= SIGMA_REL_MAX:
+        raise PostHocError(f"sigma_rel={sigma_rel} (allowed: a number in [{SIGMA_REL_MIN:g}, {SIGMA_REL_MAX}])")
     return float(brentq(lambda g: sigma_rel_of(g) - sigma_rel, 0.0, 1e9, xtol=1e-12, rtol=1e-14, maxiter=500))
 
 
@@ -67,39 +66,63 @@ def snapshot_path(folder: Path, step: int, rank: int = 0, world: int = 1) -> Pat
                            f"step{step:07d}.rank{rank}of{world}.safetensors")
 
 
+def _sharded(t: torch.Tensor) -> bool:
+    """A DTensor cut along dim 0 (FSDP2's parameters); buffers and plain tensors are whole on every rank."""
+    placements = getattr(t, "placements", None)
+    return bool(placements) and any(getattr(pl, "dim", None) == 0 for pl in placements)
+
+
 def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1,
                    dtype: torch.dtype = torch.float32) -> Path:
-    """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically; under FSDP
-    (`world` > 1) this rank's shards with the full shapes in the metadata."""
-    from safetensors.torch import save
+    """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically (written
+    tensor by tensor, no second copy in memory); under FSDP (`world` > 1) this rank's shards, with the full shapes
+    and which tensors are sharded in the metadata."""
+    import os
 
-    tensors, shapes = {}, {}
+    from safetensors.torch import save_file
+
+    tensors, shapes, sharded = {}, {}, []
     for sigma_rel, module in emas.items():
         for key, value in module.state_dict().items():
             name = f"{tag(sigma_rel)}/{key}"
-            tensors[name] = _local(value).detach().to("cpu", dtype if value.is_floating_point() else None)
-            tensors[name] = tensors[name].contiguous().clone()
+            local = _local(value).detach()
+            tensors[name] = local.to("cpu", dtype if value.is_floating_point() else None).contiguous()
             shapes[name] = list(value.shape)
+            if _sharded(value):
+                sharded.append(name)
     meta = {"step": str(step), "sigma_rels": json.dumps([float(s) for s in emas]), "rank": str(rank),
-            "world": str(world), "shapes": json.dumps(shapes)}
+            "world": str(world), "shapes": json.dumps(shapes), "sharded": json.dumps(sharded)}
     path = snapshot_path(Path(folder), step, rank, world)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        f.write(save(tensors, metadata=meta))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def snapshot_steps(folder: str | Path) -> dict[int, list[Path]]:
-    """{step: its files} of the complete snapshots in `folder` (every rank's shard present)."""
-    found: dict[int, dict] = {}
-    for p in sorted(Path(folder).glob("step*.safetensors")):
+    """{step: its files in rank order} of the complete snapshots in `folder`: every rank's shard of one world size
+    present; where a step was written by runs of two world sizes (a resume on other devices), the newest complete
+    set."""
+    found: dict[tuple[int, int], dict[int, Path]] = {}
+    for p in Path(folder).glob("step*.safetensors"):
         m = _NAME.match(p.name)
         if m:
-            world = int(m.group(3) or 1)
-            entry = found.setdefault(int(m.group(1)), {"world": world, "files": {}})
-            entry["files"][int(m.group(2) or 0)] = p
-    return {s: [e["files"][r] for r in range(e["world"])] for s, e in sorted(found.items())
-            if len(e["files"]) == e["world"]}
+            found.setdefault((int(m.group(1)), int(m.group(3) or 1)), {})[int(m.group(2) or 0)] = p
+    out: dict[int, tuple[float, list[Path]]] = {}
+    for (step, world), files in found.items():
+        if sorted(files) != list(range(world)):
+            continue
+        paths = [files[r] for r in range(world)]
+        newest = max(q.stat().st_mtime for q in paths)
+        if step not in out or newest > out[step][0]:
+            out[step] = (newest, paths)
+    return {step: out[step][1] for step in sorted(out)}
 
 
 class _Snapshot:
@@ -109,15 +132,22 @@ class _Snapshot:
     def __init__(self, files: list[Path]):
         from safetensors import safe_open
 
-        self.files = files
-        try:
-            self.handles = [safe_open(str(p), framework="pt") for p in files]
-            meta = self.handles[0].metadata() or {}
-            self.step, self.sigma_rels = int(meta["step"]), [float(x) for x in json.loads(meta["sigma_rels"])]
-            self.shapes = json.loads(meta["shapes"])
-        except Exception as e:
-            raise PostHocError(f"snapshot {files[0]} is corrupt ({type(e).__name__}: {e}); delete it to rebuild "
-                               f"without it") from None
+        self.files, self.handles = files, []
+        for rank, p in enumerate(files):
+            try:
+                h = safe_open(str(p), framework="pt")
+                meta = h.metadata() or {}
+                if int(meta.get("rank", 0)) != rank or int(meta.get("world", 1)) != len(files):
+                    raise ValueError(f"holds rank {meta.get('rank')} of {meta.get('world')}, not {rank} of "
+                                     f"{len(files)}")
+                if rank == 0:
+                    self.step, self.sigma_rels = int(meta["step"]), [float(x) for x in json.loads(meta["sigma_rels"])]
+                    self.shapes = json.loads(meta["shapes"])
+                    self.sharded = set(json.loads(meta.get("sharded", "[]")))
+            except Exception as e:
+                raise PostHocError(f"snapshot {p} is corrupt ({type(e).__name__}: {e}); delete this step's files "
+                                   f"to rebuild without it") from None
+            self.handles.append(h)
 
     def keys(self, sigma_rel: float) -> list[str]:
         prefix = f"{tag(sigma_rel)}/"
@@ -125,14 +155,19 @@ class _Snapshot:
 
     def tensor(self, sigma_rel: float, key: str) -> torch.Tensor:
         name = f"{tag(sigma_rel)}/{key}"
-        try:
-            pieces = [h.get_tensor(name) for h in self.handles]
-        except Exception as e:
-            raise PostHocError(f"snapshot {self.files[0]} is corrupt ({type(e).__name__}: {e}); delete it to "
-                               f"rebuild without it") from None
-        shape = self.shapes[name]
-        full = pieces[0] if len(pieces) == 1 or not shape else torch.cat(pieces, dim=0)
-        return full.reshape(shape)
+        handles = self.handles if name in self.sharded else self.handles[:1]  # whole on every rank: rank 0's
+        pieces = []
+        for p, h in zip(self.files, handles):
+            try:
+                pieces.append(h.get_tensor(name))
+            except Exception as e:
+                raise PostHocError(f"snapshot {p} is corrupt ({type(e).__name__}: {e}); delete this step's files to "
+                                   f"rebuild without it") from None
+        full = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+        if list(full.shape) != list(self.shapes[name]):
+            raise PostHocError(f"snapshot {self.files[0]}: {name} has shape {list(full.shape)}, its metadata "
+                               f"{self.shapes[name]}; delete this step's files to rebuild without it")
+        return full
 
 
 def read_snapshot(files: list[Path]) -> tuple[int, dict[float, dict[str, torch.Tensor]]]:
@@ -165,23 +200,25 @@ def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
                 using: list[float] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The EMA of length `sigma_rel` at `step` (default: the last snapshot's), from the snapshots of the tracked EMAs
     (`using`: only those sigma_rels; default all) taken at or before `step`. Tensor by tensor over memory-mapped
-    snapshots: the memory is the result and one tensor. Returns (state dict, info: step, snapshots used, the
-    coefficients' sum, which is 1 when the profile is well matched)."""
+    snapshots: the memory is the result and one tensor. The coefficients are normalised to sum to 1; info: step,
+    snapshots used, their least-squares sum before that (near 1 when the target profile is well matched)."""
     gamma = gamma_of(sigma_rel)
     found = snapshot_steps(folder)
     if not found:
         raise PostHocError(f"{folder}: no post-hoc EMA snapshots (train with ema=posthoc or ema.sigma_rels=[...])")
     step = max(found) if step is None else int(step)
+    if step not in found:  # the profile up to `step` needs the EMAs as they were at `step`
+        near = sorted(found, key=lambda s: abs(s - step))[:2]
+        raise PostHocError(f"{folder}: no snapshot at step {step} (allowed: a snapshot's step, e.g. "
+                           f"{', '.join(map(str, sorted(near)))}; snapshots at steps {min(found)}..{max(found)})")
     chosen = [s for s in found if s <= step]
-    if not chosen or step > max(found):
-        raise PostHocError(f"{folder}: no snapshots up to step {step} (snapshots at steps {min(found)}.."
-                           f"{max(found)})")
     snaps = [_Snapshot(found[s]) for s in chosen]
     tracked = [r for r in snaps[0].sigma_rels if using is None or any(abs(r - u) < 1e-9 for u in using)]
     if not tracked:
         raise PostHocError(f"{folder}: snapshots hold sigma_rels {snaps[0].sigma_rels} (allowed in `using`: those)")
     pairs = [(snap, r) for snap in snaps for r in tracked]
-    x = coefficients([snap.step for snap, _ in pairs], [gamma_of(r) for _, r in pairs], step, gamma)
+    raw = coefficients([snap.step for snap, _ in pairs], [gamma_of(r) for _, r in pairs], step, gamma)
+    x = raw / raw.sum()  # an average of weights; the raw sum says how well the target profile was matched
     out: dict[str, torch.Tensor] = {}
     for key in snaps[0].keys(tracked[0]):
         last = snaps[-1].tensor(tracked[-1], key)
@@ -192,4 +229,4 @@ def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
         for (snap, r), weight in zip(pairs, x):
             acc.add_(snap.tensor(r, key).double(), alpha=float(weight))
         out[key] = acc.float()
-    return out, {"step": step, "snapshots": len(chosen), "sum": float(x.sum()), "sigma_rel": sigma_rel}
+    return out, {"step": step, "snapshots": len(chosen), "sum": float(raw.sum()), "sigma_rel": sigma_rel}

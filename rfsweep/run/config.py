@@ -72,7 +72,7 @@ def _cross_checks(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: ema.snapshot_every={cfg.ema.snapshot_every} with ema.sigma_rels="
                           f"{list(cfg.ema.sigma_rels)} (allowed: an integer > 0, the steps between post-hoc EMA "
                           f"snapshots)")
-    if cfg.ema.sigma_rels and str(tr.precision).endswith("-true"):
+    if cfg.ema.sigma_rels and str(tr.precision) in ("bf16-true", "16-true"):
         raise ConfigError(f"config error: trainer.precision={tr.precision} with ema.sigma_rels (allowed: a mixed "
                           f"precision such as bf16-mixed or 32-true: the post-hoc EMAs' per-step update (gamma + 1) / t "
                           f"falls below 16-bit resolution)")

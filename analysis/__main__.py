@@ -13,8 +13,8 @@ from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, rank_correlation, rank_table
 from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
-from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
 from rfsweep.metrics import METRICS
+from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
 from rfsweep.wandb_env import has_credentials
 
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives

@@ -133,8 +133,8 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 # share the global batch, how the job behaves on a cluster, how the finished weights are sampled and evaluated:
 # results rows carry their settings) or only extend them (max_steps: neither the data stream nor the learning-rate
 # schedule depends on it, so a longer run continues exactly as if it had been started longer).
-RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "reference_sweep", "stage", "cluster", "eval", "sampler", "grid",
-                  "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
+RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "reference_sweep", "stage", "cluster", "eval",
+                  "sampler", "grid", "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
                   "trainer.max_steps")
 
 

@@ -60,7 +60,8 @@ def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
     # the post-hoc EMA snapshots: each rank writes its shards; joined, they are one process's snapshots
     from rfsweep.train.posthoc_ema import read_snapshot, snapshot_steps
 
-    shards, whole = snapshot_steps(run / "checkpoints" / "posthoc"), snapshot_steps(_run(one) / "checkpoints" / "posthoc")
+    shards = snapshot_steps(run / "checkpoints" / "posthoc")
+    whole = snapshot_steps(_run(one) / "checkpoints" / "posthoc")
     assert sorted(shards) == sorted(whole) == [4, 8] and all(len(f) == 2 for f in shards.values())
     for step in whole:
         joined, single = read_snapshot(shards[step])[1], read_snapshot(whole[step])[1]

@@ -89,7 +89,8 @@ def test_reconstruction_equals_ema_pytorchs_from_the_same_snapshots(tmp_path):
         _, emas = read_snapshot(files)
         for index, s in enumerate(TRACKED):
             state = {f"ema_model.{k}": v for k, v in emas[s].items()}
-            torch.save({**state, "initted": torch.tensor(True), "step": torch.tensor(step)}, theirs / f"{index}.{step}.pt")
+            extra = {"initted": torch.tensor(True), "step": torch.tensor(step)}
+            torch.save({**state, **extra}, theirs / f"{index}.{step}.pt")
     lib = PostHocEMA(net, sigma_rels=TRACKED, checkpoint_folder=str(theirs), checkpoint_every_num_steps="manual")
     for target in (0.06, TARGET, 0.15):
         expected = lib.synthesize_ema_model(sigma_rel=target).ema_model.state_dict()

@@ -74,8 +74,8 @@ def _cross_checks(cfg: DictConfig) -> None:
                           f"snapshots)")
     if cfg.ema.sigma_rels and str(tr.precision) in ("bf16-true", "16-true"):
         raise ConfigError(f"config error: trainer.precision={tr.precision} with ema.sigma_rels (allowed: a mixed "
-                          f"precision such as bf16-mixed or 32-true: the post-hoc EMAs' per-step update (gamma + 1) / t "
-                          f"falls below 16-bit resolution)")
+                          f"precision such as bf16-mixed, or 32-true: the post-hoc EMAs' per-step update "
+                          f"(gamma + 1) / t falls below 16-bit resolution)")
     if cfg.eval.ema_lengths and not cfg.ema.sigma_rels:
         raise ConfigError(f"config error: eval.ema_lengths={list(cfg.eval.ema_lengths)} without post-hoc EMA "
                           f"snapshots (allowed: [] or with ema=posthoc / ema.sigma_rels=[...])")

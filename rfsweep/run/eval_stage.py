@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep import runfolder
 from rfsweep.data import build_dataset
 from rfsweep.errors import ResultsError
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
-from rfsweep import runfolder
 from rfsweep.results import (
     EVALUATOR,
     REAL,

@@ -111,8 +111,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     # step's checkpoint is written after its validation (PeriodicCheckpoint)
     snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every,
                                    cfg.ema.snapshot_dtype or "float32")] if cfg.ema.sigma_rels else [])
-    callbacks = [EMAUpdate(), *snapshots, best, *([BestValidation(tracker)] if tracker is not None and tracker.run is not None
-                                      else []),
+    validation = [BestValidation(tracker)] if tracker is not None and tracker.run is not None else []
+    callbacks = [EMAUpdate(), *snapshots, best, *validation,
                  periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,
                  Throughput(tr.batch_size, flops, log_every)]
     callbacks += [StepProgressBar()] if bar else []

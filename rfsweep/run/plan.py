@@ -96,7 +96,8 @@ def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
     for ds in sorted(seeds):
         ref = v[v["dataset"] == ds]
         if not len(ref):
-            lines.append(f"resolution: {ds}: not in reference_sweep={reference} (it has {', '.join(sorted(set(v['dataset'])))})")
+            have = ", ".join(sorted(set(v["dataset"])))
+            lines.append(f"resolution: {ds}: not in reference_sweep={reference} (it has {have})")
             continue
         n_seeds = min(len(s) for s in seeds[ds].values())
         planned = resolution(ref, prompts=prompts[ds], seeds=n_seeds)

@@ -164,7 +164,12 @@ def ema_best(args, src: Path, out: Path) -> int:
     from analysis.confidence import bootstrap, missing_banks
     from analysis.ema_choice import best_ema, fig_lengths, length_curves, posthoc_rows
 
-    df = pd.concat([_load(s, None, posthoc=True)[1] for s in [str(src), *args.also]], ignore_index=True)
+    frames, miss = [], []
+    for sweep in [str(src), *args.also]:
+        _, part, manifest = _load(sweep, None, posthoc=True)
+        frames.append(part)
+        miss += missing(part[~posthoc_rows(part)], manifest, weights=["ema"])  # runs that never finished, too
+    df = pd.concat(frames, ignore_index=True)
     banks: dict = {}
     lacking = missing_banks(df, banks)
     if lacking:
@@ -172,14 +177,15 @@ def ema_best(args, src: Path, out: Path) -> int:
                          f"rerun their sweep's command with stage=evaluate")
     runs = df[posthoc_rows(df)]
     want = {(w, int(st), float(c)) for w, st, c in zip(runs["weights"], runs["steps"], runs["cfg"])}
+    want |= {("ema", st, c) for _, st, c in want}  # each length's setting beside the fixed EMA's
     every = df[df["weights"] != REAL].groupby("run_dir")
-    miss = [f"{run}: {w} steps={st} cfg={c:g}" for run, part in every for w, st, c in sorted(want - {
+    miss += [f"{run}: {w} steps={st} cfg={c:g}" for run, part in every for w, st, c in sorted(want - {
         (w, int(st), float(c)) for w, st, c in zip(part["weights"], part["steps"], part["cfg"])})]
     if miss and not args.allow_incomplete:
         for m in miss:
             print(f"missing: {m}", file=sys.stderr)
-        print(f"error: {src}: {len(miss)} post-hoc EMA lengths x settings missing (listed above; evaluate with the "
-              f"sweep's eval.ema_lengths); pass --allow-incomplete to rank anyway", file=sys.stderr)
+        print(f"error: {src}: {len(miss)} runs / post-hoc EMA lengths x settings missing (listed above; evaluate "
+              f"with the sweep's eval.ema_lengths); pass --allow-incomplete to rank anyway", file=sys.stderr)
         return 1
     best, fixed, halves = best_ema(df, banks, select=args.select)
     tables = {}

@@ -444,7 +444,7 @@ def _prompt_means(df: pd.DataFrame, banks: dict) -> pd.DataFrame:
 def variances(df: pd.DataFrame, banks: dict | None = None) -> pd.DataFrame:
     """The sweep's measured variation, per data set and metric: `sample_sd` (one prompt's paired difference between
     two variants), `seed_sd` (between training seeds of one variant, beyond the sample noise; NaN with one seed), and
-    the `prompts` and `seeds` (per variant, the fewest) it was measured with."""
+    the `prompts` (distinct), `samples` (per setting) and `seeds` (per variant, the fewest) it was measured with."""
     banks = load_banks(df) if banks is None else banks
     rows = _prompt_means(df, banks)
     out = []
@@ -467,7 +467,8 @@ def variances(df: pd.DataFrame, banks: dict | None = None) -> pd.DataFrame:
                             seed_var.append((vals[k] - vals[j]) ** 2 / 2 - diff.var(ddof=1) / (2 * len(diff)))
             s2 = float(np.mean(pair_var))
             t2 = max(0.0, float(np.mean(seed_var))) if seed_var else np.nan
-            out.append({"dataset": ds, "metric": m, "prompts": prompts, "seeds": seeds, "sample_sd": np.sqrt(s2),
+            out.append({"dataset": ds, "metric": m, "prompts": prompts, "samples": int(part["n_samples"].iloc[0]),
+                        "seeds": seeds, "sample_sd": np.sqrt(s2),
                         "seed_sd": np.sqrt(t2)})
     return pd.DataFrame(out)
 

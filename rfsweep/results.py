@@ -53,7 +53,7 @@ def posthoc_sigma_rel(weights: str) -> float | None:
         value = float(str(weights)[len(POSTHOC):])
     except ValueError:
         return None
-    return value if 0 < value <= 0.28 else None  # NaN and inf fail too
+    return value if 1e-4 <= value <= 0.28 else None  # the lengths the schema allows; NaN and inf fail too
 REAL = "real"  # weights/family value of reference rows
 REAL_VARIANT = "real images"
 

@@ -299,6 +299,9 @@ def test_the_dry_run_scales_a_reference_sweeps_variation_to_its_plan(tmp_path):
     assert cells[:4] == ["shapes", "clip_score", "400", "3"] and float(cells[6]) == pytest.approx(clip["mde"], 1e-3)
     assert clip["mde"] < resolution(v)[lambda r: r["metric"] == "clip_score"]["mde"].iloc[0]
     assert "colour_digits: not in reference_sweep" in out
+    cycled = _write_sweep(tmp_path / "cycled", df.assign(n_samples=150), banks)  # 150 samples over 100 captions
+    line = next(ln for ln in expected_resolution(str(cycled), plan).splitlines() if "| clip_score" in ln)
+    assert [c.strip() for c in line.strip("|").split("|")][2] == "100"  # 400 samples still see 100 prompts
     (next(sweep.rglob("evidence.safetensors"))).unlink()
     with pytest.raises(UserError, match="reference_sweep=.*no evidence bank"):
         expected_resolution(str(sweep), plan)

@@ -188,6 +188,10 @@ def test_posthoc_config_errors_are_one_line(tmp_path):
         preflight(compose_cfg(["ema=posthoc", "trainer.precision=bf16-true"]), data=False)
     with pytest.raises(ConfigError, match="eval.ema_lengths=.* without post-hoc EMA snapshots"):
         preflight(compose_cfg(["eval=embedded", "eval.ema_lengths=[0.1]"]), data=False)
+    with pytest.raises(ConfigError, match="trainer.val_every=30 is not a multiple of ema.snapshot_every=50"):
+        preflight(compose_cfg(["ema=posthoc", "eval=embedded", "eval.ema_lengths=[0.1]", "trainer.val_every=30"]),
+                  data=False)
+    preflight(compose_cfg(["ema=posthoc", "trainer.precision=32-true"]), data=False)  # full precision: accepted
 
 
 def test_runs_from_before_post_hoc_ema_resume_unchanged(tmp_path):
@@ -240,6 +244,8 @@ def test_the_best_length_is_chosen_on_one_half_of_the_prompts_and_reported_on_th
     assert len(halves["r1#best"].settings[("ema", 25, 5.0)].prompt) == 20
     (tmp_path / "config.json").write_text(json.dumps({"eval": {"ema_select": "fid"}}))  # the config names the metric
     assert best_ema(rows, {"r1": bank})[0].iloc[0]["select"] == "fid"
+    chosen = best_ema(rows, {"r1": bank}, select="clip_score")[0].iloc[0]  # --select overrides the config
+    assert chosen["select"] == "clip_score" and chosen["sigma_rel"] == 0.05
 
 
 def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path):
@@ -267,9 +273,15 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     bank = EvidenceBank.load(run / "evidence.safetensors")
     assert bank.has("phema0.2", 2, 5.0) and bank.ckpt_step == info["step"]
     rebuilt = PostHocNets(module, run, info["step"]).get("phema0.05")
+    _, tracked = read_snapshot(snapshot_steps(run / "checkpoints" / "posthoc")[info["step"]])
+    module.phema[0].load_state_dict(tracked[0.05])  # the tracked 0.05 EMA as it was at the evaluated step
     a = module.generate(["a red circle"], steps=2, guidance=5.0, seed=[3], weights=rebuilt)
     b = module.generate(["a red circle"], steps=2, guidance=5.0, seed=[3], weights=module.phema[0])
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # module.phema[0]: the tracked 0.05 at the evaluated step
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    from safetensors import safe_open
+
+    with safe_open(str(run / "checkpoints" / "best.safetensors"), framework="pt") as f:  # snapshots hold them
+        assert not any(k.startswith("phema.") for k in f.keys())
 
 
 def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(tmp_path, capsys):
@@ -303,4 +315,4 @@ def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(
     gap = _write_sweep(tmp_path / "g", df.drop(df.index[(df["weights"] == "phema0.1") & (df["variant"] == "rf")][:1]),
                        banks)  # one run lacks one length in one setting: refused, not ranked among fewer
     assert main(["rank-table", "--results", str(gap), "--ema", "best", "--bootstrap", "0"]) == 1
-    assert "1 post-hoc EMA lengths x settings missing" in capsys.readouterr().err
+    assert "1 runs / post-hoc EMA lengths x settings missing" in capsys.readouterr().err

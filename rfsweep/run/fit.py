@@ -227,7 +227,14 @@ def read_weights(path: Path) -> tuple[dict, int, float | None]:
 
 def load_weights(module, run_dir: Path) -> dict:
     """Load `evaluated_checkpoint` into the module; returns its path, step and EMA validation loss."""
+    from rfsweep.train.callbacks import POSTHOC_PREFIX
+    from rfsweep.train.checkpoint_io import CheckpointError
+
     path = evaluated_checkpoint(run_dir)
     state, step, score = read_weights(path)
-    module.load_state_dict(state)
+    missing, unexpected = module.load_state_dict(state, strict=False)  # best.safetensors has no post-hoc EMAs
+    wrong = [k for k in missing if not k.startswith(POSTHOC_PREFIX)] + list(unexpected)
+    if wrong:
+        raise CheckpointError(f"weights {path} do not fit the run's network ({len(wrong)} keys: e.g. {wrong[0]}; "
+                              f"allowed: weights written by this run's config)")
     return {"path": str(path), "step": step, "val_loss": score}

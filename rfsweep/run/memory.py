@@ -174,12 +174,13 @@ def host_plan(cfg: DictConfig) -> HostPlan:
         except (DataError, OSError):
             tables = 0.0  # no folder yet: the data check refuses the job itself
     base = PROCESS_GB[str(tr.accelerator)] * GB + tables
-    best = 8.0 * p  # rank 0 gathers the raw and EMA weights to write best.safetensors
+    best = 8.0 * p  # rank 0 gathers the raw and EMA weights to write best.safetensors (the post-hoc EMAs stay out)
+    copies = 4.0 * p * (2 + len(cfg.ema.sigma_rels or []))  # the weights, the EMA and each post-hoc EMA
     if tr.strategy == "fsdp" and world > 1:
-        shards = 8.0 * p / world
+        shards = copies / world
         rank0, other = base + max(4.0 * p + shards, best), base + shards
     else:
-        rank0, other = base + max(8.0 * p, best), base + 8.0 * p
+        rank0, other = base + max(copies, best), base + copies
     if tr.accelerator != "gpu":  # training on the CPU: gradients and AdamW's moments live there too
         state = 12.0 * p / (world if tr.strategy == "fsdp" else 1)
         rank0, other = rank0 + state, other + state

@@ -64,7 +64,7 @@ def dry_run_line(cfg: DictConfig) -> str:
 
 def posthoc_disk(cfg: DictConfig, params: int) -> str:
     """The post-hoc EMA snapshots' disk (every tracked EMA, every `ema.snapshot_every` steps and the last)."""
-    if not cfg.ema.sigma_rels:
+    if not cfg.ema.sigma_rels or not cfg.ema.snapshot_every:  # (the latter refused by the preflight)
         return ""
     steps, every = int(cfg.trainer.max_steps), int(cfg.ema.snapshot_every)
     snapshots = steps // every + (1 if steps % every else 0)
@@ -75,8 +75,9 @@ def posthoc_disk(cfg: DictConfig, params: int) -> str:
 
 def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
     """What the planned `jobs` can resolve, read from a finished `reference` sweep's measured variation (its evidence
-    banks: `analysis.confidence.variances`), scaled to the jobs' samples per setting and seeds per variant: per data
-    set and metric the smallest difference of two variants' means told apart at 5% with 80% power."""
+    banks: `analysis.confidence.variances`), scaled to the jobs' distinct prompts (their samples per setting, at most
+    the captions the reference cycled through) and seeds per variant: per data set and metric the smallest difference
+    of two variants' means told apart at 5% with 80% power."""
     from analysis.confidence import resolution, sweep_variances
     from rfsweep.errors import UserError
     from rfsweep.run.builders import variant_name
@@ -100,7 +101,9 @@ def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
             lines.append(f"resolution: {ds}: not in reference_sweep={reference} (it has {have})")
             continue
         n_seeds = min(len(s) for s in seeds[ds].values())
-        planned = resolution(ref, prompts=prompts[ds], seeds=n_seeds)
+        pool = int(ref["prompts"].iloc[0]) if ref["samples"].iloc[0] > ref["prompts"].iloc[0] else None
+        distinct = min(prompts[ds], pool) if pool else prompts[ds]  # samples cycle a data set's held-out captions
+        planned = resolution(ref, prompts=distinct, seeds=n_seeds)
         planned["reference"] = resolution(ref)["mde"].to_numpy()
         frames.append(planned)
         if ref["seed_sd"].isna().all():

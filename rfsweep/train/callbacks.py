@@ -145,6 +145,9 @@ class PeriodicCheckpoint(L.Callback):
             self.save(trainer)
 
 
+POSTHOC_PREFIX = "phema."  # the post-hoc EMAs' keys in the module's state dict
+
+
 class BestWeights(L.Callback):
     """`best.safetensors`: the raw and EMA weights (no optimizer state) of the step with the lowest EMA validation
     loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
@@ -179,6 +182,8 @@ class BestWeights(L.Callback):
         tensors = full_state_dict(pl_module)
         if not trainer.is_global_zero:
             return
+        # the post-hoc EMAs stay out: evaluation rebuilds their lengths from the snapshots (rfsweep.train.posthoc_ema)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(POSTHOC_PREFIX)}
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

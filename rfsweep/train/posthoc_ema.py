@@ -74,9 +74,9 @@ def _sharded(t: torch.Tensor) -> bool:
 
 def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1,
                    dtype: torch.dtype = torch.float32) -> Path:
-    """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically (written
-    tensor by tensor, no second copy in memory); under FSDP (`world` > 1) this rank's shards, with the full shapes
-    and which tensors are sharded in the metadata."""
+    """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically (through
+    `safetensors.torch.save_file`, as best.safetensors); under FSDP (`world` > 1) this rank's shards, with the full
+    shapes and which tensors are sharded in the metadata."""
     import os
 
     from safetensors.torch import save_file

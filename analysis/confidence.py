@@ -24,7 +24,7 @@ from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_tab
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank, SampleEvidence, setting_key
 from rfsweep.evaluation.statistics import _psd_sqrt, feature_stats
 from rfsweep.metrics import METRICS
-from rfsweep.results import REAL, posthoc_sigma_rel
+from rfsweep.results import REAL
 
 LEVEL = 0.95
 
@@ -496,7 +496,9 @@ def sweep_variances(source: str | Path) -> pd.DataFrame:
     from analysis.collect import collect
 
     df, _ = collect(source)
-    df = df[df["weights"].map(lambda w: posthoc_sigma_rel(w) is None)]  # the fixed EMA's and raw weights' rows
+    from analysis.ema_choice import posthoc_rows
+
+    df = df[~posthoc_rows(df)]  # the fixed EMA's and raw weights' rows
     if not len(df[df["weights"] != REAL]):
         raise ValueError(f"{source}: no results yet")
     banks: dict = {}

@@ -134,9 +134,6 @@ def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: fl
             ax.set_ylabel(METRICS[m].label + (" (higher better)" if METRICS[m].direction == "max" else
                                               " (lower better)"))
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from analysis.figures import save_figure
+
+    return save_figure(fig, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from analysis.collect import collect, latest_sweep
 from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
-from analysis.ranking import common_ranks, rank_correlation, rank_table
+from analysis.ranking import common_ranks, panels, rank_correlation, rank_table
 from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
 from rfsweep.metrics import METRICS
 from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
@@ -98,9 +98,8 @@ def _friedman(df, miss, out: Path) -> None:
     path = cd_diagram(mean_ranks, pvalues, out / "cd.png")
     mean_ranks.rename("mean_rank").sort_values().to_csv(out / "friedman.csv", float_format="%.3f")
     blocks = df[df["weights"] != REAL].groupby(["dataset", "backbone", "seed"]).ngroups
-    print(f"Friedman over {blocks} independent blocks (data set x seed; each the mean over its settings): chi2 = "
-          f"{stat:.1f}, "
-          f"p = {p:.2g}; critical-difference diagram: {path}", file=sys.stderr)
+    print(f"Friedman over {blocks} independent blocks (data set x backbone x seed; each the mean over its settings): "
+          f"chi2 = {stat:.1f}, p = {p:.2g}; critical-difference diagram: {path}", file=sys.stderr)
 
 
 def compare_cmd(args) -> int:
@@ -250,9 +249,10 @@ def rank_table_cmd(args) -> int:
         figures["fig3"] = out / "fig3.png"
         deg = fig3_degradation(df, weights=w)
         deg.to_csv(out / "fig3.csv", index=False)
-        least = deg[deg["least"]]
+        least, names = deg[deg["least"]], {(d, b): name for d, b, name in panels(df)}
         print("Fig. 3, the family that degrades least from the most to the fewest steps (fig3.csv): "
-              + ", ".join(f"{r.dataset} {r.metric}: {r.family}" for r in least.itertuples()), file=sys.stderr)
+              + ", ".join(f"{names.get((r.dataset, r.backbone), r.dataset)} {r.metric}: {r.family}"
+                          for r in least.itertuples()), file=sys.stderr)
     print((out / "table1.md").read_text(), end="")
     use_wandb = args.wandb if args.wandb is not None else has_credentials()
     if use_wandb:

@@ -85,25 +85,26 @@ class Confidence:
         return list(np.flatnonzero(sel.to_numpy()))
 
     def table2_intervals(self, steps: int = 25, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
-        """Table 2's cells with their 95% intervals: per data set, variant and metric the value's interval and the
-        interval of its place among the variants (1 = best in the metric's direction)."""
+        """Table 2's cells with their 95% intervals: per data set, backbone, variant and metric the value's interval
+        and the interval of its place among the variants (1 = best in the metric's direction)."""
         q, rows = (1 - LEVEL) / 2, []
         for s in self._settings_where(weights, cfg, steps):
-            ds = self.settings.iloc[s]["dataset"]
+            ds, bb = self.settings.iloc[s]["dataset"], self.settings.iloc[s]["backbone"]
             for k, m in enumerate(self.metrics):
                 v = self.values[s, :, :, k] * (-1.0 if METRICS[m].direction == "max" else 1.0)  # lower is better
                 place = 1 + (v[:, None, :] < v[:, :, None]).sum(-1)
                 for j, variant in enumerate(self.variants):
                     x = self.values[s, :, j, k]
-                    rows.append({"dataset": ds, "variant": variant, "metric": m, "lo": float(np.quantile(x, q)),
+                    rows.append({"dataset": ds, "backbone": bb, "variant": variant, "metric": m,
+                                 "lo": float(np.quantile(x, q)),
                                  "hi": float(np.quantile(x, 1 - q)),
                                  "place_lo": int(np.quantile(place[:, j], q, method="lower")),
                                  "place_hi": int(np.quantile(place[:, j], 1 - q, method="higher"))})
         return pd.DataFrame(rows)
 
     def family_bands(self, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
-        """Fig. 3's bold lines with their 95% bands: per data set, family, steps and metric, the interval of the
-        family's median over its variants."""
+        """Fig. 3's bold lines with their 95% bands: per data set, backbone, family, steps and metric, the interval of
+        the family's median over its variants."""
         q, rows = (1 - LEVEL) / 2, []
         for s in self._settings_where(weights, cfg):
             meta = self.settings.iloc[s]
@@ -111,7 +112,8 @@ class Confidence:
                 cols = [j for j, v in enumerate(self.variants) if self.families[v] == fam]
                 med = np.median(self.values[s][:, cols], axis=1)  # (B, M)
                 for k, m in enumerate(self.metrics):
-                    rows.append({"dataset": meta["dataset"], "family": fam, "steps": int(meta["steps"]), "metric": m,
+                    rows.append({"dataset": meta["dataset"], "backbone": meta["backbone"], "family": fam,
+                                 "steps": int(meta["steps"]), "metric": m,
                                  "lo": float(np.quantile(med[:, k], q)), "hi": float(np.quantile(med[:, k], 1 - q))})
         return pd.DataFrame(rows)
 

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # analysis never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.ranking import PANEL_KEYS, panels  # noqa: E402
 from rfsweep.formulations.variants import FAMILIES  # noqa: E402
 from rfsweep.metrics import METRICS  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
@@ -30,31 +31,33 @@ FAMILY_COLORS = family_colors()
 
 
 def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
-    """What Fig. 3 draws: the rows at `cfg` with `weights`, each variant's mean (over seeds) per dataset and steps,
-    datasets in the order the rows give them."""
+    """What Fig. 3 draws: the rows at `cfg` with `weights`, each variant's mean (over seeds) per data set, backbone and
+    steps, data sets in the order the rows give them."""
     sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
-    pts = sel.groupby(["dataset", "family", "variant", "steps"], as_index=False)[[m.name for m in METRICS.values()]]
+    sel = sel.assign(backbone=sel["backbone"].astype(str))
+    pts = sel.groupby([*PANEL_KEYS, "family", "variant", "steps"], as_index=False)[[m.name for m in METRICS.values()]]
     order = {d: i for i, d in enumerate(dict.fromkeys(sel["dataset"]))}
     return pts.mean().sort_values("dataset", key=lambda c: c.map(order), kind="stable")
 
 
 def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema",
          bands: pd.DataFrame | None = None) -> Path | None:
-    """Save Fig. 3 to ``path``: per dataset one panel per registered metric against the sampling steps present
-    at ``cfg``; each variant a thin line in its family's colour, each family's median bold, and the
-    reference (real images) as a dashed line when the evaluation wrote one.
+    """Save Fig. 3 to ``path``: per panel (a data set, or data set and backbone: `analysis.ranking.panels`) one plot
+    per registered metric against the sampling steps present at ``cfg``; each variant a thin line in its family's
+    colour, each family's median bold (with its 95% band from `bands`, `Confidence.family_bands`), and the reference
+    (real images) as a dashed line when the evaluation wrote one.
     Returns None (and writes nothing) when no row matches."""
     pts = _points(df, cfg, weights)
     if pts.empty:
         return None
     metrics = sorted(METRICS.values(), key=lambda m: m.direction)  # FID first, as the paper draws it
     colors = family_colors(tuple(dict.fromkeys([*FAMILIES, *pts["family"]])))  # every family drawn, or an error
-    datasets = list(dict.fromkeys(pts["dataset"]))
+    groups = panels(pts.assign(weights=weights))
     steps = sorted(pts["steps"].unique())
-    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(datasets)),
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(groups)),
                              squeeze=False)
-    for row, ds in zip(axes, datasets):
-        d = pts[pts["dataset"] == ds]
+    for row, (ds, bb, name) in zip(axes, groups):
+        d = pts[(pts["dataset"] == ds) & (pts["backbone"] == bb)]
         for ax, (metric, label) in zip(row, [(m.name, m.label) for m in metrics]):
             for fam, color in colors.items():
                 f = d[d["family"] == fam]
@@ -64,7 +67,8 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
                     med = f.groupby("steps")[metric].median()
                     ax.plot(med.index, med.to_numpy(), color=color, lw=2.5, marker="o", ms=3, label=fam)
                     if bands is not None:  # the 95% band of the family's median (analysis.confidence)
-                        b = bands[(bands["dataset"] == ds) & (bands["family"] == fam) & (bands["metric"] == metric)]
+                        b = bands[(bands["dataset"] == ds) & (bands["backbone"].astype(str) == bb)
+                                  & (bands["family"] == fam) & (bands["metric"] == metric)]
                         b = b.sort_values("steps")
                         ax.fill_between(b["steps"], b["lo"], b["hi"], color=color, alpha=0.2, lw=0)
             ref = df[(df["weights"] == REAL) & (df["dataset"] == ds)][metric]
@@ -75,28 +79,28 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
             ax.minorticks_off()
             ax.set_xlabel("sampling steps")
             ax.set_ylabel(label)
-            ax.set_title(f"{ds}: {label} (cfg {cfg:g}, {weights} weights)", fontsize=9)
+            ax.set_title(f"{name}: {label} (cfg {cfg:g}, {weights} weights)", fontsize=9)
     axes[0][0].legend(title="family (median bold)", fontsize=8)
     return save_figure(fig, path)
 
 
 def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
-    """What Fig. 3 claims, as numbers: per dataset, metric and family, the family's median (the bold line) at the
-    most and at the fewest sampling steps, and how much worse it gets from the one to the other (in the metric's
-    own units, positive = worse); `least` marks the family that degrades least in each panel."""
+    """What Fig. 3 claims, as numbers: per data set, backbone, metric and family, the family's median (the bold line)
+    at the most and at the fewest sampling steps, and how much worse it gets from the one to the other (in the
+    metric's own units, positive = worse); `least` marks the family that degrades least in each panel."""
     pts = _points(df, cfg, weights)
     rows = []
     for m in METRICS.values():
-        med = pts.groupby(["dataset", "family", "steps"])[m.name].median()
-        for (ds, fam), s in med.groupby(level=["dataset", "family"]):
-            s = s.droplevel(["dataset", "family"])
+        med = pts.groupby([*PANEL_KEYS, "family", "steps"])[m.name].median()
+        for (ds, bb, fam), s in med.groupby(level=[*PANEL_KEYS, "family"]):
+            s = s.droplevel([*PANEL_KEYS, "family"])
             few, most = s.loc[s.index.min()], s.loc[s.index.max()]
-            rows.append({"dataset": ds, "metric": m.name, "family": fam, "steps": f"{s.index.max()}->{s.index.min()}",
-                         "at_most_steps": most, "at_fewest_steps": few,
+            rows.append({"dataset": ds, "backbone": bb, "metric": m.name, "family": fam,
+                         "steps": f"{s.index.max()}->{s.index.min()}", "at_most_steps": most, "at_fewest_steps": few,
                          "worse_by": (most - few) if m.direction == "max" else (few - most)})
-    out = pd.DataFrame(rows, columns=["dataset", "metric", "family", "steps", "at_most_steps", "at_fewest_steps",
+    out = pd.DataFrame(rows, columns=[*PANEL_KEYS, "metric", "family", "steps", "at_most_steps", "at_fewest_steps",
                                       "worse_by"])
-    out["least"] = out.groupby(["dataset", "metric"])["worse_by"].transform("min") == out["worse_by"]
+    out["least"] = out.groupby([*PANEL_KEYS, "metric"])["worse_by"].transform("min") == out["worse_by"]
     return out
 
 

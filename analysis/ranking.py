@@ -13,6 +13,18 @@ from rfsweep.results import REAL
 # several backbones never ranks one backbone's variant against another's.
 SETTING_KEYS = ["dataset", "backbone", "weights", "steps", "cfg"]
 TABLE1_COLUMNS = ["variant", "all", "5 steps", "50 steps"]
+# Table 2's column groups and Fig. 3's rows: one data set with one backbone (a sweep over several backbones never
+# averages one backbone's network with another's)
+PANEL_KEYS = ["dataset", "backbone"]
+
+
+def panels(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(dataset, backbone, name) of each panel of the ranked rows, in the order the rows give them; the name is the
+    data set alone when every row has one backbone (the paper's layout), else "<dataset> <backbone>"."""
+    rows = df[df["weights"] != REAL]
+    keys = list(dict.fromkeys(zip(rows["dataset"].astype(str), rows["backbone"].astype(str))))
+    several = len({b for _, b in keys}) > 1
+    return [(d, b, f"{d} {b}" if several else d) for d, b in keys]
 
 
 def pareto_ranks(values, directions) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tables 1 and 2 of the paper as CSV, Markdown and LaTeX.
 
-Table 2's CSV has, per dataset and registered metric (`rfsweep.metrics`), a column ``<dataset> <heading>`` and
+Table 2's CSV has, per panel (a data set; data set and backbone in a sweep of several backbones) and registered
+metric (`rfsweep.metrics`), a column ``<panel> <heading>`` and
 next to it ``<col> place`` holding 1, 2 or 3 for the best, second and third variant of that column (in the
 metric's direction; ties share a place, competition style) and empty otherwise. Markdown marks them **bold**,
 <u>underlined</u>, *italic*;
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.ranking import TABLE1_COLUMNS
+from analysis.ranking import TABLE1_COLUMNS, panels
 from rfsweep.metrics import METRICS
 from rfsweep.results import REAL, REAL_VARIANT
 
@@ -94,26 +95,32 @@ def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | 
 
 def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "ema",
            order: list[str] | None = None) -> pd.DataFrame:
-    """Table 2: every registered metric per dataset at one sampler setting, with ``<col> place`` columns.
+    """Table 2: every registered metric per panel (a data set, or data set and backbone when the rows hold several
+    backbones: `analysis.ranking.panels`) at one sampler setting, with ``<col> place`` columns.
 
     Several rows of one variant (seeds) are averaged. Rows follow ``order`` (e.g. Table 1's), else variant
-    name; the reference row, when the evaluation wrote one, comes last.
+    name; the reference row, when the evaluation wrote one, comes last (its values are the data set's).
     """
     sel = df[(df["weights"] == weights) & (df["steps"] == steps) & ((df["cfg"] - cfg).abs() < 1e-9)]
-    real = df[df["weights"] == REAL].assign(variant=REAL_VARIANT)
-    datasets = list(dict.fromkeys(sel["dataset"]))
-    real = real[real["dataset"].isin(datasets)]
-    wide = pd.concat([sel, real]).groupby(["variant", "dataset"])[list(METRICS)].mean().unstack("dataset")
     if sel.empty:
         return pd.DataFrame({"variant": []})
+    metrics = [m.name for m in METRICS.values()]
+    sel = sel.assign(backbone=sel["backbone"].astype(str))
+    groups = panels(sel)
+    wide = sel.groupby(["variant", "dataset", "backbone"])[metrics].mean()
+    real = df[(df["weights"] == REAL) & df["dataset"].isin({d for d, _, _ in groups})]
+    real = real.groupby("dataset")[metrics].mean()
     pos = {v: i for i, v in enumerate(order or [])}
     names = sorted(set(sel["variant"]), key=lambda v: (pos.get(v, len(pos)), v))
-    names += [REAL_VARIANT] if REAL_VARIANT in wide.index and REAL_VARIANT not in names else []
+    names += [REAL_VARIANT] if len(real) and REAL_VARIANT not in names else []
     out = pd.DataFrame({"variant": names})
-    for ds in datasets:
+    for ds, bb, name in groups:
+        cell = wide.xs((ds, bb), level=["dataset", "backbone"]).reindex(names)
+        if ds in real.index:
+            cell.loc[REAL_VARIANT] = real.loc[ds]
         for m in METRICS.values():
-            col = f"{ds} {m.heading}"
-            vals = wide[(m.name, ds)].reindex(names).to_numpy()
+            col = f"{name} {m.heading}"
+            vals = cell[m.name].to_numpy()
             out[col] = vals
             ranked = pd.Series(vals).where(out["variant"] != REAL_VARIANT).rank(method="min",
                                                                                ascending=m.direction == "min")

@@ -197,6 +197,30 @@ def test_table2_places(tmp_path):
     assert pd.read_csv(tmp_path / "table2.csv")["imagenet FID place"].tolist()[1:4] == [2, 1, 3]
 
 
+def test_table2_and_fig3_keep_backbones_apart(tmp_path):
+    """A sweep over backbones: Table 2 and Fig. 3 get one panel per data set and backbone (places ranked within it),
+    never one backbone's network averaged with another's; the real images' row is the data set's in every panel."""
+    rows = []
+    for bb, pts in [("dit", {"a": (0.30, 40, 90), "b": (0.20, 60, 70)}), ("mmdit", {"a": (0.20, 60, 61),
+                                                                                   "b": (0.30, 40, 41)})]:
+        for v, (c, f25, f5) in pts.items():
+            rows += [row(v, "rf", "imagenet", "ema", 25, 5.0, clip=c, fid=f25, backbone=bb),
+                     row(v, "rf", "imagenet", "ema", 5, 5.0, clip=c, fid=f5, backbone=bb)]
+        rows.append(row("real images", REAL, "imagenet", REAL, 0, 0.0, clip=0.31, fid=3.0, backbone=bb))
+    df = pd.DataFrame(rows)
+    t = table2(df, order=["a", "b"]).set_index("variant")
+    assert t.columns.tolist() == [f"imagenet {bb} {m}{p}" for bb in ("dit", "mmdit") for m in ("CLIP", "FID")
+                                  for p in ("", " place")]
+    assert t.loc["a", "imagenet dit FID"] == 40 and t.loc["a", "imagenet mmdit FID"] == 60  # not their mean, 50
+    assert t.loc["a", "imagenet dit FID place"] == 1 and t.loc["b", "imagenet mmdit FID place"] == 1
+    assert t.loc["real images", "imagenet dit FID"] == t.loc["real images", "imagenet mmdit FID"] == 3.0
+    d = fig3_degradation(df).set_index(["backbone", "metric", "family"])
+    assert d.loc[("dit", "fid", "rf"), "worse_by"] == 30 and d.loc[("mmdit", "fid", "rf"), "worse_by"] == 1
+    assert fig3(df, tmp_path / "f.png").stat().st_size > 10_000
+    one = table2(df[df["backbone"] == "dit"])  # one backbone: the paper's layout, panels named by data set alone
+    assert one.columns.tolist()[1:3] == ["imagenet CLIP", "imagenet CLIP place"]
+
+
 def test_fig3_needs_cfg5_rows(tmp_path):
     df = grid()
     assert fig3(df[df["cfg"] != 5.0], tmp_path / "f.png") is None

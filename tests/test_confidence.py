@@ -277,6 +277,31 @@ def test_table2_cells_and_fig3_medians_have_intervals(tmp_path):
     assert fig3(df, tmp_path / "fig3.png", bands=bands).stat().st_size > 10_000
 
 
+def test_table2_intervals_and_bands_are_per_backbone(tmp_path):
+    """Two backbones that order the variants oppositely: each backbone's places and bands are its own."""
+    from analysis.figures import fig3
+
+    settings = [("ema", 5, 5.0), ("ema", 25, 5.0)]
+    parts, banks = [], {}
+    for bb, quality in [("dit", {"rf": 0.9, "eps/cos": 0.1, "v/cos": 0.5}),
+                        ("mmdit", {"rf": 0.1, "eps/cos": 0.9, "v/cos": 0.5})]:
+        df, b = synthetic(quality, settings=settings, rng_seed=len(parts))
+        df = df.assign(backbone=bb, run_dir=bb + df["run_dir"])
+        parts.append(df)
+        banks.update({bb + run: bank for run, bank in b.items()})
+    df = pd.concat(parts, ignore_index=True)
+    df["family"] = df["variant"].str.split("/").str[0]
+    conf = bootstrap(df, banks, b=200)
+    t2 = conf.table2_intervals().set_index(["backbone", "variant", "metric"])
+    assert len(t2) == 2 * 3 * 2
+    assert t2.loc[("dit", "rf", "clip_score"), ["place_lo", "place_hi"]].tolist() == [1, 1]
+    assert t2.loc[("mmdit", "rf", "clip_score"), ["place_lo", "place_hi"]].tolist() == [3, 3]
+    bands = conf.family_bands().set_index(["backbone", "family", "steps", "metric"])
+    assert len(bands) == 2 * 3 * 2 * 2
+    assert bands.loc[("dit", "rf", 25, "clip_score"), "lo"] > bands.loc[("mmdit", "rf", 25, "clip_score"), "hi"]
+    assert fig3(df, tmp_path / "fig3.png", bands=bands.reset_index()).stat().st_size > 10_000
+
+
 def test_the_dry_run_scales_a_reference_sweeps_variation_to_its_plan(tmp_path):
     """The expected resolution of a planned sweep is the reference's measured variances at the plan's samples and
     seeds: four times the prompts and more seeds resolve a smaller difference; a data set the reference lacks and a

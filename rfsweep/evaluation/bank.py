@@ -12,6 +12,7 @@ evaluation's. Size per run: settings x n_samples x (2 d + 20) bytes, plus 2 d pe
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,11 +82,7 @@ class EvidenceBank:
             return None
         try:
             raw = path.read_bytes()
-            from safetensors import safe_open  # the metadata, which `load` drops
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load(raw)
+            tensors, meta = load(raw), _metadata(raw)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             settings = {}
@@ -96,6 +93,13 @@ class EvidenceBank:
         except Exception as e:
             raise ResultsError(f"{path}: not a readable evidence bank ({type(e).__name__}: {e}) (allowed: a file "
                                f"written by rfsweep's evaluation; remove it and rerun with stage=evaluate)") from None
+
+
+def _metadata(raw: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's bytes (its header: an 8-byte little-endian length, then JSON), which
+    `safetensors.torch.load` drops; read from the same bytes, not the file a second time."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]).get("__metadata__") or {}
 
 
 def bank_complete(path: str | Path, expected: list[tuple], evaluator_id: str) -> bool:

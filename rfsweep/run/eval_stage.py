@@ -57,13 +57,17 @@ def held_out_captions(cfg: DictConfig, n: int) -> list[str]:
     return [ds[i]["caption"] for i in range(min(n, len(ds)))]
 
 
+def evaluator_kwargs(cfg: DictConfig) -> dict:
+    """`eval.evaluator_args` as the evaluator's keyword arguments (none when unset)."""
+    e = cfg.eval
+    return OmegaConf.to_container(e.evaluator_args, resolve=True) if e.get("evaluator_args") else {}
+
+
 def configured_evaluator(cfg: DictConfig):
     """The config's evaluator, on the CPU (built before training so missing weights fail before any step)."""
     from rfsweep.evaluation.evaluators import build_evaluator as build
 
-    e = cfg.eval
-    args = OmegaConf.to_container(e.evaluator_args, resolve=True) if e.get("evaluator_args") else {}
-    return build(e.evaluator, device="cpu", **args)
+    return build(cfg.eval.evaluator, device="cpu", **evaluator_kwargs(cfg))
 
 
 def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[str]]:

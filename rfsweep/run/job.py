@@ -67,10 +67,9 @@ def configured_evaluator_id(cfg: DictConfig) -> str:
     """The id of the evaluator the config names, without loading it: results of another evaluator are not this
     job's (after `make train-clip`, finished runs are evaluated again, not retrained)."""
     from rfsweep.evaluation.evaluators import evaluator_id
+    from rfsweep.run.eval_stage import evaluator_kwargs
 
-    e = cfg.eval
-    return evaluator_id(e.evaluator, **(OmegaConf.to_container(e.evaluator_args, resolve=True)
-                                         if e.get("evaluator_args") else {}))
+    return evaluator_id(cfg.eval.evaluator, **evaluator_kwargs(cfg))
 
 
 def check_multi_device(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import RESULTS_DIR
+from analysis.ranking import PANEL_KEYS, panels
 from rfsweep.evaluation.bank import EvidenceBank, SampleEvidence, setting_key
 from rfsweep.evaluation.statistics import feature_stats, frechet_distance
 from rfsweep.metrics import METRICS
@@ -69,6 +70,8 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
     if post.empty:
         raise ValueError("no post-hoc EMA rows (weights phema<sigma_rel>): evaluate with eval.ema_lengths=[...]")
     best, fixed, banks_b = [], [], {}
+    ema_rows = {(r["run_dir"], int(r["steps"]), float(r["cfg"])): r  # each run's fixed-EMA row per setting
+                for r in df[df["weights"] == "ema"].to_dict("records")}
     for run, part in post.groupby("run_dir", sort=False):
         bank = banks[run]
         reference = feature_stats(bank.reference.float().numpy())
@@ -89,10 +92,9 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
             b_bank.add("ema", steps, cfg, shown)
             key = setting_key("ema", steps, cfg)
             if key in bank.settings:
-                base = df[(df["run_dir"] == run) & (df["weights"] == "ema") & (df["steps"] == steps) &
-                          (df["cfg"] == cfg)].iloc[0]
+                base = ema_rows[(run, int(steps), float(cfg))]
                 e = _subset(bank.settings[key], halves(bank.settings[key])[1])
-                fixed.append({**base.to_dict(), **metrics_of(e, reference), "n_samples": len(e.prompt),
+                fixed.append({**base, **metrics_of(e, reference), "n_samples": len(e.prompt),
                               "run_dir": f"{run}#fixed"})
                 f_bank.add("ema", steps, cfg, e)
         banks_b[f"{run}#best"], banks_b[f"{run}#fixed"] = b_bank, f_bank
@@ -102,34 +104,35 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
 
 
 def length_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Each metric against sigma_rel per family (the median over the family's runs) at every setting, from the
-    post-hoc rows' values (all prompts)."""
+    """Each metric against sigma_rel per data set, backbone and family (the median over the family's runs) at every
+    setting, from the post-hoc rows' values (all prompts)."""
     post = df[posthoc_rows(df)].assign(sigma_rel=lambda d: d["weights"].map(posthoc_sigma_rel))
-    out = post.groupby(["dataset", "family", "steps", "cfg", "sigma_rel"])[list(METRICS)].median().reset_index()
-    return out
+    post = post.assign(backbone=post["backbone"].astype(str))
+    keys = [*PANEL_KEYS, "family", "steps", "cfg", "sigma_rel"]
+    return post.groupby(keys)[list(METRICS)].median().reset_index()
 
 
 def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: float = 5.0) -> Path:
-    """Each metric against sigma_rel, one line per family, one panel per data set and metric, at one setting; the
-    marker at each family's best length."""
+    """Each metric against sigma_rel, one line per family, one panel per metric and data set (and backbone, when the
+    curves hold several: `analysis.ranking.panels`), at one setting; the marker at each family's best length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     at = curves[(curves["steps"] == steps) & (curves["cfg"] == cfg)]
-    datasets, metrics = sorted(set(at["dataset"])), list(METRICS)
-    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(metrics)),
+    groups, metrics = sorted(panels(at.assign(weights="ema"))), list(METRICS)
+    fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.2 * len(groups), 3.2 * len(metrics)),
                              squeeze=False)
-    for j, ds in enumerate(datasets):
+    for j, (ds, bb, name) in enumerate(groups):
         for i, m in enumerate(metrics):
             ax = axes[i][j]
-            for family, g in at[at["dataset"] == ds].groupby("family"):
+            for family, g in at[(at["dataset"] == ds) & (at["backbone"] == bb)].groupby("family"):
                 g = g.sort_values("sigma_rel")
                 line, = ax.plot(g["sigma_rel"], g[m], marker=".", label=family)
                 k = g[m].idxmax() if METRICS[m].direction == "max" else g[m].idxmin()
                 ax.plot(g.loc[k, "sigma_rel"], g.loc[k, m], "o", ms=9, mfc="none", color=line.get_color())
-            ax.set_title(f"{ds}: {METRICS[m].label} ({steps} steps, cfg {cfg:g})", fontsize=9)
+            ax.set_title(f"{name}: {METRICS[m].label} ({steps} steps, cfg {cfg:g})", fontsize=9)
             ax.set_xlabel("sigma_rel (EMA length)")
             ax.set_ylabel(METRICS[m].label + (" (higher better)" if METRICS[m].direction == "max" else
                                               " (lower better)"))

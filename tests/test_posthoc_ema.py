@@ -316,3 +316,19 @@ def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(
                        banks)  # one run lacks one length in one setting: refused, not ranked among fewer
     assert main(["rank-table", "--results", str(gap), "--ema", "best", "--bootstrap", "0"]) == 1
     assert "1 runs / post-hoc EMA lengths x settings missing" in capsys.readouterr().err
+
+
+def test_length_curves_and_their_figure_keep_backbones_apart(tmp_path):
+    """Each backbone's family median against sigma_rel is its own (a sweep over backbones never mixes them)."""
+    import pandas as pd
+
+    from analysis.ema_choice import fig_lengths, length_curves
+
+    rows = pd.DataFrame([{"variant": v, "family": "rf", "dataset": "shapes", "backbone": bb, "weights": f"phema{s}",
+                          "steps": 25, "cfg": 5.0, "clip_score": c + (0.1 if bb == "dit" else 0.0), "fid": 1.0}
+                         for bb in ("dit", "mmdit") for v, c in (("rf", 0.2), ("rf/cosmap", 0.4))
+                         for s in (0.05, 0.1)])
+    curves = length_curves(rows).set_index(["backbone", "sigma_rel"])
+    assert curves.loc[("dit", 0.05), "clip_score"] == pytest.approx(0.4)
+    assert curves.loc[("mmdit", 0.05), "clip_score"] == pytest.approx(0.3)
+    assert fig_lengths(curves.reset_index(), tmp_path / "l.png").stat().st_size > 10_000

@@ -14,7 +14,7 @@ from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import common_ranks, panels, rank_correlation, rank_table
 from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
 from rfsweep.metrics import METRICS
-from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator
+from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator, posthoc_weights
 from rfsweep.wandb_env import has_credentials
 
 PAPER_TABLE1 = Path(__file__).resolve().parent / "data" / "paper_table1.csv"  # the 16 rows PAPER.md gives
@@ -163,11 +163,13 @@ def ema_best(args, src: Path, out: Path) -> int:
     from analysis.confidence import bootstrap, missing_banks
     from analysis.ema_choice import best_ema, fig_lengths, length_curves, posthoc_rows
 
-    frames, miss = [], []
+    frames, miss, planned = [], [], set()
     for sweep in [str(src), *args.also]:
         _, part, manifest = _load(sweep, None, posthoc=True)
         frames.append(part)
         miss += missing(part[~posthoc_rows(part)], manifest, weights=["ema"])  # runs that never finished, too
+        planned |= {(posthoc_weights(s), st, c) for s in (manifest or {}).get("ema_lengths", [])
+                    for st, c in manifest["settings"]}  # the lengths the sweep asked for, evaluated or not
     df = pd.concat(frames, ignore_index=True)
     banks: dict = {}
     lacking = missing_banks(df, banks)
@@ -175,7 +177,7 @@ def ema_best(args, src: Path, out: Path) -> int:
         raise ValueError(f"{len(lacking)} runs have no evidence bank of their results' evaluator (e.g. {lacking[0]}); "
                          f"rerun their sweep's command with stage=evaluate")
     runs = df[posthoc_rows(df)]
-    want = {(w, int(st), float(c)) for w, st, c in zip(runs["weights"], runs["steps"], runs["cfg"])}
+    want = planned | {(w, int(st), float(c)) for w, st, c in zip(runs["weights"], runs["steps"], runs["cfg"])}
     want |= {("ema", st, c) for _, st, c in want}  # each length's setting beside the fixed EMA's
     every = df[df["weights"] != REAL].groupby("run_dir")
     miss += [f"{run}: {w} steps={st} cfg={c:g}" for run, part in every for w, st, c in sorted(want - {

@@ -21,7 +21,7 @@ from rfsweep.results import (
 
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read a sweep manifest ``{"jobs": [{variant, dataset, backbone, seed}], "settings": [[steps, cfg]],
-    "weights": [...]}``; settings become (int, float) tuples."""
+    "weights": [...], "ema_lengths": [...]}``; settings become (int, float) tuples."""
     path = Path(path)
     try:
         m = json.loads(path.read_text())
@@ -30,9 +30,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
             raise ValueError("every job needs 'variant' and 'dataset'")
         settings = [(int(s), float(c)) for s, c in m["settings"]]
         weights = [str(w) for w in m["weights"]]
+        lengths = [float(x) for x in m.get("ema_lengths") or []]  # absent in manifests written before eval.ema_lengths
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResultsError(f"{path}: corrupt manifest ({type(e).__name__}: {e})") from e
-    return {"jobs": jobs, "settings": settings, "weights": weights, "experiment": m.get("experiment")}
+    return {"jobs": jobs, "settings": settings, "weights": weights, "experiment": m.get("experiment"),
+            "ema_lengths": lengths}
 
 
 RESULTS_DIR = "results_dir"  # added by `collect`: the folder a row's results.csv was read from

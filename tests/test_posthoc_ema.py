@@ -316,6 +316,19 @@ def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(
                        banks)  # one run lacks one length in one setting: refused, not ranked among fewer
     assert main(["rank-table", "--results", str(gap), "--ema", "best", "--bootstrap", "0"]) == 1
     assert "1 runs / post-hoc EMA lengths x settings missing" in capsys.readouterr().err
+    import json
+
+    def manifest(lengths):  # the sweep's plan: a length it asked for that no run evaluated is missing, too
+        (sweep / "manifest.json").write_text(json.dumps({
+            "jobs": [{"variant": v, "dataset": "a", "backbone": "mlp", "seed": 0} for v in quality],
+            "settings": [list(s) for s in SETTINGS], "weights": ["ema"], "ema_lengths": lengths}))
+
+    manifest([0.05, 0.1])
+    assert main(["rank-table", "--results", str(sweep), "--ema", "best", "--bootstrap", "0"]) == 0
+    manifest([0.05, 0.1, 0.2])
+    assert main(["rank-table", "--results", str(sweep), "--ema", "best", "--bootstrap", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{4 * len(SETTINGS)} runs / post-hoc EMA lengths x settings missing" in err and "phema0.2" in err
 
 
 def test_length_curves_and_their_figure_keep_backbones_apart(tmp_path):

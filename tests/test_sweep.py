@@ -32,6 +32,7 @@ def test_small_sweep_evaluates_writes_manifest_and_skips_on_rerun(tmp_path):
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert [j["variant"] for j in manifest["jobs"]] == ["rf", "edm/rf"]
     assert manifest["settings"] == [[5, 5.0], [25, 5.0]] and manifest["weights"] == ["ema"]
+    assert manifest["ema_lengths"] == []  # eval.ema_lengths: the post-hoc lengths `rank-table --ema best` expects
     files = sorted(sweep.rglob("results.csv"))
     assert len(files) == 2
     df = pd.read_csv(files[0])

@@ -82,6 +82,7 @@ class ManifestCallback(Callback):
                          "backbone": str(cfg.backbone.label), "seed": int(cfg.seed), "run": folder})
         manifest = {"experiment": str(config.name), "jobs": jobs, "settings": [list(s) for s in config.eval.settings],
                     "weights": list(config.eval.weights),
+                    "ema_lengths": [float(x) for x in (config.eval.get("ema_lengths") or [])],
                     # the launch command, so `python -m analysis status --resubmit` can launch it again
                     "command": {"task": _raw(config.hydra.overrides.task),
                                 "hydra": _raw(config.hydra.overrides.hydra)}, "cwd": os.getcwd()}

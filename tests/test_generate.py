@@ -42,3 +42,24 @@ def test_bad_run_folder_or_checkpoint_is_one_line(run_dir, tmp_path, capsys):
     assert err.startswith("error:") and "holds no run config" in err and err.count("\n") == 1
     with pytest.raises(SystemExit):
         main([str(run_dir), "x", "--steps", "0"])
+
+
+def test_a_posthoc_run_samples_its_ema_and_any_rebuilt_length(tmp_path, run_dir, capsys):
+    """A run trained with ema=posthoc (best.safetensors holds no post-hoc EMAs): its EMA samples as any run's, and
+    `--weights phema<s>` samples the length rebuilt from its snapshots at the evaluated step; a run without snapshots,
+    or a length out of range, is one line before anything is sampled."""
+    r = run_cli([*tiny(tmp_path, steps=4), "ema=posthoc", "ema.snapshot_every=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    post = next((tmp_path / "runs").rglob("best.safetensors")).parent.parent
+    common = ["a red circle", "--steps", "2"]
+    for w in ("ema", "phema0.05", "phema0.2"):
+        assert main([str(post), *common, "--weights", w, "--out", str(tmp_path / f"{w}.png")]) == 0
+    ema, p05, p20 = (np.asarray(Image.open(tmp_path / f"{w}.png")) for w in ("ema", "phema0.05", "phema0.2"))
+    assert not np.array_equal(ema, p05) and not np.array_equal(p05, p20)
+    capsys.readouterr()
+    assert main([str(run_dir), *common, "--weights", "phema0.1"]) == 2  # trained without ema=posthoc
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no post-hoc EMA snapshots" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main([str(post), *common, "--weights", "phema0.9"])
+    assert "--weights=phema0.9" in capsys.readouterr().err

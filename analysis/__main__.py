@@ -163,10 +163,11 @@ def ema_best(args, src: Path, out: Path) -> int:
     from analysis.confidence import bootstrap, missing_banks
     from analysis.ema_choice import best_ema, fig_lengths, length_curves, posthoc_rows
 
-    frames, miss, planned = [], [], set()
+    frames, miss, planned, manifests = [], [], set(), []
     for sweep in [str(src), *args.also]:
         _, part, manifest = _load(sweep, None, posthoc=True)
         frames.append(part)
+        manifests.append(manifest)
         miss += missing(part[~posthoc_rows(part)], manifest, weights=["ema"])  # runs that never finished, too
         planned |= {(posthoc_weights(s), st, c) for s in (manifest or {}).get("ema_lengths", [])
                     for st, c in manifest["settings"]}  # the lengths the sweep asked for, evaluated or not
@@ -189,12 +190,14 @@ def ema_best(args, src: Path, out: Path) -> int:
               f"with the sweep's eval.ema_lengths); pass --allow-incomplete to rank anyway", file=sys.stderr)
         return 1
     best, fixed, halves = best_ema(df, banks, select=args.select)
-    tables = {}
+    tables, confs = {}, {}
     for name, rows in (("ema_best", best), ("ema_fixed_half", fixed)):
         tables[name] = rank_table(rows)
         mine = {run: halves[run] for run in set(rows.loc[rows["weights"] != REAL, "run_dir"])}
         conf = bootstrap(rows, mine, b=args.bootstrap, seed=args.bootstrap_seed) if args.bootstrap > 0 else None
         write_table1(tables[name], out / name, [], conf.table() if conf is not None else None)
+        if conf is not None:
+            confs[name] = conf
     chosen = best[best["weights"] != REAL][["variant", "family", "dataset", "seed", "steps", "cfg", "sigma_rel",
                                              "select", "select_value"]]
     chosen.to_csv(out / "ema_best" / "choices.csv", index=False)
@@ -211,6 +214,17 @@ def ema_best(args, src: Path, out: Path) -> int:
     print("spearman (column 'all', EMA settings, reported on the odd-index prompts): "
           + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()))
     print(f"wrote {out}/ema_best, {out}/ema_fixed_half, {out}/ema_lengths.png", file=sys.stderr)
+    if args.wandb if args.wandb is not None else has_credentials():
+        from analysis.wandb_study import log_ema_choice
+
+        experiment = str((manifests[0] or {}).get("experiment") or src.name)
+        shown = {k: t if k not in confs else t.merge(confs[k].table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
+                 for k, t in tables.items()}
+        shown = {"table1": shown["ema_best"], "fixed_half": shown["ema_fixed_half"], "choices": chosen,
+                 "lengths": curves}
+        folder = log_ema_choice(src, out, experiment, shown,
+                                out / "ema_lengths.png", args.select, project=args.project, entity=args.entity)
+        print(f"logged the post-hoc EMA choice to W&B ({folder})", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ sweep's offline runs. Pure functions of saved results and W&B's client libraries
 
 - `log_study`: one run (job type `analysis`, group = the experiment) with Table 1 and Table 2 as tables, Fig. 3 (and
   Fig. 4 when the sweep has validation curves) as images, the joined results table and what the grid is missing.
+- `log_ema_choice`: the run of `rank-table --ema best` (the tables at the chosen post-hoc EMA lengths, the choices).
 - `build_report`: with the `wandb-workspaces` package, per dataset CLIP score against FID for every ranking setting
   (a scatter per setting, runs coloured by family), validation-loss curves grouped by family, the rank tables and
   the sample grids. Saving it needs a W&B server (`--save`); without one the object is built and described.
@@ -27,23 +28,37 @@ def _table(df: pd.DataFrame):
     return wandb.Table(dataframe=df.astype(object).where(df.notna(), None))
 
 
-def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, table2: pd.DataFrame | None,
-              results: pd.DataFrame, missing: list[str], figures: dict[str, Path], project: str = "rfsweep",
-              entity: str | None = None) -> Path:
-    """Log the analysis run; returns its local folder. Its id is fixed by the sweep folder, so a rerun updates it."""
+def _open(sweep: Path, out: Path, experiment: str, kind: str, config: dict):
+    """The W&B run `kind` of a sweep (job type `analysis`); its id is fixed by the sweep folder and the kind, so a
+    rerun updates it."""
     import wandb
 
     from rfsweep.wandb_env import wandb_mode
 
-    run_id = "analysis-" + hashlib.sha1(str(Path(sweep).resolve()).encode()).hexdigest()[:12]
+    run_id = kind + "-" + hashlib.sha1(str(Path(sweep).resolve()).encode()).hexdigest()[:12]
     mode = wandb_mode()
-    run = wandb.init(project=project, entity=entity, id=run_id, name=f"{experiment}/analysis", group=experiment,
-                     job_type="analysis", dir=str(out), reinit="create_new",
-                     mode="offline" if mode in ("offline", "dryrun") else mode,
-                     resume="allow" if mode == "online" else None,
-                     config={"experiment": experiment, "sweep": str(sweep), "runs": int(results["run_dir"].nunique()),
-                             "complete": not missing},
-                     settings=wandb.Settings(init_timeout=30, silent=True, console="off", x_disable_stats=True))
+    return wandb.init(project=config.pop("project"), entity=config.pop("entity"), id=run_id,
+                      name=f"{experiment}/{kind}", group=experiment, job_type="analysis", dir=str(out),
+                      reinit="create_new", mode="offline" if mode in ("offline", "dryrun") else mode,
+                      resume="allow" if mode == "online" else None,
+                      config={"experiment": experiment, "sweep": str(sweep), **config},
+                      settings=wandb.Settings(init_timeout=30, silent=True, console="off", x_disable_stats=True))
+
+
+def _close(run) -> Path:
+    folder = Path(run.dir).parent
+    run.finish()
+    return folder
+
+
+def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, table2: pd.DataFrame | None,
+              results: pd.DataFrame, missing: list[str], figures: dict[str, Path], project: str = "rfsweep",
+              entity: str | None = None) -> Path:
+    """Log the analysis run; returns its local folder."""
+    import wandb
+
+    config = {"project": project, "entity": entity, "runs": int(results["run_dir"].nunique()), "complete": not missing}
+    run = _open(sweep, out, experiment, "analysis", config)
     values = {"study/table1": _table(table1), "study/results": _table(results),
               "study/missing": wandb.Table(columns=["missing"], data=[[m] for m in missing])}
     if table2 is not None and len(table2):
@@ -52,9 +67,21 @@ def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, tab
         values[f"study/{name}"] = wandb.Image(str(path), caption=name)
     run.log(values)
     run.summary.update({"study/missing_count": len(missing), "study/variants": int(len(table1))})
-    folder = Path(run.dir).parent
-    run.finish()
-    return folder
+    return _close(run)
+
+
+def log_ema_choice(sweep: Path, out: Path, experiment: str, tables: dict[str, pd.DataFrame], figure: Path,
+                   select: str | None, project: str = "rfsweep", entity: str | None = None) -> Path:
+    """Log `rank-table --ema best` as its own analysis run (`<experiment>/analysis-ema-best`): Table 1 at the chosen
+    post-hoc EMA lengths and of the fixed EMA on the same prompts (with intervals), the choices, the metrics against
+    sigma_rel and their figure; returns its local folder."""
+    import wandb
+
+    run = _open(sweep, out, experiment, "analysis-ema-best", {"project": project, "entity": entity,
+                                                              "select": select or "each run's eval.ema_select"})
+    run.log({**{f"ema_best/{name}": _table(t) for name, t in tables.items()},
+             "ema_best/lengths_figure": wandb.Image(str(figure), caption="metrics against sigma_rel")})
+    return _close(run)
 
 
 def ranking_settings(manifest: dict) -> list[str]:

@@ -287,6 +287,8 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
 def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(tmp_path, capsys):
     """`rank-table --ema best` on a sweep with post-hoc rows: Table 1 at the chosen lengths and the fixed EMA on the
     same half, the choices, the figure of metrics against sigma_rel; the plain rank-table ignores the post-hoc rows."""
+    import json
+
     from analysis.__main__ import main
     from rfsweep.results import SETTINGS
     from tests.synthetic_evidence import synthetic
@@ -303,8 +305,17 @@ def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(
     assert main(["rank-table", "--results", str(only_ema), "--bootstrap", "0", "--allow-incomplete"]) == 0
     assert (only_ema / "analysis" / "table1.md").read_text() == fixed  # the post-hoc rows are not settings
     capsys.readouterr()
-    assert main(["rank-table", "--results", str(sweep), "--ema", "best", "--bootstrap", "50"]) == 0
+    assert main(["rank-table", "--results", str(sweep), "--ema", "best", "--bootstrap", "50", "--wandb"]) == 0
     out = capsys.readouterr().out
+    from tests.wandb_files import offline_runs, read_run
+
+    (folder,) = offline_runs(sweep / "analysis")  # its own analysis run, beside the plain rank-table's
+    run = read_run(folder)
+    assert run.job_type == "analysis" and run.id.startswith("analysis-ema-best-") and run.config["select"]
+    table1 = json.loads((folder / "files" / run.summary["ema_best/table1/path"]).read_text())
+    assert "rank_lo" in table1["columns"] and len(table1["data"]) == 4  # with the intervals
+    assert run.summary["ema_best/choices/nrows"] == 4 * len(SETTINGS)
+    assert run.summary["ema_best/lengths_figure/_type"] == "image-file"
     assert "best vs fixed" in out and "best vs paper" in out and "median chosen sigma_rel per family" in out
     import pandas as pd
 
@@ -316,8 +327,6 @@ def test_rank_table_ranks_every_variant_at_its_best_length_beside_the_fixed_ema(
                        banks)  # one run lacks one length in one setting: refused, not ranked among fewer
     assert main(["rank-table", "--results", str(gap), "--ema", "best", "--bootstrap", "0"]) == 1
     assert "1 runs / post-hoc EMA lengths x settings missing" in capsys.readouterr().err
-    import json
-
     def manifest(lengths):  # the sweep's plan: a length it asked for that no run evaluated is missing, too
         (sweep / "manifest.json").write_text(json.dumps({
             "jobs": [{"variant": v, "dataset": "a", "backbone": "mlp", "seed": 0} for v in quality],

@@ -110,6 +110,43 @@ def test_16_bit_snapshots_store_half_the_bytes_and_rebuild_close(tmp_path):
     assert _distance(rebuilt, exact) < 1e-2 * _distance(exact, {k: torch.zeros_like(v) for k, v in exact.items()})
 
 
+class _Shard:
+    """What FSDP2 gives `write_snapshot` for a parameter: a DTensor cut along dim 0 (this rank's rows), full shape."""
+
+    def __init__(self, local: torch.Tensor, full_shape):
+        self.local, self.shape = local, torch.Size(full_shape)
+        self.placements = [type("Shard", (), {"dim": 0})()]
+
+    def to_local(self):
+        return self.local
+
+    def is_floating_point(self):
+        return self.local.is_floating_point()
+
+
+class _States:
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+
+def test_fsdp_shards_are_joined_and_whole_buffers_read_once(tmp_path):
+    """Two ranks' files of one step: a sharded parameter is joined along dim 0; a persistent buffer (whole on every
+    rank, as SD3's converted pos_embed would be) and an integer buffer are read from rank 0, not concatenated."""
+    w, pos, count = torch.randn(4, 3), torch.randn(5), torch.tensor([7])
+    for rank in (0, 1):
+        state = {"w": _Shard(w[2 * rank:2 * rank + 2], w.shape), "pos_embed": pos, "count": count}
+        write_snapshot(tmp_path, 10, {0.05: _States(state)}, rank=rank, world=2)
+    step, emas = read_snapshot(snapshot_steps(tmp_path)[10])
+    ema = emas[0.05]
+    assert step == 10 and set(ema) == {"w", "pos_embed", "count"}
+    torch.testing.assert_close(ema["w"], w, rtol=0, atol=0)
+    torch.testing.assert_close(ema["pos_embed"], pos, rtol=0, atol=0)
+    assert ema["count"].dtype == torch.int64 and ema["count"].tolist() == [7]
+
+
 def test_a_corrupt_or_partial_snapshot_is_said_or_skipped(tmp_path):
     """A shard without its partners is not a snapshot; the same step written by a resume on another number of
     devices counts once (the newest complete set); a damaged file is named in one line; a step without a snapshot

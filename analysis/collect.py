@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from rfsweep.results import (
+    KEYS,
     MANIFEST_FILE,
+    REAL,
     RESULTS_FILE,
     ResultsError,
     check_one_evaluator,
@@ -60,7 +62,54 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     out = check_one_evaluator(validate_rows(df), str(source))
     # where each row was read: its run's evidence bank lies beside it, wherever the sweep was moved since
     out[RESULTS_DIR] = [str(f.parent) for f, frame in zip(files, frames) for _ in range(len(frame))]
+    check_distinct_runs(out)
     return out, manifest
+
+
+_NOT_COMPARED = ("run_dir", "job_name", "paths", "logger", "stage", "dry_run", "cluster", "reference_sweep")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_difference(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
+    """The config keys two run folders' config.json differ in ("trainer.shift: None vs 3.0"), folders and logging
+    aside; empty when either has no config."""
+    from rfsweep.runfolder import read_config
+
+    ca, cb = read_config(a), read_config(b)
+    if ca is None or cb is None:
+        return []
+    fa, fb = _flat(ca), _flat(cb)
+    keys = sorted(k for k in set(fa) | set(fb) if k.split(".")[0] not in _NOT_COMPARED and fa.get(k) != fb.get(k))
+    return [f"{k}: {fa.get(k)} vs {fb.get(k)}" for k in keys]
+
+
+def check_distinct_runs(df: pd.DataFrame) -> None:
+    """One run per variant, data set, backbone and seed in a sweep: two run folders with the same of each (e.g. a sweep
+    over trainer.shift) would be averaged by the tables as if they were seeds; refused in one line naming both and
+    what their configs differ in."""
+    runs = df[df["weights"] != REAL]
+    key = [*KEYS, "seed"]
+    per_run = runs.drop_duplicates([*key, RESULTS_DIR])
+    dup = per_run[per_run.duplicated(key, keep=False)]
+    if dup.empty:
+        return
+    first = dup.iloc[0]
+    a, b = list(dict.fromkeys(dup.loc[(dup[key] == first[key]).all(axis=1), RESULTS_DIR]))[:2]
+    differ = config_difference(a, b)
+    raise ResultsError(f"{a} and {b} both hold {first['variant']} on {first['dataset']} with backbone "
+                       f"{first['backbone']}, seed {first['seed']}" + (f", differing in {'; '.join(differ[:3])}"
+                                                                         if differ else "")
+                       + ": the tables would average them as seeds (allowed: one run per variant, data set, backbone "
+                         "and seed in a sweep; run each value of another key as its own sweep, e.g. name=grid_shift3)")
 
 
 def _is_sweep(d: Path) -> bool:

@@ -154,6 +154,24 @@ def write_sweep(root, df, manifest=True, drop=None):
     return root
 
 
+def test_two_runs_of_one_variant_and_seed_are_refused_not_averaged(tmp_path):
+    """A sweep over trainer.shift gives each shift its own folder but the same variant, data set, backbone and seed:
+    the tables would average them as seeds. collect refuses in one line naming both folders and the key they differ
+    in; the sweep's own runs, one per key, pass."""
+    from rfsweep.results import ResultsError
+
+    rows = [row("rf", steps=s) for s in (25, 50)]
+    for i, shift in enumerate((None, 3.0)):
+        folder = tmp_path / "sweep" / f"rf-shift{shift}"
+        write_results(folder / "results.csv", pd.DataFrame(rows))
+        (folder / "config.json").write_text(json.dumps({"trainer": {"shift": shift, "lr": 1e-3}, "run_dir": str(i)}))
+    with pytest.raises(ResultsError, match=r"rf-shift3.0 and .*rf-shiftNone both hold rf on imagenet with backbone "
+                                           r"dit-s, seed 0, differing in trainer.shift: 3.0 vs None: the tables"):
+        collect(tmp_path / "sweep")
+    (tmp_path / "sweep" / "rf-shift3.0" / "results.csv").unlink()
+    assert len(collect(tmp_path / "sweep")[0]) == 2
+
+
 def test_collect_sweep_and_csv(tmp_path):
     df = grid()
     sweep = write_sweep(tmp_path / "sweep", df)

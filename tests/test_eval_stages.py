@@ -73,6 +73,17 @@ def test_a_stop_between_batches_drops_the_setting_under_way(tmp_path):
     assert len(sampled) == 1 and not (run / "results.csv").exists()  # nothing of the setting under way is kept
 
 
+def test_a_folder_taken_over_while_evaluating_gets_no_more_writes(tmp_path):
+    """`owns()` is asked before each write: once it says no, the setting just computed is neither banked nor kept."""
+    cfg, module, info, settings = _trained(tmp_path / "c")
+    run = tmp_path / "c" / "run"
+    asked = []
+    with pytest.raises(EvaluationStopped, match="another process's now"):
+        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg),
+                     owns=lambda: asked.append(1) or False)  # ours at no write: the first asks
+    assert len(asked) == 1 and not (run / "results.csv").exists() and not (run / "evidence.safetensors").exists()
+
+
 @pytest.mark.long
 def test_evaluation_is_its_own_job(tmp_path):
     args = [*tiny(tmp_path, 4), *EVAL]

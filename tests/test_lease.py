@@ -124,3 +124,17 @@ def test_a_removed_lease_file_is_recreated_by_the_heartbeat(tmp_path):
         assert _until(lambda: read_lease(tmp_path) is not None)
         assert read_lease(tmp_path)["token"] == lease.token and not lease.lost.is_set()
     assert read_lease(tmp_path) is None
+
+
+def test_confirm_reads_the_lease_now_and_a_loss_is_reported_once(tmp_path):
+    """`confirm` does not wait for the heartbeat (a beat every 300 s here): a takeover is seen at the next write."""
+    calls = []
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+    with Lease(tmp_path, timeout_s=3000.0, on_lost=calls.append) as lease:
+        assert lease.confirm() and not lease.lost.is_set()
+        _replace(tmp_path / "lease.json", other)
+        assert not lease.confirm() and lease.lost.is_set() and calls == [other]
+        assert not lease.confirm() and calls == [other]  # reported once
+        lease._lose(other)  # the heartbeat finding it too
+        assert calls == [other]
+    assert read_lease(tmp_path) == other

@@ -14,7 +14,8 @@ not stale.
 A thread renews the heartbeat every `timeout_s / 10` seconds (0.5 s at least) while the lease is held. A read it
 cannot parse is retried at the next beat, a removed lease file is re-created; a readable lease with another token
 means another process took the run over (we were presumed dead): the thread sets `lease.lost`, records the new
-holder in `lease.taken_by`, calls `on_lost(taken_by)` once and stops renewing. The trainer polls `lease.lost`.
+holder in `lease.taken_by`, calls `on_lost(taken_by)` once and stops renewing. `lease.confirm()` makes the same read
+at once: the job asks it before every write to the run folder, so a takeover between two beats writes nothing.
 
 Taking a lease is atomic on a local or NFS file system: a hard link of a complete file for a free folder; a stale
 lease is replaced by a rename and then read back, so of two processes taking over at once only one keeps it.
@@ -101,6 +102,7 @@ class Lease:
         self.lost = threading.Event()
         self.taken_by: dict = {}
         self._stop = threading.Event()
+        self._losing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict:
@@ -160,16 +162,32 @@ class Lease:
             except OSError:
                 pass  # a full or flaky disk: the next beat retries; the lease only goes stale after timeout_s
 
+    def confirm(self) -> bool:
+        """Whether we still hold the lease, read now (before a write; the heartbeat reads it only every
+        timeout_s / 10): another holder's readable lease loses it as the heartbeat would (`lost`, `on_lost`). When it
+        returns False, `on_lost` has run."""
+        with self._losing:  # a loss the heartbeat is reporting right now: wait for its on_lost
+            if self.lost.is_set():
+                return False
+        held = read_lease(self.path.parent)
+        if held and held.get("token") != self.token:
+            self._lose(held)
+            return False
+        return True
+
     def _lose(self, held: dict) -> None:
-        self.taken_by = held
-        self.lost.set()
-        print(f"lease: {self.path.parent} was taken over by {describe(held)}; this process no longer holds it",
-              file=sys.stderr, flush=True)
-        if self.on_lost is not None:
-            try:
-                self.on_lost(held)
-            except Exception:
-                traceback.print_exc()
+        with self._losing:  # the heartbeat and `confirm` may find the new holder at once: reported once
+            if self.lost.is_set():
+                return
+            self.taken_by = held
+            self.lost.set()
+            print(f"lease: {self.path.parent} was taken over by {describe(held)}; this process no longer holds it",
+                  file=sys.stderr, flush=True)
+            if self.on_lost is not None:
+                try:
+                    self.on_lost(held)
+                except Exception:
+                    traceback.print_exc()
 
     def release(self) -> None:
         self._stop.set()

@@ -68,6 +68,7 @@ class PreemptionGuard:
 
     def __init__(self):
         self.lost: str | None = None  # why the run folder's lease was lost (another process took it over)
+        self.confirm = None  # while a lease is held: its synchronous check (`Lease.confirm`), see `confirm_lease`
         self.received: str | None = None
         self.received_at: float | None = None  # when this process first learnt of the stop (time.time())
         self.previous: dict[signal.Signals, object] = {}
@@ -106,6 +107,13 @@ class PreemptionGuard:
     def lose_lease(self, reason: str) -> None:
         """The lease's heartbeat found another holder: stop at once, write nothing more (`Lease(on_lost=...)`)."""
         self.lost = self.lost or reason
+
+    def confirm_lease(self) -> bool:
+        """Whether this process still holds its run folder, read from the lease file now where a lease is held (the
+        heartbeat notices a takeover only at its next beat): asked before each write. False once the lease is lost."""
+        if self.confirm is not None and self.lost is None and not self.confirm():  # on_lost has called lose_lease
+            self.lost = self.lost or "the run folder's lease was taken over by another process"
+        return self.lost is None
 
     def stop_requested(self) -> bool:
         return self.received is not None or self.lost is not None

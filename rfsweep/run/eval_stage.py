@@ -141,9 +141,10 @@ class PostHocNets:
 
 
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
-                 tracker=None) -> list[dict]:
+                 tracker=None, owns=None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
-    evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early)."""
+    evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early); `owns()` before each
+    write to the run folder (False: another process holds it now, EvaluationStopped without writing)."""
     from rfsweep.evaluation.progress import EvalProgress
     from rfsweep.evaluation.protocol import evaluate
     from rfsweep.evaluation.reference import real_reference_row, reference_stats
@@ -179,12 +180,18 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
             if (w, int(s), round(float(c), 6)) not in skip]
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
 
+    def ours() -> None:
+        if owns is not None and not owns():
+            raise EvaluationStopped(f"{run_dir} is another process's now: nothing more written")
+
     def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row
         bank.add(weights, steps, guidance, evidence)
+        ours()
         bank.save(run_dir / BANK_FILE)
 
     def keep(row: dict) -> None:
         rows.append({**common, **row})
+        ours()
         write_results(run_dir / RESULTS_FILE, rows)
         progress.finish()
 
@@ -192,6 +199,7 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
              batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
              done=done, on_row=keep, on_setting=progress.start, on_evidence=bank_it)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
+    ours()
     write_results(run_dir / RESULTS_FILE, rows)
     if tracker is not None:
         shown = eval_prompts(prompts, e.n_samples)[:GRID_SIZE]

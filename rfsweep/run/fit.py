@@ -88,6 +88,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         BestWeights,
         EMAUpdate,
         FailureRecorder,
+        LeaseCheck,
         PeriodicCheckpoint,
         PostHocSnapshots,
         Preemption,
@@ -107,12 +108,13 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
     logs, bar = loggers(cfg, run_dir, tracker), interactive()
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
-    # order matters: the EMA is updated before anything saves the step; the best weights are chosen before the
-    # step's checkpoint is written after its validation (PeriodicCheckpoint)
+    # order matters: the lease is confirmed before anything writes the step; the EMA is updated before anything saves
+    # the step; the best weights are chosen before the step's checkpoint is written after its validation
     snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every,
                                    cfg.ema.snapshot_dtype or "float32")] if cfg.ema.sigma_rels else [])
     validation = [BestValidation(tracker)] if tracker is not None and tracker.run is not None else []
-    callbacks = [EMAUpdate(), *snapshots, best, *validation,
+    callbacks = [LeaseCheck(guard, tr.ckpt_every, cfg.ema.snapshot_every if cfg.ema.sigma_rels else None),
+                 EMAUpdate(), *snapshots, best, *validation,
                  periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,
                  Throughput(tr.batch_size, flops, log_every)]
     callbacks += [StepProgressBar()] if bar else []

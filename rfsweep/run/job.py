@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
             return Outcome(0, "rank", "trained: rank 0 evaluates alone")
         return _rank_work(cfg, formulation, run_dir, guard, launch)
     lost = lambda held: guard.lose_lease(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
-    with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost):
+    with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost) as lease, _confirming(guard, lease):
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
         trained = _trained(status)
@@ -220,6 +221,16 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
             result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
             tracker.finish(result.outcome, result.reason)
             return result
+
+
+@contextmanager
+def _confirming(guard: PreemptionGuard, lease: Lease):
+    """While the lease is held, every write to the run folder asks it first (`PreemptionGuard.confirm_lease`)."""
+    guard.confirm = lease.confirm
+    try:
+        yield
+    finally:
+        guard.confirm = None
 
 
 def _trained(status: dict) -> bool:
@@ -272,13 +283,17 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
     if cfg.eval.enabled:
         try:
             evaluate_run(cfg, module, run_dir, info, eval_settings(cfg), evaluator, stop=guard.stop_requested,
-                         tracker=tracker)
+                         tracker=tracker, owns=guard.confirm_lease)
         except EvaluationStopped:
             if guard.lost:
                 from rfsweep.train.callbacks import LeaseLost
 
                 raise LeaseLost(guard.lost) from None
             return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
+    if not guard.confirm_lease():
+        from rfsweep.train.callbacks import LeaseLost
+
+        raise LeaseLost(guard.lost)
     runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
     print(f"done: {run_dir}", flush=True)
     return Outcome(0, "done")

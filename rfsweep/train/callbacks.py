@@ -206,6 +206,30 @@ class LeaseLost(RuntimeError):
     """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
 
 
+class LeaseCheck(L.Callback):
+    """First at each step's end: at a step that writes to the run folder (a checkpoint every `ckpt_every`, a post-hoc
+    snapshot every `snapshot_every`, a validation that may write the best weights, the last step), rank 0 reads the
+    lease file before anything is written (the heartbeat thread notices a takeover only at its next beat, every
+    cluster.lease_timeout_s / 10), and the ranks agree: a folder another process has taken over is never written
+    again; training ends at once on every rank."""
+
+    def __init__(self, guard: PreemptionGuard, ckpt_every: int, snapshot_every: int | None = None):
+        self.guard, self.every = guard, [int(ckpt_every)] + ([int(snapshot_every)] if snapshot_every else [])
+
+    def writes_at(self, trainer) -> bool:
+        step = trainer.global_step
+        return any(step % e == 0 for e in self.every) or validation_due(trainer) or step >= (trainer.max_steps or 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not completed_step(trainer, batch_idx) or not self.writes_at(trainer):
+            return
+        lost = trainer.is_global_zero and not self.guard.confirm_lease()
+        if trainer.world_size > 1:  # every rank takes this branch at the same steps: the collective matches
+            lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
+        if lost:
+            raise LeaseLost(self.guard.lost or "rank 0's lease was taken over")
+
+
 class Preemption(L.Callback):
     """On a stop noted by the job's `PreemptionGuard` (a signal to any rank): the step ends, `last.ckpt` is written
     (after the step's validation when one is due, `PeriodicCheckpoint.request`) and training stops. The ranks agree
@@ -225,6 +249,8 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.stopping or not completed_step(trainer, batch_idx):
             return
+        if self.guard.code() and trainer.is_global_zero:  # a stop writes last.ckpt: the folder must still be ours
+            self.guard.confirm_lease()
         code = self.guard.code()
         if trainer.world_size > 1:  # every rank's code; the first rank's that has one decides
             import torch

@@ -11,8 +11,8 @@ from pathlib import Path
 from analysis.collect import collect, latest_sweep
 from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
-from analysis.ranking import common_ranks, panels, rank_correlation, rank_table
-from analysis.tables import CONFIDENCE_COLUMNS, table2, write_missing, write_table1, write_table2
+from analysis.ranking import common_ranks, rank_correlation, rank_table
+from analysis.tables import table2, with_confidence, write_missing, write_table1, write_table2
 from rfsweep.metrics import METRICS
 from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator, posthoc_weights
 from rfsweep.wandb_env import has_credentials
@@ -198,8 +198,9 @@ def ema_best(args, src: Path, out: Path) -> int:
         write_table1(tables[name], out / name, [], conf.table() if conf is not None else None)
         if conf is not None:
             confs[name] = conf
-    chosen = best[best["weights"] != REAL][["variant", "family", "dataset", "seed", "steps", "cfg", "sigma_rel",
-                                             "select", "select_value"]]
+    chosen = best[best["weights"] != REAL][["variant", "family", "dataset", "backbone", "seed", "steps", "cfg",
+                                             "sigma_rel", "select", "select_value", "run_dir"]]
+    chosen = chosen.assign(run_dir=chosen["run_dir"].str.removesuffix("#best"))
     chosen.to_csv(out / "ema_best" / "choices.csv", index=False)
     curves = length_curves(df)
     curves.to_csv(out / "ema_lengths.csv", index=False)
@@ -209,8 +210,10 @@ def ema_best(args, src: Path, out: Path) -> int:
            "best vs paper": rank_correlation(tables["ema_best"], paper),
            "fixed vs paper": rank_correlation(tables["ema_fixed_half"], paper)}
     print((out / "ema_best" / "table1.md").read_text(), end="")
-    spread = chosen.groupby("family")["sigma_rel"].median()
-    print("median chosen sigma_rel per family: " + ", ".join(f"{f} {v:.3g}" for f, v in spread.items()))
+    spread = chosen.assign(backbone=chosen["backbone"].astype(str)).groupby(["backbone", "family"])["sigma_rel"]
+    several = chosen["backbone"].nunique() > 1  # each backbone's own (data sets pooled)
+    print("median chosen sigma_rel per family: " + ", ".join(
+        f"{b + ' ' if several else ''}{f} {v:.3g}" for (b, f), v in spread.median().items()))
     print("spearman (column 'all', EMA settings, reported on the odd-index prompts): "
           + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()))
     print(f"wrote {out}/ema_best, {out}/ema_fixed_half, {out}/ema_lengths.png", file=sys.stderr)
@@ -218,8 +221,7 @@ def ema_best(args, src: Path, out: Path) -> int:
         from analysis.wandb_study import log_ema_choice
 
         experiment = str((manifests[0] or {}).get("experiment") or src.name)
-        shown = {k: t if k not in confs else t.merge(confs[k].table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
-                 for k, t in tables.items()}
+        shown = {k: with_confidence(t, confs.get(k)) for k, t in tables.items()}
         shown = {"table1": shown["ema_best"], "fixed_half": shown["ema_fixed_half"], "choices": chosen,
                  "lengths": curves}
         folder = log_ema_choice(src, out, experiment, shown,
@@ -265,10 +267,8 @@ def rank_table_cmd(args) -> int:
         figures["fig3"] = out / "fig3.png"
         deg = fig3_degradation(df, weights=w)
         deg.to_csv(out / "fig3.csv", index=False)
-        least, names = deg[deg["least"]], {(d, b): name for d, b, name in panels(df)}
         print("Fig. 3, the family that degrades least from the most to the fewest steps (fig3.csv): "
-              + ", ".join(f"{names.get((r.dataset, r.backbone), r.dataset)} {r.metric}: {r.family}"
-                          for r in least.itertuples()), file=sys.stderr)
+              + ", ".join(f"{r.panel} {r.metric}: {r.family}" for r in deg[deg["least"]].itertuples()), file=sys.stderr)
     print((out / "table1.md").read_text(), end="")
     use_wandb = args.wandb if args.wandb is not None else has_credentials()
     if use_wandb:
@@ -279,7 +279,7 @@ def rank_table_cmd(args) -> int:
         experiment = str(manifest.get("experiment") or src.name) if manifest else src.stem
         if (out / "cd.png").is_file():
             figures["cd"] = out / "cd.png"
-        shown = table if conf is None else table.merge(conf.table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
+        shown = with_confidence(table, conf)
         folder = log_study(src, out, experiment, shown, t2 if len(t2) else None, df, miss, figures,
                            project=args.project, entity=args.entity)
         print(f"logged the analysis run to W&B ({folder})", file=sys.stderr)

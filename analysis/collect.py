@@ -66,30 +66,16 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     return out, manifest
 
 
-_NOT_COMPARED = ("run_dir", "job_name", "paths", "logger", "stage", "dry_run", "cluster", "reference_sweep")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_difference(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
-    """The config keys two run folders' config.json differ in ("trainer.shift: None vs 3.0"), folders and logging
-    aside; empty when either has no config."""
-    from rfsweep.runfolder import read_config
+    """The keys that change a result in which two run folders' config.json differ ("trainer.shift: None vs 3.0"), as
+    a resume compares them (`runfolder.config_changes`); empty when either has no config."""
+    from rfsweep.runfolder import config_changes, flatten, read_config
 
     ca, cb = read_config(a), read_config(b)
     if ca is None or cb is None:
         return []
-    fa, fb = _flat(ca), _flat(cb)
-    keys = sorted(k for k in set(fa) | set(fb) if k.split(".")[0] not in _NOT_COMPARED and fa.get(k) != fb.get(k))
-    return [f"{k}: {fa.get(k)} vs {fb.get(k)}" for k in keys]
+    fa, fb = flatten(ca), flatten(cb)
+    return [f"{k}: {fa.get(k)} vs {fb.get(k)}" for k in config_changes(ca, cb)]
 
 
 def check_distinct_runs(df: pd.DataFrame) -> None:
@@ -103,7 +89,7 @@ def check_distinct_runs(df: pd.DataFrame) -> None:
     if dup.empty:
         return
     first = dup.iloc[0]
-    a, b = list(dict.fromkeys(dup.loc[(dup[key] == first[key]).all(axis=1), RESULTS_DIR]))[:2]
+    a, b = dup.groupby(key, dropna=False, sort=False)[RESULTS_DIR].unique().iloc[0][:2]  # NaN keys match too
     differ = config_difference(a, b)
     raise ResultsError(f"{a} and {b} both hold {first['variant']} on {first['dataset']} with backbone "
                        f"{first['backbone']}, seed {first['seed']}" + (f", differing in {'; '.join(differ[:3])}"

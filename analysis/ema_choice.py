@@ -91,7 +91,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
                          "run_dir": f"{run}#best", "select": chosen_by, "select_value": value})
             b_bank.add("ema", steps, cfg, shown)
             key = setting_key("ema", steps, cfg)
-            if key in bank.settings:
+            if key in bank.settings and (run, int(steps), float(cfg)) in ema_rows:  # banked, and its row written
                 base = ema_rows[(run, int(steps), float(cfg))]
                 e = _subset(bank.settings[key], halves(bank.settings[key])[1])
                 fixed.append({**base, **metrics_of(e, reference), "n_samples": len(e.prompt),

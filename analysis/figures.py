@@ -66,9 +66,10 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
                 if not f.empty:
                     med = f.groupby("steps")[metric].median()
                     ax.plot(med.index, med.to_numpy(), color=color, lw=2.5, marker="o", ms=3, label=fam)
-                    if bands is not None:  # the 95% band of the family's median (analysis.confidence)
-                        b = bands[(bands["dataset"] == ds) & (bands["backbone"].astype(str) == bb)
-                                  & (bands["family"] == fam) & (bands["metric"] == metric)]
+                    if bands is not None and len(bands):  # the 95% band of the family's median (confidence)
+                        same = bands["backbone"].astype(str) == bb if "backbone" in bands else True
+                        b = bands[(bands["dataset"] == ds) & same & (bands["family"] == fam)
+                                  & (bands["metric"] == metric)]
                         b = b.sort_values("steps")
                         ax.fill_between(b["steps"], b["lo"], b["hi"], color=color, alpha=0.2, lw=0)
             ref = df[(df["weights"] == REAL) & (df["dataset"] == ds)][metric]
@@ -87,7 +88,8 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
 def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -> pd.DataFrame:
     """What Fig. 3 claims, as numbers: per data set, backbone, metric and family, the family's median (the bold line)
     at the most and at the fewest sampling steps, and how much worse it gets from the one to the other (in the
-    metric's own units, positive = worse); `least` marks the family that degrades least in each panel."""
+    metric's own units, positive = worse); `least` marks the family that degrades least in each panel, `panel` names
+    it as the figure does."""
     pts = _points(df, cfg, weights)
     rows = []
     for m in METRICS.values():
@@ -101,6 +103,8 @@ def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -
     out = pd.DataFrame(rows, columns=[*PANEL_KEYS, "metric", "family", "steps", "at_most_steps", "at_fewest_steps",
                                       "worse_by"])
     out["least"] = out.groupby([*PANEL_KEYS, "metric"])["worse_by"].transform("min") == out["worse_by"]
+    names = {(d, b): name for d, b, name in panels(pts.assign(weights=weights))}  # as Fig. 3 titles its panels
+    out["panel"] = [names[(d, b)] for d, b in zip(out["dataset"], out["backbone"])]
     return out
 
 

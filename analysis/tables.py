@@ -128,6 +128,11 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     return out
 
 
+def with_confidence(table1: pd.DataFrame, conf=None) -> pd.DataFrame:
+    """Table 1 with its rank intervals (`analysis.confidence.Confidence.table`) beside each variant, when there are."""
+    return table1 if conf is None else table1.merge(conf.table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
+
+
 def _fmt(col: str, x: float) -> str:
     digits = next((m.digits for m in METRICS.values() if col.endswith(f" {m.heading}")), 3)
     return "-" if pd.isna(x) else f"{x:.{digits}f}"

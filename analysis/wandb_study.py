@@ -28,7 +28,7 @@ def _table(df: pd.DataFrame):
     return wandb.Table(dataframe=df.astype(object).where(df.notna(), None))
 
 
-def _open(sweep: Path, out: Path, experiment: str, kind: str, config: dict):
+def _open(sweep: Path, out: Path, experiment: str, kind: str, config: dict, project: str, entity: str | None):
     """The W&B run `kind` of a sweep (job type `analysis`); its id is fixed by the sweep folder and the kind, so a
     rerun updates it."""
     import wandb
@@ -37,9 +37,9 @@ def _open(sweep: Path, out: Path, experiment: str, kind: str, config: dict):
 
     run_id = kind + "-" + hashlib.sha1(str(Path(sweep).resolve()).encode()).hexdigest()[:12]
     mode = wandb_mode()
-    return wandb.init(project=config.pop("project"), entity=config.pop("entity"), id=run_id,
-                      name=f"{experiment}/{kind}", group=experiment, job_type="analysis", dir=str(out),
-                      reinit="create_new", mode="offline" if mode in ("offline", "dryrun") else mode,
+    return wandb.init(project=project, entity=entity, id=run_id, name=f"{experiment}/{kind}", group=experiment,
+                      job_type="analysis", dir=str(out), reinit="create_new",
+                      mode="offline" if mode in ("offline", "dryrun") else mode,
                       resume="allow" if mode == "online" else None,
                       config={"experiment": experiment, "sweep": str(sweep), **config},
                       settings=wandb.Settings(init_timeout=30, silent=True, console="off", x_disable_stats=True))
@@ -57,8 +57,8 @@ def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, tab
     """Log the analysis run; returns its local folder."""
     import wandb
 
-    config = {"project": project, "entity": entity, "runs": int(results["run_dir"].nunique()), "complete": not missing}
-    run = _open(sweep, out, experiment, "analysis", config)
+    config = {"runs": int(results["run_dir"].nunique()), "complete": not missing}
+    run = _open(sweep, out, experiment, "analysis", config, project, entity)
     values = {"study/table1": _table(table1), "study/results": _table(results),
               "study/missing": wandb.Table(columns=["missing"], data=[[m] for m in missing])}
     if table2 is not None and len(table2):
@@ -77,8 +77,8 @@ def log_ema_choice(sweep: Path, out: Path, experiment: str, tables: dict[str, pd
     sigma_rel and their figure; returns its local folder."""
     import wandb
 
-    run = _open(sweep, out, experiment, "analysis-ema-best", {"project": project, "entity": entity,
-                                                              "select": select or "each run's eval.ema_select"})
+    run = _open(sweep, out, experiment, "analysis-ema-best", {"select": select or "each run's eval.ema_select"},
+                project, entity)
     run.log({**{f"ema_best/{name}": _table(t) for name, t in tables.items()},
              "ema_best/lengths_figure": wandb.Image(str(figure), caption="metrics against sigma_rel")})
     return _close(run)

@@ -138,11 +138,12 @@ RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "referenc
                   "trainer.max_steps")
 
 
-def _flat(d, prefix: str = "") -> dict:
+def flatten(d, prefix: str = "") -> dict:
+    """A nested config as {"trainer.shift": value}; an empty mapping keeps its key."""
     if isinstance(d, dict):
         out = {}
         for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out or {prefix[:-1]: {}}
     return {prefix[:-1]: d}
 
@@ -160,7 +161,7 @@ def _same(x, y) -> bool:
 
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between a run's saved config and the current one, outside RESUMABLE_KEYS."""
-    a, b = _flat(saved), _flat(current)
+    a, b = flatten(saved), flatten(current)
     return sorted(k for k in a.keys() | b.keys() if not _free(k) and not _same(a.get(k, "<absent>"),
                                                                                b.get(k, "<absent>")))
 
@@ -178,7 +179,7 @@ def check_config(run_dir: str | Path, resolved: dict) -> None:
                           f"afresh") from None
     changed = config_changes(saved, resolved)
     if changed:
-        a, b = _flat(saved), _flat(resolved)
+        a, b = flatten(saved), flatten(resolved)
         shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in changed[:6])
         more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
         raise ConfigError(f"config error: {run_dir} was started with another config: {shown}{more} (allowed: the "

@@ -170,6 +170,10 @@ def test_two_runs_of_one_variant_and_seed_are_refused_not_averaged(tmp_path):
         collect(tmp_path / "sweep")
     (tmp_path / "sweep" / "rf-shift3.0" / "results.csv").unlink()
     assert len(collect(tmp_path / "sweep")[0]) == 2
+    for name in ("x", "y"):  # keys without a value (an unnamed backbone) match too: refused, not a crash
+        write_results(tmp_path / "nan" / name / "results.csv", pd.DataFrame([row("rf", backbone=None)]))
+    with pytest.raises(ResultsError, match="both hold rf on imagenet"):
+        collect(tmp_path / "nan")
 
 
 def test_collect_sweep_and_csv(tmp_path):

@@ -75,6 +75,30 @@ def test_preemption_of_one_rank_stops_both_and_resumes(tmp_path):
     _same_weights(a, b)
 
 
+@pytest.mark.long
+def test_a_lease_taken_over_stops_both_ranks_at_the_next_write(tmp_path):
+    """Rank 0 reads the lease before the step's checkpoint and the ranks agree (LeaseCheck): both end at once, long
+    before the heartbeat's next beat (300 s), without another checkpoint."""
+    import json
+    import os
+    import socket
+    import time
+    import uuid
+
+    proc = popen_cli([*_args(tmp_path, steps=100000, devices=2), "trainer.ckpt_every=10",
+                      "cluster.lease_timeout_s=3000"])
+    _wait_for_step(proc, tmp_path, 10)
+    run = _last(tmp_path).parent.parent
+    before = _ckpt(tmp_path)["global_step"]
+    other = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+    (run / ".lease.taken").write_text(json.dumps(other))
+    os.replace(run / ".lease.taken", run / "lease.json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "taken over" in err, err[-3000:]
+    assert _ckpt(tmp_path)["global_step"] <= before + 2 * 10
+    assert json.loads((run / "lease.json").read_text())["token"] == other["token"]
+
+
 def test_several_devices_refused_in_a_local_multirun(tmp_path):
     r = run_cli([*_args(tmp_path, devices=2), "-m", "seed=0,1"])
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]

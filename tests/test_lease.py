@@ -138,3 +138,14 @@ def test_confirm_reads_the_lease_now_and_a_loss_is_reported_once(tmp_path):
         lease._lose(other)  # the heartbeat finding it too
         assert calls == [other]
     assert read_lease(tmp_path) == other
+
+
+def test_a_loss_found_by_confirm_stops_the_heartbeat(tmp_path):
+    """Once `confirm` found another holder, the heartbeat (a beat every 0.5 s here) never renews nor re-creates the
+    lease, even when the new holder's file is gone."""
+    with Lease(tmp_path, timeout_s=1.0) as lease:
+        _replace(tmp_path / "lease.json", {"token": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()})
+        assert not lease.confirm()
+        (tmp_path / "lease.json").unlink()
+        time.sleep(1.2)  # two beats
+        assert read_lease(tmp_path) is None

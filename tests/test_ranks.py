@@ -152,6 +152,7 @@ def test_a_lost_lease_stops_training_without_another_write(tmp_path):
     tmp = run / ".lease.taken"
     tmp.write_text(json.dumps(other))
     os.replace(tmp, run / "lease.json")
+    taken = time.time()
     out, err = proc.communicate(timeout=120)  # long before the heartbeat's 300 s
     assert proc.returncode == 2 and "taken over" in err and "without writing" in err, err[-3000:]
     assert json.loads((run / "lease.json").read_text())["token"] == other["token"]
@@ -159,6 +160,7 @@ def test_a_lost_lease_stops_training_without_another_write(tmp_path):
     assert after <= before + 2 * 10, (before, after)  # at most the write that was under way, and the one read before
     assert not (run / "outcome.json").exists()
     assert read_status(run).get("state") == "running"  # not rewritten as failed or pre-empted
+    assert (run / "metrics.csv").stat().st_mtime < taken + 1  # its last rows were not flushed into the folder
 
 
 def test_checkpoints_load_onto_the_cpu_and_running_out_of_memory_is_not_corruption(tmp_path, monkeypatch):

@@ -102,7 +102,7 @@ class Lease:
         self.lost = threading.Event()
         self.taken_by: dict = {}
         self._stop = threading.Event()
-        self._losing = threading.Lock()
+        self._losing = threading.RLock()  # an on_lost that asks `confirm` again does not deadlock
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict:
@@ -150,6 +150,8 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.timeout_s / 10, 0.5)):
+            if self.lost.is_set():
+                return
             held = read_lease(self.path.parent)
             if held and held.get("token") != self.token:  # taken over (we were presumed dead): stop renewing
                 self._lose(held)
@@ -181,6 +183,7 @@ class Lease:
                 return
             self.taken_by = held
             self.lost.set()
+            self._stop.set()  # found by `confirm`: the heartbeat must not renew (or re-create) the lease again
             print(f"lease: {self.path.parent} was taken over by {describe(held)}; this process no longer holds it",
                   file=sys.stderr, flush=True)
             if self.on_lost is not None:

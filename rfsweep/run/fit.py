@@ -26,15 +26,16 @@ LIGHTNING_FALSE_ALARMS = (
 )
 
 
-def loggers(cfg: DictConfig, run_dir: Path, tracker=None) -> list:
-    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured."""
-    from lightning.pytorch.loggers import CSVLogger
+def loggers(cfg: DictConfig, run_dir: Path, tracker=None, owns=None) -> list:
+    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured; `owns()`
+    is asked before the CSV file is written (a run folder another process took over gets no more rows)."""
+    from rfsweep.train.callbacks import RunCSVLogger
 
     out = []
     if cfg.logger.csv:
         if process_rank() == 0:
             runfolder.keep_previous_metrics(run_dir)
-        out.append(CSVLogger(str(run_dir), name="", version=""))
+        out.append(RunCSVLogger(str(run_dir), name="", version="", owns=owns))
     wandb_logger = tracker.lightning_logger() if tracker is not None else None
     if wandb_logger is not None:
         out.append(wandb_logger)
@@ -106,8 +107,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     tidy_logging()
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
     flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
-    logs, bar = loggers(cfg, run_dir, tracker), interactive()
-    progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
+    logs, bar = loggers(cfg, run_dir, tracker, owns=guard.confirm_lease), interactive()
+    progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar, owns=guard.confirm_lease)
     # order matters: the lease is confirmed before anything writes the step; the EMA is updated before anything saves
     # the step; the best weights are chosen before the step's checkpoint is written after its validation
     snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every,

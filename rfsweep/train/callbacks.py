@@ -202,6 +202,21 @@ class BestWeights(L.Callback):
         self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
 
 
+class RunCSVLogger(L.pytorch.loggers.CSVLogger):
+    """Lightning's CSV logger (`<run>/metrics.csv`) that asks `owns()` before each write (its periodic flush and the
+    one when training ends, a failure's too): rows of a process whose run folder was taken over are dropped."""
+
+    def __init__(self, *args, owns=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owns = owns
+
+    def save(self) -> None:
+        if self.owns is not None and self._experiment is not None and not self.owns():
+            self._experiment.metrics = []
+            return
+        super().save()
+
+
 class LeaseLost(RuntimeError):
     """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
 
@@ -249,14 +264,17 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.stopping or not completed_step(trainer, batch_idx):
             return
-        if self.guard.code() and trainer.is_global_zero:  # a stop writes last.ckpt: the folder must still be ours
-            self.guard.confirm_lease()
         code = self.guard.code()
         if trainer.world_size > 1:  # every rank's code; the first rank's that has one decides
             import torch
 
             codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
             code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
+        if code and code != LOST:  # a stop writes last.ckpt: rank 0 confirms the folder is still ours, all agree
+            lost = trainer.is_global_zero and not self.guard.confirm_lease()
+            if trainer.world_size > 1:  # every rank is here: they all agreed on this stop
+                lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
+            code = LOST if lost else code
         if code == LOST:
             raise LeaseLost(self.guard.lost or "another rank's lease was taken over")
         if code:
@@ -271,9 +289,9 @@ class Progress(L.Callback):
     line (a job writing to a log file has no progress bar)."""
 
     def __init__(self, run_dir: str | Path, max_steps: int, batch_size: int, every_s: float = 30.0,
-                 echo: bool = False):
+                 echo: bool = False, owns=None):
         self.run_dir, self.max_steps, self.batch_size, self.every_s = run_dir, int(max_steps), batch_size, every_s
-        self.echo = echo
+        self.echo, self.owns = echo, owns  # owns(): the run folder is still this process's (PreemptionGuard)
         self._mark: tuple[float, int] | None = None
         self._last_write = 0.0
 
@@ -298,7 +316,7 @@ class Progress(L.Callback):
     def _report(self, trainer, now: float, step: int, write: bool = True) -> None:
         t0, s0 = self._mark
         rate = (step - s0) / max(now - t0, 1e-9)
-        if write:
+        if write and (self.owns is None or self.owns()):
             runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
                                    steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
         if self.echo:

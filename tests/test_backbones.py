@@ -1,5 +1,7 @@
 """Backbone contract, exactness against diffusers' SD3 transformer, compile, checkpointing, bf16."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -273,3 +275,19 @@ def test_mlp_skip_passes_the_input_through():
         net.skip.bias.fill_(1.0)
     torch.testing.assert_close(net(x, t, c, v), x)
     assert build_backbone("mlp", **kw).skip is None  # off by default: earlier runs' weights still load
+
+
+def test_the_benchmark_compiles_each_block_alone_with_fullgraph(monkeypatch):
+    """`bench_backbones.py --compile --compile-scope blocks` (a speed option to measure on a GPU): every transformer
+    block of rfsweep's MM-DiT and of diffusers' SD3 model compiled with fullgraph=True, the model itself not."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_backbones as bench
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
+    a = bench.parse_args(["--device", "cpu", "--compile", "--compile-scope", "blocks", "--depth", "2"])
+    dm = bench.diffusers_model(a)
+    assert bench.compiled(dm, a) is dm and [c for c, _ in calls] == ["JointTransformerBlock"] * 2
+    ours = from_diffusers(dm)
+    calls.clear()
+    assert bench.compiled(ours, a) is ours and len(calls) == 2 and all(kw["fullgraph"] for _, kw in calls)

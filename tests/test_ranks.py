@@ -140,11 +140,14 @@ def test_a_run_that_failed_while_evaluating_stays_trained(tmp_path, monkeypatch)
     assert read_status(run)["state"] == "done"
 
 
-def test_a_lost_lease_stops_training_without_another_write(tmp_path):
+@pytest.mark.parametrize("logger", ["csv", "default"])
+def test_a_lost_lease_stops_training_without_another_write(tmp_path, logger):
     """Another process takes the run folder over (it thought this one dead). The heartbeat would notice only at its
     next beat (lease_timeout_s / 10 = 300 s here); every write asks the lease file first, so the job ends at its next
-    checkpoint step, that checkpoint unwritten, and nothing else is written after the one write under way."""
-    proc = popen_cli([*tiny(tmp_path, 100000), "trainer.ckpt_every=10", "cluster.lease_timeout_s=3000"])
+    checkpoint step, that checkpoint unwritten, and nothing else is written after the one write under way. Its W&B
+    run (offline here) ends without an outcome: the new holder resumes that run and records its own."""
+    args = [o for o in tiny(tmp_path, 100000) if o != "logger=csv"] + [f"logger={logger}"]
+    proc = popen_cli([*args, "trainer.ckpt_every=10", "cluster.lease_timeout_s=3000"])
     _wait_for_step(proc, tmp_path, 10)
     run = _last(tmp_path).parent.parent
     before = torch.load(_last(tmp_path), weights_only=True)["global_step"]
@@ -161,6 +164,10 @@ def test_a_lost_lease_stops_training_without_another_write(tmp_path):
     assert not (run / "outcome.json").exists()
     assert read_status(run).get("state") == "running"  # not rewritten as failed or pre-empted
     assert (run / "metrics.csv").stat().st_mtime < taken + 1  # its last rows were not flushed into the folder
+    if logger == "default":
+        (folder,) = offline_runs(run)
+        wb = read_run(folder)
+        assert wb.exit_code == 0 and "rfsweep/outcome" not in wb.summary, wb.summary
 
 
 def test_checkpoints_load_onto_the_cpu_and_running_out_of_memory_is_not_corruption(tmp_path, monkeypatch):

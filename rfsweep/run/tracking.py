@@ -133,6 +133,9 @@ class JobRun:
             return
         run, self.run = self.run, None
         try:
+            if outcome == "lost":  # the run folder (and its W&B run) is another process's now: no outcome of ours
+                run.finish(exit_code=0)
+                return
             run.summary.update({"rfsweep/outcome": outcome, **({"rfsweep/reason": reason} if reason else {})})
             if outcome in ("preempted", "requeued", "cancelled"):
                 run.mark_preempting()
@@ -149,8 +152,8 @@ class JobRun:
 
 @contextmanager
 def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
-    """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason, then propagates
-    (a SystemExit too: submitit's requeue)."""
+    """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason (a lost lease: without
+    an outcome, the run's new holder writes it), then propagates (a SystemExit too: submitit's requeue)."""
     tracker = JobRun(cfg, run_dir, meta, job_type, params, depth)
     try:
         yield tracker
@@ -158,7 +161,10 @@ def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params
         tracker.finish("requeued")
         raise
     except BaseException as e:
-        tracker.finish("failed", f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        from rfsweep.train.callbacks import LeaseLost
+
+        lost = isinstance(e, LeaseLost)  # another process resumed this W&B run: it records the outcome
+        tracker.finish("lost" if lost else "failed", "" if lost else f"{type(e).__name__}: {e}".splitlines()[0][:500])
         raise
     finally:
         tracker.finish("done")  # a no-op when finished above or by the job

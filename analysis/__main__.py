@@ -11,7 +11,7 @@ from pathlib import Path
 from analysis.collect import collect, latest_sweep
 from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
-from analysis.ranking import common_ranks, rank_correlation, rank_table
+from analysis.ranking import backbone_labels, common_ranks, rank_correlation, rank_table
 from analysis.tables import table2, with_confidence, write_missing, write_table1, write_table2
 from rfsweep.metrics import METRICS
 from rfsweep.results import KEYS, MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, check_one_evaluator, posthoc_weights
@@ -210,7 +210,8 @@ def ema_best(args, src: Path, out: Path) -> int:
            "best vs paper": rank_correlation(tables["ema_best"], paper),
            "fixed vs paper": rank_correlation(tables["ema_fixed_half"], paper)}
     print((out / "ema_best" / "table1.md").read_text(), end="")
-    spread = chosen.assign(backbone=chosen["backbone"].astype(str)).groupby(["backbone", "family"])["sigma_rel"]
+    chosen = chosen.assign(backbone=backbone_labels(chosen["backbone"]))
+    spread = chosen.groupby(["backbone", "family"])["sigma_rel"]
     several = chosen["backbone"].nunique() > 1  # each backbone's own (data sets pooled)
     print("median chosen sigma_rel per family: " + ", ".join(
         f"{b + ' ' if several else ''}{f} {v:.3g}" for (b, f), v in spread.median().items()))

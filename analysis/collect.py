@@ -67,15 +67,18 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
 
 
 def config_difference(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
-    """The keys that change a result in which two run folders' config.json differ ("trainer.shift: None vs 3.0"), as
-    a resume compares them (`runfolder.config_changes`); empty when either has no config."""
+    """The keys in which two run folders' config.json differ ("trainer.shift: None vs 3.0"): those that change a
+    result, as a resume compares them (`runfolder.config_changes`), else any but the folders; empty when either has
+    no config."""
     from rfsweep.runfolder import config_changes, flatten, read_config
 
     ca, cb = read_config(a), read_config(b)
     if ca is None or cb is None:
         return []
     fa, fb = flatten(ca), flatten(cb)
-    return [f"{k}: {fa.get(k)} vs {fb.get(k)}" for k in config_changes(ca, cb)]
+    keys = config_changes(ca, cb) or sorted(k for k in fa.keys() | fb.keys() if k.split(".")[0] not in (
+        "run_dir", "job_name", "paths") and fa.get(k) != fb.get(k))  # else what a resume may change (max_steps, ...)
+    return [f"{k}: {fa.get(k)} vs {fb.get(k)}" for k in keys]
 
 
 def check_distinct_runs(df: pd.DataFrame) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import RESULTS_DIR
-from analysis.ranking import PANEL_KEYS, panels
+from analysis.ranking import PANEL_KEYS, backbone_labels, panels
 from rfsweep.evaluation.bank import EvidenceBank, SampleEvidence, setting_key
 from rfsweep.evaluation.statistics import feature_stats, frechet_distance
 from rfsweep.metrics import METRICS
@@ -107,7 +107,7 @@ def length_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Each metric against sigma_rel per data set, backbone and family (the median over the family's runs) at every
     setting, from the post-hoc rows' values (all prompts)."""
     post = df[posthoc_rows(df)].assign(sigma_rel=lambda d: d["weights"].map(posthoc_sigma_rel))
-    post = post.assign(backbone=post["backbone"].astype(str))
+    post = post.assign(backbone=backbone_labels(post["backbone"]))
     keys = [*PANEL_KEYS, "family", "steps", "cfg", "sigma_rel"]
     return post.groupby(keys)[list(METRICS)].median().reset_index()
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # analysis never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.ranking import PANEL_KEYS, panels  # noqa: E402
+from analysis.ranking import PANEL_KEYS, backbone_labels, panels  # noqa: E402
 from rfsweep.formulations.variants import FAMILIES  # noqa: E402
 from rfsweep.metrics import METRICS  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
@@ -34,7 +34,7 @@ def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
     """What Fig. 3 draws: the rows at `cfg` with `weights`, each variant's mean (over seeds) per data set, backbone and
     steps, data sets in the order the rows give them."""
     sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
-    sel = sel.assign(backbone=sel["backbone"].astype(str))
+    sel = sel.assign(backbone=backbone_labels(sel["backbone"]))
     pts = sel.groupby([*PANEL_KEYS, "family", "variant", "steps"], as_index=False)[[m.name for m in METRICS.values()]]
     order = {d: i for i, d in enumerate(dict.fromkeys(sel["dataset"]))}
     return pts.mean().sort_values("dataset", key=lambda c: c.map(order), kind="stable")
@@ -67,7 +67,7 @@ def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "e
                     med = f.groupby("steps")[metric].median()
                     ax.plot(med.index, med.to_numpy(), color=color, lw=2.5, marker="o", ms=3, label=fam)
                     if bands is not None and len(bands):  # the 95% band of the family's median (confidence)
-                        same = bands["backbone"].astype(str) == bb if "backbone" in bands else True
+                        same = backbone_labels(bands["backbone"]) == bb if "backbone" in bands else True
                         b = bands[(bands["dataset"] == ds) & same & (bands["family"] == fam)
                                   & (bands["metric"] == metric)]
                         b = b.sort_values("steps")
@@ -104,7 +104,7 @@ def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -
                                       "worse_by"])
     out["least"] = out.groupby([*PANEL_KEYS, "metric"])["worse_by"].transform("min") == out["worse_by"]
     names = {(d, b): name for d, b, name in panels(pts.assign(weights=weights))}  # as Fig. 3 titles its panels
-    out["panel"] = [names[(d, b)] for d, b in zip(out["dataset"], out["backbone"])]
+    out["panel"] = [names.get((str(d), str(b)), str(d)) for d, b in zip(out["dataset"], out["backbone"])]
     return out
 
 

@@ -18,11 +18,16 @@ TABLE1_COLUMNS = ["variant", "all", "5 steps", "50 steps"]
 PANEL_KEYS = ["dataset", "backbone"]
 
 
+def backbone_labels(s: pd.Series) -> pd.Series:
+    """The backbone column as strings, "-" where a row names none (pandas keeps NaN through astype(str))."""
+    return s.fillna("-").astype(str)
+
+
 def panels(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(dataset, backbone, name) of each panel of the ranked rows, in the order the rows give them; the name is the
     data set alone when every row has one backbone (the paper's layout), else "<dataset> <backbone>"."""
     rows = df[df["weights"] != REAL]
-    keys = list(dict.fromkeys(zip(rows["dataset"].astype(str), rows["backbone"].astype(str))))
+    keys = list(dict.fromkeys(zip(rows["dataset"].astype(str), backbone_labels(rows["backbone"]))))
     several = len({b for _, b in keys}) > 1
     return [(d, b, f"{d} {b}" if several else d) for d, b in keys]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.ranking import TABLE1_COLUMNS, panels
+from analysis.ranking import TABLE1_COLUMNS, backbone_labels, panels
 from rfsweep.metrics import METRICS
 from rfsweep.results import REAL, REAL_VARIANT
 
@@ -105,7 +105,7 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     if sel.empty:
         return pd.DataFrame({"variant": []})
     metrics = [m.name for m in METRICS.values()]
-    sel = sel.assign(backbone=sel["backbone"].astype(str))
+    sel = sel.assign(backbone=backbone_labels(sel["backbone"]))
     groups = panels(sel)
     wide = sel.groupby(["variant", "dataset", "backbone"])[metrics].mean()
     real = df[(df["weights"] == REAL) & df["dataset"].isin({d for d, _, _ in groups})]

@@ -241,6 +241,9 @@ def test_table2_and_fig3_keep_backbones_apart(tmp_path):
     assert fig3(df, tmp_path / "f.png").stat().st_size > 10_000
     one = table2(df[df["backbone"] == "dit"])  # one backbone: the paper's layout, panels named by data set alone
     assert one.columns.tolist()[1:3] == ["imagenet CLIP", "imagenet CLIP place"]
+    unnamed = df[df["backbone"] == "dit"].assign(backbone=None)  # rows naming no backbone: one panel, not dropped
+    assert table2(unnamed).set_index("variant").loc["a", "imagenet FID"] == 40
+    assert fig3_degradation(unnamed)["panel"].unique().tolist() == ["imagenet"]
 
 
 def test_fig3_needs_cfg5_rows(tmp_path):

@@ -149,3 +149,28 @@ def test_a_loss_found_by_confirm_stops_the_heartbeat(tmp_path):
         (tmp_path / "lease.json").unlink()
         time.sleep(1.2)  # two beats
         assert read_lease(tmp_path) is None
+
+
+def test_a_takeover_found_only_at_release_is_reported(tmp_path):
+    """Taken over after the last beat and the last write: the release says so (on_lost) and leaves the new lease."""
+    calls = []
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+    with Lease(tmp_path, timeout_s=3000.0, on_lost=calls.append):
+        _replace(tmp_path / "lease.json", other)
+    assert calls == [other] and read_lease(tmp_path) == other
+
+
+def test_a_failure_after_the_lease_was_lost_records_nothing(tmp_path, capfd):
+    """Whatever ended the job once the folder is another process's: exit 2, its traceback said, no status written."""
+    from omegaconf import OmegaConf
+
+    from rfsweep.run.job import _failure
+    from rfsweep.runfolder import read_status, write_status
+
+    write_status(tmp_path, "running", step=3)
+    before = (tmp_path / "status.json").read_text()
+    out = _failure(OmegaConf.create({"run_dir": str(tmp_path)}), RuntimeError("boom"), (), True, lost="taken over")
+    assert (out.code, out.outcome) == (2, "lost") and (tmp_path / "status.json").read_text() == before
+    err = capfd.readouterr().err
+    assert "RuntimeError: boom" in err and "error: taken over; this process stopped without writing" in err
+    assert read_status(tmp_path)["state"] == "running"

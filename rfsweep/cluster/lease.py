@@ -40,6 +40,10 @@ from rfsweep.errors import LeaseHeld  # noqa: F401 (raised here, defined in the 
 from rfsweep.runfolder import LEASE
 
 
+class LeaseLost(RuntimeError):
+    """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:  # no pid recorded (0 and -1 would ask about a process group or every process)
         return False
@@ -150,19 +154,20 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.timeout_s / 10, 0.5)):
-            if self.lost.is_set():
-                return
-            held = read_lease(self.path.parent)
-            if held and held.get("token") != self.token:  # taken over (we were presumed dead): stop renewing
-                self._lose(held)
-                return
-            try:
-                if held is None:  # removed while we hold it: re-create, unless a new holder linked one meanwhile
-                    self._link()
-                else:  # ours, or unreadable (retried at the next beat)
-                    self._write()
-            except OSError:
-                pass  # a full or flaky disk: the next beat retries; the lease only goes stale after timeout_s
+            with self._losing:  # `confirm` cannot find a loss between this read and this write
+                if self.lost.is_set():
+                    return
+                held = read_lease(self.path.parent)
+                if held and held.get("token") != self.token:  # taken over (we were presumed dead): stop renewing
+                    self._lose(held)
+                    return
+                try:
+                    if held is None:  # removed while we hold it: re-create, unless a new holder linked one meanwhile
+                        self._link()
+                    else:  # ours, or unreadable (retried at the next beat)
+                        self._write()
+                except OSError:
+                    pass  # a full or flaky disk: the next beat retries; the lease only goes stale after timeout_s
 
     def confirm(self) -> bool:
         """Whether we still hold the lease, read now (before a write; the heartbeat reads it only every
@@ -200,6 +205,8 @@ class Lease:
         held = read_lease(self.path.parent) or {}
         if held.get("token") == self.token:  # never another holder's lease
             self.path.unlink(missing_ok=True)
+        elif held:  # taken over since the last read: said as the heartbeat would (what ended the job is not recorded)
+            self._lose(held)
 
     def __enter__(self) -> Lease:
         return self.acquire()

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
+from rfsweep.cluster.lease import LeaseLost
 from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
@@ -34,6 +35,8 @@ def loggers(cfg: DictConfig, run_dir: Path, tracker=None, owns=None) -> list:
     out = []
     if cfg.logger.csv:
         if process_rank() == 0:
+            if owns is not None and not owns():
+                raise LeaseLost(f"{run_dir}: the lease was taken over before training")
             runfolder.keep_previous_metrics(run_dir)
         out.append(RunCSVLogger(str(run_dir), name="", version="", owns=owns))
     wandb_logger = tracker.lightning_logger() if tracker is not None else None
@@ -116,7 +119,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     validation = [BestValidation(tracker)] if tracker is not None and tracker.run is not None else []
     callbacks = [LeaseCheck(guard, tr.ckpt_every, cfg.ema.snapshot_every if cfg.ema.sigma_rels else None),
                  EMAUpdate(), *snapshots, best, *validation,
-                 periodic, Preemption(periodic, guard), FailureRecorder(run_dir), progress,
+                 periodic, Preemption(periodic, guard), FailureRecorder(run_dir, guard.confirm_lease), progress,
                  Throughput(tr.batch_size, flops, log_every)]
     callbacks += [StepProgressBar()] if bar else []
     callbacks += [LearningRateMonitor(logging_interval="step")] if logs else []
@@ -141,6 +144,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
     if trainer.is_global_zero and tr.accelerator == "gpu":
         record_peak_memory(cfg, run_dir)
+    if trainer.is_global_zero and not guard.confirm_lease():  # the folder is another process's since the last write
+        raise LeaseLost(guard.lost)
     if not guard.stop_requested() and trainer.is_global_zero:
         rate = progress.rate(trainer.global_step)
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep import runfolder
-from rfsweep.cluster.lease import Lease, describe
+from rfsweep.cluster.lease import Lease, LeaseLost, describe
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.errors import ConfigError
 from rfsweep.run.preflight import preflight
@@ -110,28 +110,31 @@ def execute(cfg: DictConfig) -> int:
                     raise e.__cause__ from None
                 raise
         except Exception as e:  # a job never takes other jobs down: every error ends in an exit code
-            result = _failure(cfg, e, bad_input, rank0)
+            result = _failure(cfg, e, bad_input, rank0, guard.lost)
             launch.fail(result.reason)  # the other ranks stop waiting for this one
         finally:
             launch.close()
-    if result.outcome not in ("dry-run", "rank", "lost") and rank0 and not cfg.dry_run:
+    if result.outcome not in ("dry-run", "rank", "lost") and rank0 and not cfg.dry_run and not guard.lost:
         runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
                                 launch=os.environ.get(LAUNCH_ENV))
     return result.code
 
 
-def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool) -> Outcome:
+def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool, lost: str | None = None) -> Outcome:
     """The outcome of an exception that ended the job, said in one line (bad input) or with its traceback (a bug or a
     broken node); a failure is recorded in status.json (rank 0), keeping the stage it happened in (a run that failed
-    while evaluating stays trained: `stage=evaluate` takes it)."""
+    while evaluating stays trained: `stage=evaluate` takes it). `lost`: why the lease was lost, if it was (whatever
+    ended the job, the folder is another process's: nothing is recorded there)."""
     from rfsweep.cluster.lease import LeaseHeld
     from rfsweep.cluster.ranks import RanksDisagree
-    from rfsweep.train.callbacks import LeaseLost
     from rfsweep.train.diffusion_module import NonFiniteLossError
 
-    if isinstance(e, LeaseLost):  # the folder is another process's now: nothing more is written there
-        print(f"error: {e}; this process stopped without writing to {cfg.run_dir}", file=sys.stderr, flush=True)
-        return Outcome(2, "lost", str(e))
+    if isinstance(e, LeaseLost) or lost:  # the folder is another process's now: nothing more is written there
+        if not isinstance(e, LeaseLost):
+            traceback.print_exception(type(e), e, e.__traceback__)
+        print(f"error: {lost or e}; this process stopped without writing to {cfg.run_dir}", file=sys.stderr,
+              flush=True)
+        return Outcome(2, "lost", str(lost or e))
     if isinstance(e, LeaseHeld):
         print(f"error: {e}", file=sys.stderr, flush=True)
         return Outcome(2, "refused", str(e))
@@ -278,8 +281,7 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
         return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
     module.place_frozen()
-    _ours(guard)
-    grid, captions = write_samples(cfg, module, run_dir)
+    grid, captions = write_samples(cfg, module, run_dir, owns=guard.confirm_lease)
     tracker.log_samples(grid, captions, info["step"])
     if cfg.eval.enabled:
         try:
@@ -287,8 +289,6 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
                          tracker=tracker, owns=guard.confirm_lease)
         except EvaluationStopped:
             if guard.lost:
-                from rfsweep.train.callbacks import LeaseLost
-
                 raise LeaseLost(guard.lost) from None
             return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     _ours(guard)
@@ -300,8 +300,6 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
 def _ours(guard: PreemptionGuard) -> None:
     """LeaseLost unless the run folder is still this process's (the lease file read now): asked before a write."""
     if not guard.confirm_lease():
-        from rfsweep.train.callbacks import LeaseLost
-
         raise LeaseLost(guard.lost)
 
 

@@ -161,7 +161,7 @@ def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params
         tracker.finish("requeued")
         raise
     except BaseException as e:
-        from rfsweep.train.callbacks import LeaseLost
+        from rfsweep.cluster.lease import LeaseLost
 
         lost = isinstance(e, LeaseLost)  # another process resumed this W&B run: it records the outcome
         tracker.finish("lost" if lost else "failed", "" if lost else f"{type(e).__name__}: {e}".splitlines()[0][:500])

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 
 from rfsweep import runfolder
+from rfsweep.cluster.lease import LeaseLost  # noqa: F401 (raised here; defined beside the lease)
 from rfsweep.cluster.signals import LOST, PreemptionGuard, signal_name
 
 
@@ -211,14 +212,11 @@ class RunCSVLogger(L.pytorch.loggers.CSVLogger):
         self.owns = owns
 
     def save(self) -> None:
-        if self.owns is not None and self._experiment is not None and not self.owns():
-            self._experiment.metrics = []
+        if self.owns is not None and not self.owns():  # (rank > 0 holds no lease: owns() reads nothing there)
+            if self._experiment is not None:
+                self._experiment.metrics = []
             return
         super().save()
-
-
-class LeaseLost(RuntimeError):
-    """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
 
 
 class LeaseCheck(L.Callback):
@@ -380,13 +378,16 @@ class BestValidation(L.Callback):
 
 
 class FailureRecorder(L.Callback):
-    """Records why training broke in `status.json` (the exception still propagates)."""
+    """Records why training broke in `status.json` (the exception still propagates), where the folder is still this
+    process's (`owns()`)."""
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str | Path, owns=None):
+        self.run_dir, self.owns = run_dir, owns
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not trainer.is_global_zero or isinstance(exception, LeaseLost):  # a lost folder is not written
+            return
+        if self.owns is not None and not self.owns():
             return
         runfolder.write_status(self.run_dir, "failed", step=trainer.global_step,
                                reason=f"{type(exception).__name__}: {exception}")

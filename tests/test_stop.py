@@ -127,3 +127,27 @@ def test_under_ddp_only_the_writer_gathers_the_best_weights(tmp_path, monkeypatc
     monkeypatch.setattr(callbacks, "sharded", lambda trainer: False)
     best.save(SimpleNamespace(is_global_zero=False), None)  # rank 1 of a DDP run: returns before copying anything
     assert not (tmp_path / "best.safetensors").exists()
+
+
+def test_a_takeover_during_a_validation_writes_neither_its_best_weights_nor_its_checkpoint(tmp_path, monkeypatch):
+    """The lease is read before the validation step (LeaseCheck) and again before what the validation writes: taken
+    over during the validation of step 8, the run keeps step 4's best weights and checkpoint and training ends."""
+    from rfsweep.cluster.lease import LeaseLost
+
+    cfg = compose_cfg([*tiny(tmp_path, STEPS), "trainer.val_every=4", "trainer.ckpt_every=4"],
+                      run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg, train=True)
+    guard, ours = PreemptionGuard(), {"now": True}
+    guard.confirm = lambda: ours["now"]
+    validate = type(module).on_validation_epoch_end
+
+    def taken_at_8(self):
+        if self.trainer.global_step == 8:
+            ours["now"] = False
+        return validate(self)
+
+    monkeypatch.setattr(type(module), "on_validation_epoch_end", taken_at_8)
+    with pytest.raises(LeaseLost, match="during the validation"):
+        fit(cfg, module, data, tmp_path / "run", guard)
+    run = tmp_path / "run"
+    assert _last(run)["global_step"] == 4 and _best(run)[1]["step"] == "4"

@@ -101,8 +101,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     )
 
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
-    periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every)
-    best = BestWeights(ckpt_dir / runfolder.BEST)
+    periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every, owns=guard.confirm_lease)
+    best = BestWeights(ckpt_dir / runfolder.BEST, owns=guard.confirm_lease)
     if tr.compile:
         module.net.compile()
     from rfsweep.console import StepProgressBar, interactive, tidy_logging

@@ -90,8 +90,8 @@ class PeriodicCheckpoint(L.Callback):
     validations, the best weights and the evaluated step of an uninterrupted run (Lightning then resumes after the
     validation, as from its own ModelCheckpoint). A step is written once."""
 
-    def __init__(self, dirpath: str | Path, every: int):
-        self.dirpath, self.every = Path(dirpath), every
+    def __init__(self, dirpath: str | Path, every: int, owns=None):
+        self.dirpath, self.every, self.owns = Path(dirpath), every, owns  # owns: asked after a validation (below)
         self.saved_step: int | None = None
         self._after_validation = False  # a save waits for this step's validation
         self._then_stop = False
@@ -138,6 +138,8 @@ class PeriodicCheckpoint(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
+            if folder_lost(trainer, self.owns):  # taken over during the validation (LeaseCheck asked before it)
+                raise LeaseLost("the run folder's lease was taken over during the validation")
             self.save(trainer)
             self._finish(trainer)
 
@@ -154,8 +156,8 @@ class BestWeights(L.Callback):
     loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
     far travels in last.ckpt, so a resumed run keeps comparing against it."""
 
-    def __init__(self, path: str | Path, monitor: str = "val/loss_ema"):
-        self.path, self.monitor = Path(path), monitor
+    def __init__(self, path: str | Path, monitor: str = "val/loss_ema", owns=None):
+        self.path, self.monitor, self.owns = Path(path), monitor, owns  # owns(): asked by rank 0 before it writes
         self.best_score: float | None = None
         self.best_step: int | None = None
 
@@ -181,8 +183,8 @@ class BestWeights(L.Callback):
         if not sharded(trainer) and not trainer.is_global_zero:
             return  # DDP: every rank holds the same weights; only the writer copies them to the CPU
         tensors = full_state_dict(pl_module)
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or (self.owns is not None and not self.owns()):
+            return  # taken over during the validation: not written; the ranks' next lease check ends training
         # the post-hoc EMAs stay out: evaluation rebuilds their lengths from the snapshots (rfsweep.train.posthoc_ema)
         tensors = {k: v for k, v in tensors.items() if not k.startswith(POSTHOC_PREFIX)}
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
@@ -219,6 +221,15 @@ class RunCSVLogger(L.pytorch.loggers.CSVLogger):
         super().save()
 
 
+def folder_lost(trainer, owns) -> bool:
+    """Rank 0 reads the lease now (`owns()`), every rank learns the answer: a collective, so every rank calls it at
+    the same point."""
+    lost = trainer.is_global_zero and owns is not None and not owns()
+    if trainer.world_size > 1:
+        lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
+    return lost
+
+
 class LeaseCheck(L.Callback):
     """First at each step's end: at a step that writes to the run folder (a checkpoint every `ckpt_every`, a post-hoc
     snapshot every `snapshot_every`, a validation that may write the best weights, the last step), rank 0 reads the
@@ -236,10 +247,7 @@ class LeaseCheck(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not completed_step(trainer, batch_idx) or not self.writes_at(trainer):
             return
-        lost = trainer.is_global_zero and not self.guard.confirm_lease()
-        if trainer.world_size > 1:  # every rank takes this branch at the same steps: the collective matches
-            lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
-        if lost:
+        if folder_lost(trainer, self.guard.confirm_lease):  # every rank is here at the same steps
             raise LeaseLost(self.guard.lost or "rank 0's lease was taken over")
 
 
@@ -269,10 +277,7 @@ class Preemption(L.Callback):
             codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
             code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
         if code and code != LOST:  # a stop writes last.ckpt: rank 0 confirms the folder is still ours, all agree
-            lost = trainer.is_global_zero and not self.guard.confirm_lease()
-            if trainer.world_size > 1:  # every rank is here: they all agreed on this stop
-                lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
-            code = LOST if lost else code
+            code = LOST if folder_lost(trainer, self.guard.confirm_lease) else code  # every rank agreed on the stop
         if code == LOST:
             raise LeaseLost(self.guard.lost or "another rank's lease was taken over")
         if code:

@@ -214,7 +214,8 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
             launch.agree()  # every rank built its part; a refusal above has told them to stop
         net = module.net
         with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
-                p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None) as tracker:
+                p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None,
+                owns=guard.confirm_lease) as tracker:
             if not trained and not status.get("step"):  # a fresh run: its formulation as it will train
                 try:
                     tracker.log_formulation(formulation)

@@ -151,9 +151,10 @@ class JobRun:
 
 
 @contextmanager
-def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
+def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None, owns=None):
     """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason (a lost lease: without
-    an outcome, the run's new holder writes it), then propagates (a SystemExit too: submitit's requeue)."""
+    an outcome, the run's new holder writes it; `owns()` asked), then propagates (a SystemExit too: submitit's
+    requeue)."""
     tracker = JobRun(cfg, run_dir, meta, job_type, params, depth)
     try:
         yield tracker
@@ -163,7 +164,7 @@ def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params
     except BaseException as e:
         from rfsweep.cluster.lease import LeaseLost
 
-        lost = isinstance(e, LeaseLost)  # another process resumed this W&B run: it records the outcome
+        lost = isinstance(e, LeaseLost) or (owns is not None and not owns())  # the new holder records the outcome
         tracker.finish("lost" if lost else "failed", "" if lost else f"{type(e).__name__}: {e}".splitlines()[0][:500])
         raise
     finally:

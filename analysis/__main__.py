@@ -222,9 +222,9 @@ def ema_best(args, src: Path, out: Path) -> int:
         from analysis.wandb_study import log_ema_choice
 
         experiment = str((manifests[0] or {}).get("experiment") or src.name)
-        shown = {k: with_confidence(t, confs.get(k)) for k, t in tables.items()}
-        shown = {"table1": shown["ema_best"], "fixed_half": shown["ema_fixed_half"], "choices": chosen,
-                 "lengths": curves}
+        shown = {"table1": with_confidence(tables["ema_best"], confs.get("ema_best")),
+                 "fixed_half": with_confidence(tables["ema_fixed_half"], confs.get("ema_fixed_half")),
+                 "choices": chosen, "lengths": curves}
         folder = log_ema_choice(src, out, experiment, shown,
                                 out / "ema_lengths.png", args.select, project=args.project, entity=args.entity)
         print(f"logged the post-hoc EMA choice to W&B ({folder})", file=sys.stderr)

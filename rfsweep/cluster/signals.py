@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from rfsweep.cluster import slurm
+from rfsweep.cluster.lease import LeaseLost
 
 TERM = "SIGTERM"
 LOST = 255  # the code of a lost lease among the ranks' stop codes (signal numbers are smaller)
@@ -114,6 +115,11 @@ class PreemptionGuard:
         if self.confirm is not None and self.lost is None and not self.confirm():  # on_lost has called lose_lease
             self.lost = self.lost or "the run folder's lease was taken over by another process"
         return self.lost is None
+
+    def require_lease(self) -> None:
+        """LeaseLost unless the run folder is still this process's (`confirm_lease`): asked right before a write."""
+        if not self.confirm_lease():
+            raise LeaseLost(self.lost)
 
     def stop_requested(self) -> bool:
         return self.received is not None or self.lost is not None

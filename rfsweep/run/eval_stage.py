@@ -70,18 +70,17 @@ def configured_evaluator(cfg: DictConfig):
     return build(cfg.eval.evaluator, device="cpu", **evaluator_kwargs(cfg))
 
 
-def write_samples(cfg: DictConfig, module, run_dir: Path, owns=None) -> tuple[Path, list[str]]:
+def write_samples(cfg: DictConfig, module, run_dir: Path, before_write=None) -> tuple[Path, list[str]]:
     """`samples.png` (EMA weights, the sampler config): the first held-out captions, each under its sample, and
-    `samples.txt` with the captions; `owns()` asked before they are written (False: LeaseLost, nothing written)."""
+    `samples.txt` with the captions; `before_write()` is called once they are sampled (it raises LeaseLost when the
+    folder is another process's now: `PreemptionGuard.require_lease`)."""
     s = cfg.sampler
     captions = held_out_captions(cfg, s.n_grid)
     with sampling_precision(cfg, module.device):
         images = module.generate(captions, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=cfg.eval.seed).float()
-    if owns is not None and not owns():
-        from rfsweep.cluster.lease import LeaseLost
-
-        raise LeaseLost(f"{run_dir}: the lease was taken over while sampling the grid")
+    if before_write is not None:
+        before_write()
     (run_dir / "samples.txt").write_text("\n".join(captions) + "\n")
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
-from rfsweep.cluster.lease import LeaseLost
 from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
@@ -27,18 +26,18 @@ LIGHTNING_FALSE_ALARMS = (
 )
 
 
-def loggers(cfg: DictConfig, run_dir: Path, tracker=None, owns=None) -> list:
-    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured; `owns()`
-    is asked before the CSV file is written (a run folder another process took over gets no more rows)."""
+def loggers(cfg: DictConfig, run_dir: Path, tracker=None, guard: PreemptionGuard | None = None) -> list:
+    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured; with a
+    `guard`, the lease is asked before the CSV file is written (a folder another process took over gets no rows)."""
     from rfsweep.train.callbacks import RunCSVLogger
 
     out = []
     if cfg.logger.csv:
         if process_rank() == 0:
-            if owns is not None and not owns():
-                raise LeaseLost(f"{run_dir}: the lease was taken over before training")
+            if guard is not None:
+                guard.require_lease()
             runfolder.keep_previous_metrics(run_dir)
-        out.append(RunCSVLogger(str(run_dir), name="", version="", owns=owns))
+        out.append(RunCSVLogger(str(run_dir), name="", version="", owns=guard.confirm_lease if guard else None))
     wandb_logger = tracker.lightning_logger() if tracker is not None else None
     if wandb_logger is not None:
         out.append(wandb_logger)
@@ -110,7 +109,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     tidy_logging()
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
     flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
-    logs, bar = loggers(cfg, run_dir, tracker, owns=guard.confirm_lease), interactive()
+    logs, bar = loggers(cfg, run_dir, tracker, guard), interactive()
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar, owns=guard.confirm_lease)
     # order matters: the lease is confirmed before anything writes the step; the EMA is updated before anything saves
     # the step; the best weights are chosen before the step's checkpoint is written after its validation
@@ -144,8 +143,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
     if trainer.is_global_zero and tr.accelerator == "gpu":
         record_peak_memory(cfg, run_dir)
-    if trainer.is_global_zero and not guard.confirm_lease():  # the folder is another process's since the last write
-        raise LeaseLost(guard.lost)
+    if trainer.is_global_zero:  # the folder may be another process's since the last write
+        guard.require_lease()
     if not guard.stop_requested() and trainer.is_global_zero:
         rate = progress.rate(trainer.global_step)
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),

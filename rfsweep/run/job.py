@@ -282,7 +282,7 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
         return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
     module.place_frozen()
-    grid, captions = write_samples(cfg, module, run_dir, owns=guard.confirm_lease)
+    grid, captions = write_samples(cfg, module, run_dir, before_write=guard.require_lease)
     tracker.log_samples(grid, captions, info["step"])
     if cfg.eval.enabled:
         try:
@@ -292,23 +292,17 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
             if guard.lost:
                 raise LeaseLost(guard.lost) from None
             return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
-    _ours(guard)
+    guard.require_lease()
     runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
     print(f"done: {run_dir}", flush=True)
     return Outcome(0, "done")
-
-
-def _ours(guard: PreemptionGuard) -> None:
-    """LeaseLost unless the run folder is still this process's (the lease file read now): asked before a write."""
-    if not guard.confirm_lease():
-        raise LeaseLost(guard.lost)
 
 
 def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str, tracker=None) -> Outcome:
     """A stop signal ended the job at a safe point (the checkpoint is written): record it, finish the W&B run, then
     hand the job back to the scheduler (requeue) where the signal asks for it. The W&B run is finished first: a
     requeue ends every process of the job, W&B's service among them."""
-    _ours(guard)  # a lost lease is not a pre-emption: the folder is another process's
+    guard.require_lease()  # a lost lease is not a pre-emption: the folder is another process's
     record = {"step": int(step), "stage": stage, "signal": guard.received}
     since = guard.seconds_since_signal()
     if since is not None:  # how long the stop took: signal_delay_s must leave room for it (README)

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 
 from rfsweep import runfolder
-from rfsweep.cluster.lease import LeaseLost  # noqa: F401 (raised here; defined beside the lease)
+from rfsweep.cluster.lease import LeaseLost
 from rfsweep.cluster.signals import LOST, PreemptionGuard, signal_name
 
 

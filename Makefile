@@ -5,13 +5,13 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-bootstrap bench-posthoc lint gpu-check train-clip formulations clean
+.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-bootstrap bench-posthoc lint gpu-check train-clip formulations docs clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 test: $(STAMP)                     ## the CI suite: CPU, < 15 min on 2 cores
@@ -71,6 +71,9 @@ lint: $(STAMP)
 
 gpu-check:                         ## on a CUDA machine: GPU tests and the GPU benchmark in one go
 	bash scripts/gpu_check.sh
+
+docs: $(STAMP)                     ## the documentation site (mkdocs-material) into site/, strictly: any warning fails it
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 train-clip: $(STAMP)               ## retrain the embedded CLIP evaluator shipped in rfsweep/assets
 	$(PY) -m rfsweep.cli.train_clip $(ARGS)

@@ -19,6 +19,7 @@ from rfsweep.results import (
     read_results,
     validate_rows,
 )
+from rfsweep.runfolder import config_changes, flatten, read_config
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -70,8 +71,6 @@ def config_difference(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
     """The keys in which two run folders' config.json differ ("trainer.shift: None vs 3.0"): those that change a
     result, as a resume compares them (`runfolder.config_changes`), else any but the folders; empty when either has
     no config."""
-    from rfsweep.runfolder import config_changes, flatten, read_config
-
     ca, cb = read_config(a), read_config(b)
     if ca is None or cb is None:
         return []

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import friedmanchisquare, norm, rankdata
+from statsmodels.stats.multitest import multipletests
 
-from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_table
+from analysis.collect import collect
+from analysis.ema_choice import posthoc_rows
+from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, pareto_ranks, rank_table
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank, SampleEvidence, setting_key
 from rfsweep.evaluation.statistics import _psd_sqrt, feature_stats
 from rfsweep.metrics import METRICS
@@ -157,8 +161,6 @@ class Confidence:
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman's rho of each row pair of x, y (B, V) (average ranks for ties, as scipy's spearmanr)."""
-    from scipy.stats import rankdata
-
     rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
     rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
     return (rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
@@ -356,8 +358,6 @@ def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all"
     """Claims "A is better than B", tested on the replicates. Per claim and setting: each metric's paired difference
     A - B with its 95% interval and P(A dominates B) there. Per claim: P(A ranks ahead of B in Table 1's `column`),
     its one-sided p (the share of replicates where A is not ahead) and the p Holm-corrected over the claims."""
-    from statsmodels.stats.multitest import multipletests
-
     unknown = sorted({v for pair in claims for v in pair} - set(conf.variants))
     if unknown:
         raise ValueError(f"compare: {unknown} not in the sweep (allowed: {', '.join(conf.variants)})")
@@ -385,8 +385,6 @@ def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all"
 def block_ranks(df: pd.DataFrame) -> pd.DataFrame:
     """(blocks x variants): each variant's Pareto rank averaged over the sampler settings of one independent block, a
     data set and training seed (the settings of one block rank the same trained networks: they are not independent)."""
-    from analysis.ranking import pareto_ranks
-
     names = list(METRICS)
     directions = [METRICS[n].direction for n in names]
     rows = df[df["weights"] != REAL]
@@ -399,8 +397,7 @@ def block_ranks(df: pd.DataFrame) -> pd.DataFrame:
 def friedman(df: pd.DataFrame) -> tuple[float, float, pd.Series, pd.DataFrame]:
     """Friedman's test (scipy) over independent blocks (`block_ranks`: data set x training seed), the variants' mean
     ranks and Nemenyi's post-hoc p-values (scikit-posthocs): (statistic, p, mean ranks, p-values)."""
-    import scikit_posthocs as sp
-    from scipy.stats import friedmanchisquare
+    import scikit_posthocs as sp  # deferred: scikit-posthocs loads matplotlib and seaborn; only for Friedman's test
 
     r = block_ranks(df)
     if r.isna().any().any() or r.shape[1] < 3 or r.shape[0] < 2:
@@ -416,13 +413,13 @@ def friedman(df: pd.DataFrame) -> tuple[float, float, pd.Series, pd.DataFrame]:
 def cd_diagram(mean_ranks: pd.Series, pvalues: pd.DataFrame, path: str | Path) -> Path:
     """The critical-difference diagram (scikit-posthocs): variants on the mean-rank axis, bars joining the ones
     Nemenyi's test does not separate at 5%."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib (~0.5 s), scikit-posthocs and analysis.figures, only for the diagram
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import scikit_posthocs as sp
 
-    from analysis.figures import save_figure
+    from analysis.figures import save_figure  # deferred with matplotlib (above)
 
     fig, ax = plt.subplots(figsize=(10, 0.2 * len(mean_ranks) + 2))
     sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, label_fmt_left="{label} ({rank:.1f})  ",
@@ -480,8 +477,6 @@ def resolution(v: pd.DataFrame, prompts: int | None = None, seeds: int | None = 
     """`variances`' rows with `mde`: the smallest difference of two variants' means told apart at `alpha` (two-sided)
     with 80% power, at `prompts` samples per setting and `seeds` training seeds per variant (default: the ones the
     variances were measured with). Without a measured seed-to-seed variation it counts the sampling noise alone."""
-    from scipy.stats import norm
-
     out = v.copy()
     if prompts is not None:
         out["prompts"] = int(prompts)
@@ -495,11 +490,7 @@ def resolution(v: pd.DataFrame, prompts: int | None = None, seeds: int | None = 
 def sweep_variances(source: str | Path) -> pd.DataFrame:
     """`variances` of a finished sweep with evidence banks: the reference a planned sweep's resolution is read from.
     A sweep without them, or without results, is refused in one line (ValueError)."""
-    from analysis.collect import collect
-
     df, _ = collect(source)
-    from analysis.ema_choice import posthoc_rows
-
     df = df[~posthoc_rows(df)]  # the fixed EMA's and raw weights' rows
     if not len(df[df["weights"] != REAL]):
         raise ValueError(f"{source}: no results yet")
@@ -521,8 +512,6 @@ def needed(p: pd.DataFrame, difference: float, dataset: str, metric: str, alpha:
     apart in `metric` on `dataset` at `alpha` with 80% power; None where no number of them suffices or, for seeds,
     where the sweep has one seed and so no measure of the seed-to-seed variation (its prompts then count the
     sampling noise alone)."""
-    from scipy.stats import norm
-
     r = p[(p["dataset"] == dataset) & (p["metric"] == metric)].iloc[0]
     budget = (abs(difference) / (norm.ppf(1 - alpha / 2) + Z80)) ** 2  # the variance the comparison may have
     s2, t2 = r["sample_sd"] ** 2, 0.0 if np.isnan(r["seed_sd"]) else r["seed_sd"] ** 2

@@ -12,14 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.figures import save_figure  # noqa: E402
-from rfsweep.runfolder import read_config  # noqa: E402
+from rfsweep.runfolder import metrics_files, read_config  # noqa: E402
 
 
 def run_metric(run: Path, metric: str) -> pd.DataFrame | None:
     """(step, metric) of one run folder, None if it never logged `metric`. A resumed run keeps its earlier rows in
     metrics-part<k>.csv (`rfsweep.runfolder.keep_previous_metrics`); later rows win for a repeated step."""
-    from rfsweep.runfolder import metrics_files
-
     files = metrics_files(run)
     parts = [p for p in (pd.read_csv(f) for f in files if f.is_file()) if metric in p.columns]
     if not parts:

@@ -115,7 +115,7 @@ def length_curves(df: pd.DataFrame) -> pd.DataFrame:
 def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: float = 5.0) -> Path:
     """Each metric against sigma_rel, one line per family, one panel per metric and data set (and backbone, when the
     curves hold several: `analysis.ranking.panels`), at one setting; the marker at each family's best length."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib (~0.5 s) and analysis.figures, only for this figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,6 +137,6 @@ def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: fl
             ax.set_ylabel(METRICS[m].label + (" (higher better)" if METRICS[m].direction == "max" else
                                               " (lower better)"))
     axes[0][0].legend(fontsize=7)
-    from analysis.figures import save_figure
+    from analysis.figures import save_figure  # deferred with matplotlib (above)
 
     return save_figure(fig, path)

@@ -20,10 +20,11 @@ import pandas as pd
 
 from analysis.figures import FAMILY_COLORS
 from rfsweep.results import setting_name
+from rfsweep.wandb_env import wandb_mode
 
 
 def _table(df: pd.DataFrame):
-    import wandb
+    import wandb  # deferred: wandb (~0.6 s), only for a W&B run
 
     return wandb.Table(dataframe=df.astype(object).where(df.notna(), None))
 
@@ -31,9 +32,7 @@ def _table(df: pd.DataFrame):
 def _open(sweep: Path, out: Path, experiment: str, kind: str, config: dict, project: str, entity: str | None):
     """The W&B run `kind` of a sweep (job type `analysis`); its id is fixed by the sweep folder and the kind, so a
     rerun updates it."""
-    import wandb
-
-    from rfsweep.wandb_env import wandb_mode
+    import wandb  # deferred: wandb (~0.6 s), only for a W&B run
 
     run_id = kind + "-" + hashlib.sha1(str(Path(sweep).resolve()).encode()).hexdigest()[:12]
     mode = wandb_mode()
@@ -55,7 +54,7 @@ def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, tab
               results: pd.DataFrame, missing: list[str], figures: dict[str, Path], project: str = "rfsweep",
               entity: str | None = None) -> Path:
     """Log the analysis run; returns its local folder."""
-    import wandb
+    import wandb  # deferred: wandb (~0.6 s), only for a W&B run
 
     config = {"runs": int(results["run_dir"].nunique()), "complete": not missing}
     run = _open(sweep, out, experiment, "analysis", config, project, entity)
@@ -75,7 +74,7 @@ def log_ema_choice(sweep: Path, out: Path, experiment: str, tables: dict[str, pd
     """Log `rank-table --ema best` as its own analysis run (`<experiment>/analysis-ema-best`): Table 1 at the chosen
     post-hoc EMA lengths and of the fixed EMA on the same prompts (with intervals), the choices, the metrics against
     sigma_rel and their figure; returns its local folder."""
-    import wandb
+    import wandb  # deferred: wandb (~0.6 s), only for a W&B run
 
     run = _open(sweep, out, experiment, "analysis-ema-best", {"select": select or "each run's eval.ema_select"},
                 project, entity)
@@ -91,7 +90,7 @@ def ranking_settings(manifest: dict) -> list[str]:
 
 def build_report(entity: str, project: str, group: str, datasets: list[str], settings: list[str]):
     """The sweep's W&B report (not saved): four sections of panels over the runs of `group`."""
-    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2 as wr  # deferred: wandb-workspaces (~0.7 s), only for the report
 
     runs = f"Config('experiment') = '{group}'"
     colors = {wr.RunsetGroup(runset_name=d, keys=(wr.RunsetGroupKey(key=wr.Config("family"), value=f),)): c
@@ -124,7 +123,7 @@ def build_report(entity: str, project: str, group: str, datasets: list[str], set
 
 def describe(report) -> str:
     """The report's sections and panels, one line each (what `--save` would create)."""
-    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2 as wr  # deferred: wandb-workspaces (~0.7 s), only for the report
 
     lines = [f"report {report.title!r} ({report.entity}/{report.project})"]
     for block in report.blocks:

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import collect, latest_sweep, missing, pareto_ranks, rank_correlation, rank_table, table2
 from analysis.__main__ import main
+from analysis.collect import collect, latest_sweep
+from analysis.completeness import missing
 from analysis.figures import fig3, fig3_degradation
-from analysis.ranking import setting_ranks
-from analysis.tables import write_table2
+from analysis.ranking import pareto_ranks, rank_correlation, rank_table, setting_ranks
+from analysis.tables import table2, write_table2
 from rfsweep.results import MANIFEST_FILE, REAL, SETTINGS, WEIGHTS, write_results
 from tests.test_results import grid, row
 

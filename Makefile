@@ -5,7 +5,7 @@ RESULTS ?=
 OUT     ?=
 ARGS    ?=
 
-.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-bootstrap bench-posthoc lint gpu-check train-clip formulations docs clean
+.PHONY: install bench-data test test-fast test-long test-cluster test-slow test-all demo demo-mmdit run rank-table bench bench-cli bench-bootstrap bench-posthoc lint gpu-check train-clip formulations docs clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -56,6 +56,9 @@ rank-table: $(STAMP)               ## Tables 1-2 and Fig. 3: make rank-table RES
 
 bench: $(STAMP)                    ## rfsweep MM-DiT vs diffusers SD3Transformer2DModel, one training step
 	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_backbones.py $(ARGS)
+
+bench-cli: $(STAMP)                ## how soon --help and the 122-job dry run answer, against import torch (N=5 each)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_cli.py $(ARGS)
 
 bench-bootstrap: $(STAMP)          ## the rank-confidence bootstrap at the demo's scale (122 runs x 12 settings, B=1000)
 	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_bootstrap.py $(ARGS)

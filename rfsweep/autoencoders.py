@@ -32,7 +32,7 @@ class DiffusersVAE(nn.Module):
     def __init__(self, name: str | None = None, subfolder: str | None = None, config: dict | None = None,
                  shift: float = 0.0, scale: float = 1.0, sample: bool = False):
         super().__init__()
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # deferred: diffusers (seconds), only the diffusers autoencoders
 
         if config is not None:
             vae = AutoencoderKL(**config)

@@ -1,7 +1,7 @@
 """What a job prints: one line per event. Lightning's own log handler goes (its lines reach the root logger once,
 formatted by Hydra), its "Tip" lines and library deprecation warnings that do not apply are dropped, and training
 progress is one bar that counts steps (step / max_steps, speed, ETA) on a terminal, or a line every 30 s in a log
-file (a SLURM job's), instead of Lightning's per-epoch bar ("Epoch 0/-2")."""
+file (a SLURM job's), instead of Lightning's per-epoch bar ("Epoch 0/-2"): `rfsweep.train.callbacks.StepProgressBar`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import logging
 import sys
 import time
 import warnings
-
-from lightning.pytorch.callbacks import TQDMProgressBar
 
 NOISE = (  # warnings of libraries about themselves: nothing a user of rfsweep can act on
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
@@ -36,7 +34,7 @@ def tidy_logging() -> None:
     for message in NOISE:
         warnings.filterwarnings("ignore", message=message)
     try:  # transformers' per-load "Loading weights" bar: one per encoder, on every job
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # deferred: transformers (~0.5 s), not needed by --help
 
         hf_logging.disable_progress_bar()
     except ImportError:
@@ -45,25 +43,6 @@ def tidy_logging() -> None:
 
 def interactive() -> bool:
     return sys.stdout.isatty()
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Training progress in steps of the whole run: `train: 37%| 1200/3200 [00:19<00:31, 63.0it/s, loss=0.44]`,
-    also after a resume (the bar starts at the resumed step)."""
-
-    def on_train_epoch_start(self, trainer, *_) -> None:
-        super().on_train_epoch_start(trainer)
-        bar = self.train_progress_bar
-        bar.total, bar.initial = trainer.max_steps, trainer.global_step
-        bar.n = trainer.global_step
-        bar.set_description("train")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n, bar = trainer.global_step, self.train_progress_bar
-        if bar is not None and self._should_update(n, bar.total):
-            bar.n = n
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
-            bar.refresh()
 
 
 def progress_line(step: int, total: int, rate: float | None, loss: float | None) -> str:

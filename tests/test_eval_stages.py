@@ -11,8 +11,9 @@ from rfsweep.evaluation.protocol import EvaluationStopped
 from rfsweep.results import read_results
 from rfsweep.run.builders import build_module
 from rfsweep.run.eval_stage import configured_evaluator, evaluate_run
-from rfsweep.run.fit import fit, load_weights
+from rfsweep.run.fit import fit
 from rfsweep.runfolder import read_status
+from rfsweep.train.checkpoint_io import load_weights
 from tests.helpers import compose_cfg, run_cli, tiny
 
 EVAL = ["eval=embedded", "eval.n_samples=16", "eval.batch_size=16", "eval.weights=[ema,raw]",

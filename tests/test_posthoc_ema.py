@@ -293,8 +293,9 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     from rfsweep.evaluation.bank import EvidenceBank
     from rfsweep.run.builders import build_module
     from rfsweep.run.eval_stage import PostHocNets, configured_evaluator, evaluate_run
-    from rfsweep.run.fit import fit, load_weights
+    from rfsweep.run.fit import fit
     from rfsweep.run.job import expected_results
+    from rfsweep.train.checkpoint_io import load_weights
     from tests.helpers import compose_cfg
 
     run = tmp_path / "run"

@@ -124,19 +124,19 @@ def test_a_trained_runs_other_ranks_leave_at_once_and_rank_0_evaluates_alone(tmp
 
 def test_a_run_that_failed_while_evaluating_stays_trained(tmp_path, monkeypatch):
     import rfsweep.run.eval_stage
-    from rfsweep.run.job import execute
+    from rfsweep.run.job import run_job
 
     args = [*tiny(tmp_path, 4), "eval=embedded", "eval.n_samples=8", "eval.batch_size=8", "eval.weights=[ema]",
             "eval.settings=[[2,1.0]]"]
     run = tmp_path / "run"
-    assert execute(compose_cfg([*args, "stage=train"], run_dir=str(run))) == 0
+    assert run_job(compose_cfg([*args, "stage=train"], run_dir=str(run))) == 0
     monkeypatch.setattr(rfsweep.run.eval_stage, "evaluate_run", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("the evaluator's node failed")))
-    assert execute(compose_cfg(args, run_dir=str(run))) == 1
+    assert run_job(compose_cfg(args, run_dir=str(run))) == 1
     status = read_status(run)
     assert status["state"] == "failed" and status["stage"] == "evaluation", status
     monkeypatch.undo()
-    assert execute(compose_cfg([*args, "stage=evaluate"], run_dir=str(run))) == 0  # evaluated, not refused
+    assert run_job(compose_cfg([*args, "stage=evaluate"], run_dir=str(run))) == 0  # evaluated, not refused
     assert read_status(run)["state"] == "done"
 
 

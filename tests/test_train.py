@@ -2,6 +2,7 @@ import csv
 import hashlib
 import json
 
+import lightning
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from rfsweep.cluster.signals import PreemptionGuard
 from rfsweep.run.builders import build_module
 from rfsweep.run.fit import fit
 from rfsweep.runfolder import read_status
+from rfsweep.train.callbacks import STEP_ORDER, in_step_order
 from rfsweep.train.diffusion_module import NonFiniteLossError
 from rfsweep.train.ema import make_ema, update_ema
 from tests.helpers import compose_cfg, run_cli, tiny
@@ -19,6 +21,37 @@ def _fit(tmp_path, extra=(), steps=8):
     module, data = build_module(cfg)
     assert fit(cfg, module, data, tmp_path / "run", PreemptionGuard()) == steps
     return module, tmp_path / "run"
+
+
+STEP_NAMES = ["LeaseCheck", "EMAUpdate", "PostHocSnapshots", "BestWeights", "BestValidation", "PeriodicCheckpoint",
+              "Preemption", "FailureRecorder", "Progress", "Throughput", "StepProgressBar", "LearningRateMonitor"]
+
+
+def test_the_callbacks_run_in_their_documented_order(tmp_path, monkeypatch):
+    """Lightning calls the callbacks in the Trainer's list order at every hook: `fit` passes them through
+    `in_step_order`, so the table STEP_ORDER (each with why it sits there) is the order. Moving one is a change of
+    this test and of the table's reasons together; a callback the table does not name is refused."""
+    assert [name for name, _ in STEP_ORDER] == STEP_NAMES and all(why for _, why in STEP_ORDER)
+    built = {}
+
+    class Built(Exception):
+        pass
+
+    def trainer(**kwargs):  # what fit hands the Trainer, then stop: nothing is trained
+        built.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(lightning, "Trainer", trainer)
+    cfg = compose_cfg([*tiny(tmp_path), "ema=posthoc"], run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg)
+    with pytest.raises(Built):
+        fit(cfg, module, data, tmp_path / "run", PreemptionGuard())
+    names = [type(c).__name__ for c in built["callbacks"]]
+    # no W&B run (BestValidation) and no terminal (StepProgressBar) here; the rest in the table's order
+    assert names == [n for n in STEP_NAMES if n not in ("BestValidation", "StepProgressBar")]
+    assert [type(c).__name__ for c in in_step_order(reversed(built["callbacks"]))] == names
+    with pytest.raises(ValueError, match="no place in"):
+        in_step_order([*built["callbacks"], lightning.Callback()])
 
 
 def test_ema_update_rule():

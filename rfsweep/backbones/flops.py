@@ -1,4 +1,5 @@
-"""Model FLOPs of an MM-DiT training step, the compute axis of the scaling study (Sec. 5.3) and of MFU.
+"""Model size and FLOPs: the parameter count (`parameter_count`, the size axis of the scaling study) and the FLOPs of
+an MM-DiT training step, the compute axis of the scaling study (Sec. 5.3) and of MFU.
 
 Training FLOPs per sample = 3 x forward (2 FLOPs per multiply-accumulate forward, 4 backward):
     6 * sum_m(params_m * tokens_m)  +  3 * sum_blocks(4 * Lq * Lk * D)
@@ -10,6 +11,18 @@ out: they do not grow with the tokens. Two or three weight sets cost the same: e
 """
 
 from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from rfsweep.backbones.mmdit import MMDiT
+
+
+def parameter_count(module: nn.Module) -> int:
+    """The model size: the number of parameters of `module` (each tensor once, as `module.parameters()` yields them;
+    on the meta device too)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def mmdit_train_flops(depth: int, width: int, channels: int, patch: int, context_dim: int, img_tokens: int,
@@ -27,8 +40,6 @@ def mmdit_train_flops(depth: int, width: int, channels: int, patch: int, context
 def train_flops_per_sample(net, latent_shape: tuple[int, int, int], txt_tokens: int) -> float | None:
     """`mmdit_train_flops` of an MMDiT (or DiT, its one-weight-set case) for latents (C, H, W) and `txt_tokens`
     context tokens; None for other backbones (the scaling study is of MM-DiT)."""
-    from rfsweep.backbones.mmdit import MMDiT
-
     if not isinstance(net, MMDiT):
         return None
     c, h, w = latent_shape
@@ -43,9 +54,6 @@ def counted_train_flops(net, latent_shape: tuple[int, int, int], txt_tokens: int
                         pooled_dim: int) -> float:
     """Training FLOPs per sample of any backbone, counted by torch's FLOP counter over one forward and backward
     pass of a single sample (works on the meta device: nothing is allocated)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = next(net.parameters()).device
     x = torch.zeros(1, *latent_shape, device=device, requires_grad=False)
     t = torch.full((1,), 0.5, device=device)

@@ -16,7 +16,7 @@ from rfsweep.text_encoders import from_local
 def load_sd3(name: str, subfolder: str | None = "transformer", in_channels: int | None = None,
              context_dim: int | None = None, pooled_dim: int | None = None,
              grad_checkpointing: bool = False) -> MMDiT:
-    from diffusers import SD3Transformer2DModel
+    from diffusers import SD3Transformer2DModel  # deferred: diffusers (seconds), only SD3's pretrained weights
 
     config = from_local(SD3Transformer2DModel.load_config, name, "backbone.name", "a local diffusers folder",
                         subfolder=subfolder)

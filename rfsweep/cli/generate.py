@@ -17,6 +17,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema)
+from rfsweep.errors import UserError
+from rfsweep.run.builders import build_model
+from rfsweep.runfolder import BEST, LAST, evaluated_checkpoint, last_checkpoint, read_config
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rfsweep.cli.generate", description=__doc__.split("\n\n")[0])
@@ -36,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     ("shift", a.shift is None or a.shift > 0)):
         if not ok:
             p.error(f"--{key}={getattr(a, key)} is out of range (allowed: steps, n > 0; guidance >= 0; shift > 0)")
-    from rfsweep.results import WEIGHTS, posthoc_sigma_rel
+    from rfsweep.results import WEIGHTS, posthoc_sigma_rel  # deferred: pandas (~0.3 s), not needed by --help
 
     if a.weights not in WEIGHTS and posthoc_sigma_rel(a.weights) is None:
         p.error(f"--weights={a.weights} (allowed: {', '.join(WEIGHTS)} or phema<sigma_rel>, sigma_rel in "
@@ -45,16 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema)
-    from rfsweep.errors import UserError
-    from rfsweep.evaluation.grids import save_captioned_grid
-    from rfsweep.run.builders import build_model
-    from rfsweep.run.eval_stage import PostHocNets
-    from rfsweep.run.fit import evaluated_checkpoint, load_weights
-    from rfsweep.runfolder import BEST, LAST, last_checkpoint, read_config
-    from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
-
     a = parse_args(argv)
+    from rfsweep.evaluation.grids import save_captioned_grid  # deferred: torchvision, once the arguments are read
+    from rfsweep.run.eval_stage import PostHocNets  # deferred: torchmetrics, open_clip, once the arguments are read
+    from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint, load_weights  # deferred: lightning, too
+
     path = evaluated_checkpoint(a.run_dir)
     try:
         if not path.is_file():

@@ -1,6 +1,10 @@
 """`python -m rfsweep [overrides]`: the Hydra app (conf/config.yaml), one job per config (`rfsweep.run.job`). A single
 run exits with the job's code, while in a multirun every job returns its code to Hydra so that one job's failure
-never stops the others (the sweep's summary and exit status come from `rfsweep.run.summary`)."""
+never stops the others (the sweep's summary and exit status come from `rfsweep.run.summary`).
+
+Importing this module imports what Hydra needs to compose a config and no more (`rfsweep.run.preflight` registers the
+resolvers and the schema): `--help` answers without torch, and a job imports the rest when it starts
+(tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +15,16 @@ import hydra
 from omegaconf import DictConfig
 
 import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema before Hydra composes)
+from rfsweep.run.schema import moved_key
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def _main(cfg: DictConfig) -> int:
-    from rfsweep.run.job import execute
+    from rfsweep.run.job import is_multirun, run_job  # deferred: torch and the job's libraries, not needed by --help
 
-    code = execute(cfg)
+    code = run_job(cfg)
     if code and not is_multirun():
         sys.exit(code)
     return code
@@ -39,8 +37,6 @@ def _multirun_flag_first(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from rfsweep.run.schema import moved_key
-
     moved = moved_key(sys.argv[1:])
     if moved:  # before Hydra, whose own message for an unknown key would not say where it went
         print(f"error: {moved}", file=sys.stderr)

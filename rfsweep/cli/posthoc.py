@@ -14,36 +14,28 @@ import sys
 import time
 from pathlib import Path
 
+from rfsweep.atomic import atomic_save_tensors
+from rfsweep.errors import UserError
+from rfsweep.runfolder import checkpoint_dir
+from rfsweep.train.posthoc_ema import FOLDER, reconstruct, tag
+
 OUT_FOLDER = "posthoc_ema"
 
 
 def output_path(run_dir: Path, sigma_rel: float, step: int) -> Path:
-    from rfsweep.runfolder import checkpoint_dir
-    from rfsweep.train.posthoc_ema import tag
-
     return checkpoint_dir(run_dir) / OUT_FOLDER / f"sigma{tag(sigma_rel)}_step{step:07d}.safetensors"
 
 
 def rebuild(run_dir: Path, sigma_rel: float, step: int | None = None) -> tuple[Path, dict]:
     """Rebuild one EMA length, write it atomically, and return its path and info."""
-    from safetensors.torch import save
-
-    from rfsweep.atomic import atomic_write
-    from rfsweep.runfolder import checkpoint_dir
-    from rfsweep.train.posthoc_ema import FOLDER, reconstruct
-
     state, info = reconstruct(checkpoint_dir(run_dir) / FOLDER, sigma_rel, step)
     path = output_path(run_dir, sigma_rel, info["step"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: str(v) for k, v in info.items()}
-    with atomic_write(path, "wb") as f:
-        f.write(save({k: v.contiguous() for k, v in state.items()}, metadata=meta))
+    atomic_save_tensors({k: v.contiguous() for k, v in state.items()}, path, metadata=meta)
     return path, info
 
 
 def main(argv=None) -> int:
-    from rfsweep.errors import UserError
-
     p = argparse.ArgumentParser(prog="python -m rfsweep.cli.posthoc", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--sigma-rel", type=float, nargs="+", required=True, help="EMA lengths (EDM2's sigma_rel)")

@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from rfsweep.data import SPLITS, build_dataset
 from rfsweep.data.precomputed import precompute
 from rfsweep.errors import DataError, UserError
+from rfsweep.run.builders import build_autoencoder, build_conditioner, encoding_signature
 from rfsweep.run.preflight import preflight
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -80,8 +81,6 @@ def main(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, f"run_dir={args.out}"])
         preflight(cfg, data=False)
-        from rfsweep.run.builders import build_autoencoder, build_conditioner, encoding_signature
-
         datasets = {s: build_dataset(cfg.data.name, s, cfg.data.resolution, cfg.data.seed, cfg.data.path)
                     for s in args.splits}  # every split checked before any encoding
         ae, cond = build_autoencoder(cfg), build_conditioner(cfg)

@@ -33,11 +33,21 @@ class RanksDisagree(RuntimeError):
     """Another rank of this launch refused or failed, or did not answer in time."""
 
 
-def process_rank() -> int:
-    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+# Where Lightning takes a process's rank from when it is imported (lightning.fabric.utilities.rank_zero._get_rank):
+# the first of these that is set.
+RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
-    return getattr(rank_zero_only, "rank", 0)
+
+def process_rank() -> int:
+    """This process's global rank: 0 unless DDP started it as another rank (Lightning's launcher, SLURM tasks): the
+    rank Lightning keeps (`rank_zero_only.rank`, which its strategy sets). Before Lightning is imported (a dry run never
+    imports it) the first call settles it as importing Lightning would, from the environment (RANK_ENV); Lightning and
+    torchmetrics keep a rank that is set."""
+    from lightning_utilities.core.rank_zero import rank_zero_only  # deferred (~0.1 s): --help never asks for a rank
+
+    if getattr(rank_zero_only, "rank", None) is None:
+        rank_zero_only.rank = next((int(os.environ[key]) for key in RANK_ENV if os.environ.get(key) is not None), 0)
+    return rank_zero_only.rank
 
 
 def outside_launch(world: int, env=None) -> tuple[str, int] | None:

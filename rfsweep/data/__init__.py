@@ -7,17 +7,21 @@ Either way training consumes `rfsweep.types.Batch(latents, context, pooled)`.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset
-
-from rfsweep.data.digits import ColourDigits, Digits
-from rfsweep.data.shapes import Shapes
 from rfsweep.errors import DataError  # noqa: F401 (raised here, defined in the one home of user errors)
 
-EMBEDDED = {"digits": Digits, "colour_digits": ColourDigits, "shapes": Shapes}
-# Readers of image files at data.path, imported when used: a new reader is a line here, its module and a config.
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+# Every dataset class is imported when a split is built (its module imports torch): naming and checking data.name
+# (the config's checks, `python -m rfsweep --help`) imports none of them. A new reader is a line here, its module and
+# a config.
+EMBEDDED = {"digits": "rfsweep.data.digits:Digits", "colour_digits": "rfsweep.data.digits:ColourDigits",
+            "shapes": "rfsweep.data.shapes:Shapes"}
 RAW_READERS = {"imagenet": "rfsweep.data.imagenet:ImageNet", "cc12m": "rfsweep.data.cc12m:CC12M",
                "coco": "rfsweep.data.coco:COCO"}
 SPLITS = ("train", "val", "test")
@@ -38,14 +42,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RFSWEEP_CACHE") or Path.home() / ".cache" / "rfsweep")
 
 
+def _class(path: str):
+    """The class a registry entry (`<module>:<class>`) names, its module imported now."""
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def _raw(name: str):
     """The reader class of a raw dataset (a DataError for a name that has none)."""
-    import importlib
-
     if name not in RAW_READERS:
         raise DataError(f"data.name={name!r} has no reader (allowed: {', '.join(RAW_READERS)})")
-    module, cls = RAW_READERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return _class(RAW_READERS[name])
 
 
 def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, path: str | None = None,
@@ -55,7 +62,7 @@ def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, pat
     if split not in SPLITS:
         raise DataError(f"data split={split!r} is unknown (allowed: {', '.join(SPLITS)})")
     if name in EMBEDDED:
-        return EMBEDDED[name](split=split, resolution=resolution, seed=seed)
+        return _class(EMBEDDED[name])(split=split, resolution=resolution, seed=seed)
     if needs_path(name):
         if path is None or not Path(path).is_dir():
             kind = "a folder of pre-encoded shards" if name == "precomputed" else f"the {name} folder"
@@ -63,7 +70,7 @@ def build_dataset(name: str, split: str, resolution: int = 8, seed: int = 0, pat
     if name in RAW_READERS:
         return _raw(name)(path, split=split, resolution=resolution, seed=seed)
     if name == "precomputed":
-        from rfsweep.data.precomputed import PrecomputedDataset
+        from rfsweep.data.precomputed import PrecomputedDataset  # deferred: torch and safetensors, as the classes above
 
         return PrecomputedDataset(path, split, expect)
     raise DataError(f"data.name={name!r} is unknown (allowed: {', '.join(dataset_names())})")

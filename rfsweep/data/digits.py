@@ -30,7 +30,7 @@ class Digits(Dataset):
     colour = False  # ColourDigits: each image in one of the shapes colours, named in its caption
 
     def __init__(self, split: str = "train", resolution: int = 8, seed: int = 0, split_seed: int = 0):
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # deferred: scikit-learn (~1 s), only a digits split needs it
 
         data = load_digits()
         order = np.random.default_rng(split_seed).permutation(len(data.images))

@@ -83,8 +83,8 @@ def _cached_checkpoint(model_name: str, pretrained: str, cache_dir: str | None) 
     Never touches the network: open_clip's own resolution calls `hf_hub_download`, which retries and
     waits when offline, so the cache is probed here and open_clip is handed a file path.
     """
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
+    import open_clip  # deferred: open_clip (seconds), only the openclip evaluator
+    from huggingface_hub import try_to_load_from_cache  # deferred with open_clip
 
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     repo, filename = os.path.split(cfg.get("hf_hub", ""))  # "org/name/" means the default file names
@@ -106,7 +106,7 @@ class OpenCLIPEvaluator(Evaluator):
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                  device: str | torch.device = "cpu", cache_dir: str | None = None):
-        import open_clip  # here, not at the top: importing it costs seconds, and most jobs never use it
+        import open_clip  # deferred: open_clip (seconds), and most jobs never use it
 
         kwargs, ident = {}, openclip_id(model_name, pretrained)  # before `pretrained` becomes the cached file
         if pretrained and open_clip.get_pretrained_cfg(model_name, pretrained):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from rfsweep.evaluation.bank import SampleEvidence
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.reference import ReferenceStats
 from rfsweep.metrics import Evidence, compute_metrics
@@ -36,8 +37,6 @@ def eval_prompts(captions: list[str], n: int) -> list[str]:
 def sample_evidence(image_features, text_features, n_prompts: int, seeds: list[int]):
     """What the bank keeps of one setting: fp16 features, each sample's cosine with its prompt, the prompt's index
     (samples cycle the prompts) and the noise seed."""
-    from rfsweep.evaluation.bank import SampleEvidence
-
     i = torch.nn.functional.normalize(image_features.double(), dim=-1)
     t = torch.nn.functional.normalize(text_features.double().cpu(), dim=-1)
     n = len(i)

@@ -20,6 +20,7 @@ import torch
 from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset, default_cache_dir
 from rfsweep.evaluation.statistics import clip_score, feature_stats
+from rfsweep.metrics import Evidence, compute_metrics
 
 
 @dataclass
@@ -91,8 +92,6 @@ def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution:
                        seed: int = 0, split: str = "val", data_path: str | None = None) -> dict:
     """Every registered metric of n held-out real images (`val`, with their own captions) against the reference
     (`test`) statistics: what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
-    from rfsweep.metrics import Evidence, compute_metrics
-
     images, captions = split_items(dataset, split, resolution, n, seed, data_path)
     evidence = Evidence(evaluator.encode_images(images), evaluator.encode_texts(captions), ref.mu, ref.sigma)
     return {"weights": "real", "steps": 0, "cfg": 0.0, **compute_metrics(evidence), "n_samples": len(images)}

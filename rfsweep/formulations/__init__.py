@@ -8,9 +8,8 @@ and the sampler, ``variants`` for the naming grammar and mapping keys).
 from __future__ import annotations
 
 import importlib
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from rfsweep.formulations.base import VALIDATION_T, Formulation
 from rfsweep.formulations.variants import (
     ALL_VARIANTS,
     GRAMMAR,
@@ -22,6 +21,9 @@ from rfsweep.formulations.variants import (
     parse_variant,
     spec_from_mapping,
 )
+
+if TYPE_CHECKING:
+    from rfsweep.formulations.base import Formulation
 
 __all__ = ["ALL_VARIANTS", "VALIDATION_T", "Formulation", "VariantError", "VariantSpec", "build_formulation",
            "format_variant", "name_slug", "parse_variant"]
@@ -49,3 +51,13 @@ def build_formulation(spec: str | Mapping | VariantSpec, shift: float = 1.0) -> 
     formulation = getattr(importlib.import_module(module), cls)(spec)
     formulation.shift = float(shift)
     return formulation
+
+
+def __getattr__(name: str):
+    """`Formulation` and `VALIDATION_T` come from `base`, which imports torch: loaded when first asked for, so that
+    naming and checking a variant (the configs' resolvers, `python -m rfsweep --help`) imports no torch."""
+    if name in ("Formulation", "VALIDATION_T"):
+        from rfsweep.formulations import base  # deferred: torch (~1.5 s), not needed to name a variant
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -146,7 +146,7 @@ def _mode_inverse(t, s: float):
 
 def rf_cdf(scheme: str, params: dict):
     """P(T <= t) of an rf density (Sec. 3.1), unshifted."""
-    from scipy.special import ndtr
+    from scipy.special import ndtr  # deferred: scipy (~0.3 s), only the rf curves need it
 
     if scheme == "lognorm":
         return lambda t: ndtr((np.log(np.clip(t, 1e-300, None) / np.clip(1 - t, 1e-300, None)) - params["m"])

@@ -1,5 +1,7 @@
 """Builders: the one place a config becomes objects (conditioner, autoencoder, backbone, module, data). The app,
-`precompute` and `generate` import them from here; nothing here trains or writes a run folder."""
+`precompute` and `generate` import them from here; nothing here trains or writes a run folder. The composition of
+every config (`rfsweep.run.preflight`, `--help` included) imports this module: what imports torch or Lightning is
+imported where an object is built."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep.cluster.ranks import process_rank
+from rfsweep.data import build_dataset
 from rfsweep.errors import ConfigError
 from rfsweep.formulations import build_formulation
 
@@ -63,7 +67,7 @@ def _instantiate(node: DictConfig, config_only: tuple[str, ...]):
 
 
 def build_conditioner(cfg: DictConfig):
-    from rfsweep.conditioning import Conditioner
+    from rfsweep.conditioning import Conditioner  # deferred: torch (~1.5 s), not needed by --help
 
     c = cfg.conditioning
     lazy = cfg.data.name == "precomputed"  # training reads embeddings: encoders only for evaluation prompts
@@ -96,7 +100,7 @@ def latent_shape(cfg: DictConfig) -> tuple[int, int, int]:
 
 
 def build_data(cfg: DictConfig):
-    from rfsweep.data.datamodule import DataModule
+    from rfsweep.data.datamodule import DataModule  # deferred: lightning (~3 s), not needed by --help or a dry run
 
     tr = cfg.trainer
     return DataModule(name=cfg.data.name, batch_size=tr.batch_size, max_steps=tr.max_steps,
@@ -122,7 +126,7 @@ def encoding_signature(cfg: DictConfig) -> dict:
 def build_module(cfg: DictConfig, formulation=None, train: bool = False):
     """Everything a run needs, built from the config (encoders loaded, nothing trained). `train`: for training,
     where FSDP over several ranks builds the whole backbone on rank 0 only (`DiffusionModule.configure_model`)."""
-    import lightning as L
+    import lightning as L  # deferred: lightning (~3 s), not needed by --help or a dry run
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
@@ -132,11 +136,10 @@ def build_module(cfg: DictConfig, formulation=None, train: bool = False):
 
 def build_model(cfg: DictConfig, formulation=None, warm=None, train: bool = False):
     """The DiffusionModule of a config without its data (e.g. to sample from a finished run's checkpoint)."""
-    import torch
+    import torch  # deferred: torch (~1.5 s), not needed by --help
 
-    from rfsweep.cluster.ranks import process_rank
-    from rfsweep.train.diffusion_module import DiffusionModule
-    from rfsweep.types import RunMeta
+    from rfsweep.train.diffusion_module import DiffusionModule  # deferred: lightning (~3 s), not needed by --help
+    from rfsweep.types import RunMeta  # deferred: torch, not needed by --help
 
     formulation = formulation or formulation_for(cfg)
     tr = cfg.trainer
@@ -158,8 +161,6 @@ def warm_captions(cfg: DictConfig, conditioner, data) -> None:
     """Encode an embedded dataset's whole caption vocabulary once (cached on disk, shared by a sweep)."""
     if not (cfg.conditioning.cache and callable(getattr(data.train, "captions", None))):
         return
-    from rfsweep.data import build_dataset
-
     test = build_dataset(cfg.data.name, "test", cfg.data.resolution, cfg.data.seed, cfg.data.path)
     captions = sorted({*data.train.captions(), *data.val.captions(), *test.captions()})
     enc = json.dumps(OmegaConf.to_container(cfg.conditioning.encoders, resolve=True), sort_keys=True)

@@ -19,19 +19,26 @@ from rfsweep import runfolder
 from rfsweep.data import build_dataset
 from rfsweep.errors import ResultsError
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank
+from rfsweep.evaluation.evaluators import build_evaluator
 from rfsweep.evaluation.grids import save_captioned_grid
-from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts  # noqa: F401 (EvaluationStopped re-exported)
+from rfsweep.evaluation.progress import EvalProgress
+from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts, evaluate
+from rfsweep.evaluation.reference import real_reference_row, reference_stats
 from rfsweep.results import (
     EVALUATOR,
     REAL,
     REAL_VARIANT,
     RESULTS_FILE,
+    of_evaluator,
     posthoc_sigma_rel,
     posthoc_weights,
+    read_results,
     setting_name,
     write_results,
 )
+from rfsweep.train.ema import make_ema
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
+from rfsweep.train.posthoc_ema import reconstruct
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -65,9 +72,7 @@ def evaluator_kwargs(cfg: DictConfig) -> dict:
 
 def configured_evaluator(cfg: DictConfig):
     """The config's evaluator, on the CPU (built before training so missing weights fail before any step)."""
-    from rfsweep.evaluation.evaluators import build_evaluator as build
-
-    return build(cfg.eval.evaluator, device="cpu", **evaluator_kwargs(cfg))
+    return build_evaluator(cfg.eval.evaluator, device="cpu", **evaluator_kwargs(cfg))
 
 
 def write_samples(cfg: DictConfig, module, run_dir: Path, before_write=None) -> tuple[Path, list[str]]:
@@ -88,8 +93,6 @@ def write_samples(cfg: DictConfig, module, run_dir: Path, before_write=None) -> 
 def _earlier_rows(run_dir: Path, step: int, evaluator_id: str) -> list[dict]:
     """Rows of this checkpoint's evaluation by this evaluator written before a pre-emption (another checkpoint's or
     another evaluator's rows are dropped: evaluated again)."""
-    from rfsweep.results import of_evaluator, read_results
-
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         return []
@@ -132,9 +135,6 @@ class PostHocNets:
         if sigma_rel is None:
             return weights
         if self.name != weights:
-            from rfsweep.train.ema import make_ema
-            from rfsweep.train.posthoc_ema import reconstruct
-
             state, _ = reconstruct(self.folder, sigma_rel, self.step)
             self.net = None
             net = make_ema(self.module.net)
@@ -148,10 +148,6 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
     evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early); `owns()` before each
     write to the run folder (False: another process holds it now, EvaluationStopped without writing)."""
-    from rfsweep.evaluation.progress import EvalProgress
-    from rfsweep.evaluation.protocol import evaluate
-    from rfsweep.evaluation.reference import real_reference_row, reference_stats
-
     e, meta = cfg.eval, module.meta
     evaluator.to(module.device)
     ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.data.seed,

@@ -1,4 +1,6 @@
-"""Fitting one run with Lightning (resuming from `last.ckpt`), and loading the checkpoint that evaluation uses."""
+"""Fitting one run with Lightning (resuming from `last.ckpt`): the Trainer, its loggers, strategy and plugins, and
+the run's callbacks in their per-step order (`rfsweep.train.callbacks.STEP_ORDER`). Reading the weights back is
+`rfsweep.train.checkpoint_io`'s (`load_weights`)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,36 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
+from rfsweep.atomic import atomic_write
+from rfsweep.backbones.flops import parameter_count, train_flops_per_sample
 from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
+from rfsweep.console import interactive, tidy_logging
+from rfsweep.run.memory import memory_plan
+from rfsweep.train.callbacks import (
+    BestValidation,
+    BestWeights,
+    EMAUpdate,
+    FailureRecorder,
+    LeaseCheck,
+    PeriodicCheckpoint,
+    PostHocSnapshots,
+    Preemption,
+    Progress,
+    RunCSVLogger,
+    StepProgressBar,
+    Throughput,
+    in_step_order,
+)
+from rfsweep.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
 
 # Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
@@ -29,8 +56,6 @@ LIGHTNING_FALSE_ALARMS = (
 def loggers(cfg: DictConfig, run_dir: Path, tracker=None, guard: PreemptionGuard | None = None) -> list:
     """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured; with a
     `guard`, the lease is asked before the CSV file is written (a folder another process took over gets no rows)."""
-    from rfsweep.train.callbacks import RunCSVLogger
-
     out = []
     if cfg.logger.csv:
         if process_rank() == 0:
@@ -47,12 +72,9 @@ def loggers(cfg: DictConfig, run_dir: Path, tracker=None, guard: PreemptionGuard
 def write_model_info(module, run_dir: Path, batch_size: int) -> None:
     """`model.json`: what the compute axis of the scaling study needs (parameters, training FLOPs per sample,
     global batch), written before training."""
-    from rfsweep.atomic import atomic_write
-    from rfsweep.backbones.flops import train_flops_per_sample
-
     net = module.net
     info = {"backbone": module.meta.backbone, "depth": len(getattr(net, "blocks", [])) or None,
-            "params": sum(p.numel() for p in net.parameters()), "batch_size": int(batch_size),
+            "params": parameter_count(net), "batch_size": int(batch_size),
             "train_flops_per_sample": train_flops_per_sample(net, module.meta.latent_shape,
                                                              module.conditioner.context_len)}
     with atomic_write(run_dir / runfolder.MODEL_INFO, "w") as f:
@@ -62,11 +84,6 @@ def write_model_info(module, run_dir: Path, batch_size: int) -> None:
 def record_peak_memory(cfg: DictConfig, run_dir: Path) -> None:
     """model.json gets the GPU's peak allocated bytes of this launch next to the memory plan's estimate (the GPU
     check compares them)."""
-    import torch
-
-    from rfsweep.atomic import atomic_write
-    from rfsweep.run.memory import memory_plan
-
     if not torch.cuda.is_available():
         return
     path = run_dir / runfolder.MODEL_INFO
@@ -82,46 +99,31 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
     `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
     writes the run's files."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    from rfsweep.backbones.flops import train_flops_per_sample
-    from rfsweep.train.callbacks import (
-        BestValidation,
-        BestWeights,
-        EMAUpdate,
-        FailureRecorder,
-        LeaseCheck,
-        PeriodicCheckpoint,
-        PostHocSnapshots,
-        Preemption,
-        Progress,
-        Throughput,
-    )
-
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
     periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every, owns=guard.confirm_lease)
     best = BestWeights(ckpt_dir / runfolder.BEST, owns=guard.confirm_lease)
     if tr.compile:
         module.net.compile()
-    from rfsweep.console import StepProgressBar, interactive, tidy_logging
-
     tidy_logging()
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
     flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
     logs, bar = loggers(cfg, run_dir, tracker, guard), interactive()
     progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar, owns=guard.confirm_lease)
-    # order matters: the lease is confirmed before anything writes the step; the EMA is updated before anything saves
-    # the step; the best weights are chosen before the step's checkpoint is written after its validation
-    snapshots = ([PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every,
-                                   cfg.ema.snapshot_dtype or "float32")] if cfg.ema.sigma_rels else [])
-    validation = [BestValidation(tracker)] if tracker is not None and tracker.run is not None else []
-    callbacks = [LeaseCheck(guard, tr.ckpt_every, cfg.ema.snapshot_every if cfg.ema.sigma_rels else None),
-                 EMAUpdate(), *snapshots, best, *validation,
-                 periodic, Preemption(periodic, guard), FailureRecorder(run_dir, guard.confirm_lease), progress,
-                 Throughput(tr.batch_size, flops, log_every)]
-    callbacks += [StepProgressBar()] if bar else []
-    callbacks += [LearningRateMonitor(logging_interval="step")] if logs else []
+    callbacks = in_step_order([  # STEP_ORDER says why each sits where it does; None: not in this run
+        LeaseCheck(guard, tr.ckpt_every, cfg.ema.snapshot_every if cfg.ema.sigma_rels else None),
+        EMAUpdate(),
+        PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype or "float32")
+        if cfg.ema.sigma_rels else None,
+        best,
+        BestValidation(tracker) if tracker is not None and tracker.run is not None else None,
+        periodic,
+        Preemption(periodic, guard),
+        FailureRecorder(run_dir, guard.confirm_lease),
+        progress,
+        Throughput(tr.batch_size, flops, log_every),
+        StepProgressBar() if bar else None,
+        LearningRateMonitor(logging_interval="step") if logs else None,
+    ])
     with _quiet():
         trainer = L.Trainer(
             accelerator=tr.accelerator, devices=tr.devices, precision=tr.precision, max_steps=tr.max_steps,
@@ -137,7 +139,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         )
     last = runfolder.last_checkpoint(run_dir, recover=process_rank() == 0)
     if process_rank() == 0:
-        runfolder.write_status(run_dir, "running", step=_step_of(last), max_steps=int(tr.max_steps))
+        runfolder.write_status(run_dir, "running", step=checkpoint_step(last), max_steps=int(tr.max_steps))
         write_model_info(module, run_dir, tr.batch_size)
     with _quiet():
         trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
@@ -170,8 +172,6 @@ def _strategy(tr: DictConfig):
     ModelParallelStrategy, data-parallel only, sharded checkpoints (a folder `last.ckpt/`, swapped in whole). FSDP
     runs on CPUs too (gloo), where the tests check it."""
     if tr.strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         return ModelParallelStrategy(data_parallel_size=tr.devices * tr.num_nodes, tensor_parallel_size=1,
                                      save_distributed_checkpoint=True)
     return "ddp" if tr.devices * tr.num_nodes > 1 else "auto"
@@ -180,68 +180,7 @@ def _strategy(tr: DictConfig):
 def _plugins(strategy: str = "ddp") -> list:
     """Atomic checkpoints (for files; FSDP's sharded folders are swapped in whole, `PeriodicCheckpoint`); under SLURM,
     Lightning's environment without its own auto-requeue (rfsweep's guard requeues exactly once)."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    from rfsweep.train.checkpoint_io import AtomicCheckpointIO
-
     plugins = [] if strategy == "fsdp" else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
-
-
-def _step_of(ckpt: Path) -> int:
-    """The global step a checkpoint (a file, or FSDP's folder with its meta.pt) holds, without its tensors."""
-    import torch
-
-    path = ckpt / "meta.pt" if ckpt.is_dir() else ckpt
-    if not path.is_file():
-        return 0
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:
-        return 0
-
-
-def evaluated_checkpoint(run_dir: Path) -> Path:
-    """The weights evaluation uses: best.safetensors (lowest EMA validation loss), else last.ckpt."""
-    ckpt_dir = runfolder.checkpoint_dir(run_dir)
-    return ckpt_dir / runfolder.BEST if (ckpt_dir / runfolder.BEST).is_file() else ckpt_dir / runfolder.LAST
-
-
-def read_weights(path: Path) -> tuple[dict, int, float | None]:
-    """(state dict, step, EMA validation loss) of best.safetensors (memory-mapped) or a Lightning checkpoint."""
-    from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint
-
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # truncated or not a safetensors file
-            raise CheckpointError(f"weights {path} are corrupt ({type(e).__name__}: {e})") from e
-        score = meta.get("val/loss_ema")
-        return state, int(meta.get("step", 0)), None if score in (None, "None") else float(score)
-    ckpt = load_checkpoint(path)
-    score = None
-    for key, state in ckpt.get("callbacks", {}).items():
-        if key.startswith("BestWeights") and state.get("best_score") is not None:
-            score = float(state["best_score"])
-    return ckpt["state_dict"], int(ckpt["global_step"]), score
-
-
-def load_weights(module, run_dir: Path) -> dict:
-    """Load `evaluated_checkpoint` into the module; returns its path, step and EMA validation loss."""
-    from rfsweep.train.callbacks import POSTHOC_PREFIX
-    from rfsweep.train.checkpoint_io import CheckpointError
-
-    path = evaluated_checkpoint(run_dir)
-    state, step, score = read_weights(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)  # best.safetensors has no post-hoc EMAs
-    wrong = [k for k in missing if not k.startswith(POSTHOC_PREFIX)] + list(unexpected)
-    if wrong:
-        raise CheckpointError(f"weights {path} do not fit the run's network ({len(wrong)} keys: e.g. {wrong[0]}; "
-                              f"allowed: weights written by this run's config)")
-    return {"path": str(path), "step": step, "val_loss": score}

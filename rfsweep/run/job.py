@@ -1,6 +1,12 @@
 """One job, from its config to a finished run folder: validate, take the run folder's lease, train (or resume),
 sample a grid, evaluate, and tell the sweep what happened (`outcome.json`).
 
+    run_job                      the exit code; records the outcome (rank 0, not for dry runs)
+      _print_plan                dry_run=true: the job's cost, nothing trained or written
+      _hold_folder_and_run       checks, skips a finished run, rank 0 holds the run folder's lease and builds
+        _train_and_evaluate      rank 0, lease held: train (unless trained), sample the grid, evaluate
+        _train_as_other_rank     another rank of a multi-device run: trains beside rank 0
+
 A job never takes other jobs down: every error ends in an exit code and a recorded outcome (bad input: 2, a failed
 run: 1, a stop signal: 3), never in an exception that escapes into the launcher. The one exception is the
 `SystemExit` of submitit's requeue, which must end the process (SLURM starts the job again).
@@ -15,12 +21,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep import runfolder
-from rfsweep.cluster.lease import Lease, LeaseLost, describe
+from rfsweep.backbones.flops import parameter_count
+from rfsweep.cluster.lease import Lease, LeaseHeld, LeaseLost, describe
+from rfsweep.cluster.ranks import Launch, RanksDisagree, process_rank
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
-from rfsweep.errors import ConfigError
+from rfsweep.console import tidy_logging
+from rfsweep.errors import ConfigError, UserError
+from rfsweep.run.builders import build_model, build_module
+from rfsweep.run.plan import dry_run_line, expected_resolution
 from rfsweep.run.preflight import preflight
 from rfsweep.run.tracking import job_run
 
@@ -39,25 +54,30 @@ def eval_settings(cfg: DictConfig) -> list[tuple[int, float]]:
     return [(int(s), float(c)) for s, c in cfg.eval.settings]
 
 
+def is_multirun() -> bool:
+    """This process runs a job of a Hydra multirun (`-m`): its exit code goes back to Hydra, not to the shell."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def expected_results(cfg: DictConfig) -> list[tuple]:
-    from rfsweep.run.eval_stage import evaluated_weights
+    from rfsweep.run.eval_stage import evaluated_weights  # deferred: torchmetrics, open_clip (seconds); not a dry run
 
     return [(w, s, c) for w in evaluated_weights(cfg) for s, c in eval_settings(cfg)]
 
 
 def run_finished(cfg: DictConfig) -> bool:
     """Done, with every evaluation row the config asks for (stage=train: trained)."""
-    from rfsweep.results import RESULTS_FILE, results_complete
+    from rfsweep.results import RESULTS_FILE, results_complete  # deferred: pandas (~0.3 s), not needed by a dry run
 
     run_dir = Path(cfg.run_dir)
-    state = runfolder.read_status(run_dir).get("state")
+    status = runfolder.read_status(run_dir)
     if cfg.stage == "train":
-        return state in ("trained", runfolder.FINISHED)
-    if state != runfolder.FINISHED:
+        return runfolder.is_trained(status, strict=True)
+    if status.get("state") != runfolder.FINISHED:
         return False
     if not cfg.eval.enabled:
         return True
-    from rfsweep.evaluation.bank import BANK_FILE, bank_complete
+    from rfsweep.evaluation.bank import BANK_FILE, bank_complete  # deferred: rfsweep.evaluation loads torchmetrics
 
     evaluator = configured_evaluator_id(cfg)  # a run evaluated before its evidence bank existed: evaluated again
     return results_complete(run_dir / RESULTS_FILE, expected_results(cfg), evaluator=evaluator) and \
@@ -67,8 +87,8 @@ def run_finished(cfg: DictConfig) -> bool:
 def configured_evaluator_id(cfg: DictConfig) -> str:
     """The id of the evaluator the config names, without loading it: results of another evaluator are not this
     job's (after `make train-clip`, finished runs are evaluated again, not retrained)."""
-    from rfsweep.evaluation.evaluators import evaluator_id
-    from rfsweep.run.eval_stage import evaluator_kwargs
+    from rfsweep.evaluation.evaluators import evaluator_id  # deferred: rfsweep.evaluation loads torchmetrics, open_clip
+    from rfsweep.run.eval_stage import evaluator_kwargs  # deferred: as above
 
     return evaluator_id(cfg.eval.evaluator, **evaluator_kwargs(cfg))
 
@@ -76,35 +96,29 @@ def configured_evaluator_id(cfg: DictConfig) -> str:
 def check_multi_device(cfg: DictConfig) -> None:
     """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
     sweep in each. Under SLURM each task is one rank, started by the scheduler."""
-    if cfg.trainer.devices > 1 and _multirun() and "SLURM_NTASKS" not in os.environ:
+    if cfg.trainer.devices > 1 and is_multirun() and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
 
 
 def _bad_input() -> tuple[type, ...]:
     """What a job reports in one line (exit 2): every error a user can cause (rfsweep.errors), and a missing file."""
-    from rfsweep.errors import UserError
-
     return (UserError, FileNotFoundError)
 
 
-def execute(cfg: DictConfig) -> int:
+def run_job(cfg: DictConfig) -> int:
     """Run the job; returns its exit code. Records the outcome in the run folder (rank 0, not for dry runs)."""
-    from hydra.errors import InstantiationException
-
-    from rfsweep.cluster.ranks import Launch, process_rank
-    from rfsweep.console import tidy_logging
-
     bad_input = _bad_input()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tidy_logging()
+    if not cfg.dry_run:  # a dry run loads neither Lightning nor transformers: nothing of theirs to tidy
+        tidy_logging()
     rank0 = process_rank() == 0
     launch = Launch(cfg.run_dir, int(cfg.trainer.devices) * int(cfg.trainer.num_nodes),
                     float(cfg.cluster.start_timeout_s))
     with job_guard() as guard:
         try:
             try:
-                result = _run(cfg, guard, launch)
+                result = _print_plan(cfg) if cfg.dry_run else _hold_folder_and_run(cfg, guard, launch)
             except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
                 if isinstance(e.__cause__, bad_input):
                     raise e.__cause__ from None
@@ -125,9 +139,7 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool, l
     broken node); a failure is recorded in status.json (rank 0), keeping the stage it happened in (a run that failed
     while evaluating stays trained: `stage=evaluate` takes it). `lost`: why the lease was lost, if it was (whatever
     ended the job, the folder is another process's: nothing is recorded there)."""
-    from rfsweep.cluster.lease import LeaseHeld
-    from rfsweep.cluster.ranks import RanksDisagree
-    from rfsweep.train.diffusion_module import NonFiniteLossError
+    from rfsweep.train.diffusion_module import NonFiniteLossError  # deferred: lightning, not needed by a dry run
 
     if isinstance(e, LeaseLost) or lost:  # the folder is another process's now: nothing more is written there
         if not isinstance(e, LeaseLost):
@@ -152,33 +164,23 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool, l
     if rank0 and Path(cfg.run_dir, runfolder.STATUS).is_file():
         status = runfolder.read_status(cfg.run_dir)
         if status.get("state") != "failed":  # a failure inside training is already recorded
-            trained = status.get("state") in ("trained", runfolder.FINISHED) or status.get("stage") == "evaluation"
             runfolder.write_status(cfg.run_dir, "failed", step=status.get("step"), reason=reason,
-                                   **({"stage": "evaluation"} if trained else {}))
+                                   **({"stage": "evaluation"} if runfolder.is_trained(status) else {}))
     return Outcome(1, "failed", reason)
 
 
-def _multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def _print_plan(cfg: DictConfig) -> Outcome:
+    """dry_run=true: the job's line of the plan (`rfsweep.run.plan`), nothing trained, nothing written."""
+    print(dry_run_line(cfg), flush=True)
+    if cfg.reference_sweep and not is_multirun():  # a sweep's callback prints it once for all its jobs
+        print(expected_resolution(str(cfg.reference_sweep), [cfg]), flush=True)
+    return Outcome(0, "dry-run")
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
-
-def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
-    import torch
-
-    from rfsweep.cluster.ranks import process_rank
-
-    if cfg.dry_run:
-        from rfsweep.run.plan import dry_run_line
-
-        print(dry_run_line(cfg), flush=True)
-        if cfg.reference_sweep and not _multirun():  # a sweep's callback prints it once for all its jobs
-            from rfsweep.run.plan import expected_resolution
-
-            print(expected_resolution(str(cfg.reference_sweep), [cfg]), flush=True)
-        return Outcome(0, "dry-run")
+def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch) -> Outcome:
+    """The preflight, then a finished run is skipped; rank 0 takes the run folder's lease, checks the stage, builds
+    the module, the evaluator and the W&B run, and trains and evaluates under the lease (`_train_and_evaluate`);
+    another rank trains beside it (`_train_as_other_rank`)."""
     formulation = preflight(cfg)
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -189,14 +191,14 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
     check_multi_device(cfg)
     rank0 = process_rank() == 0
     if not rank0:  # another rank: trains beside rank 0, never evaluates, never holds the lease, writes nothing
-        if _trained(runfolder.read_status(run_dir)):
+        if runfolder.is_trained(runfolder.read_status(run_dir)):
             return Outcome(0, "rank", "trained: rank 0 evaluates alone")
-        return _rank_work(cfg, formulation, run_dir, guard, launch)
+        return _train_as_other_rank(cfg, formulation, run_dir, guard, launch)
     lost = lambda held: guard.lose_lease(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
     with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost) as lease, _confirming(guard, lease):
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
-        trained = _trained(status)
+        trained = runfolder.is_trained(status)
         if cfg.stage == "evaluate" and not trained:
             raise ConfigError(f"config error: stage=evaluate but {run_dir} is not trained (state "
                               f"{status.get('state', 'not started')}; allowed: stage=all or train first)")
@@ -205,24 +207,22 @@ def _run(cfg: DictConfig, guard: PreemptionGuard, launch) -> Outcome:
             return _stopped(cfg, run_dir, guard, status.get("step") or 0, "evaluation" if trained else "training")
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        from rfsweep.run.builders import build_module
-        from rfsweep.run.eval_stage import configured_evaluator
+        from rfsweep.run.eval_stage import configured_evaluator  # deferred: torchmetrics, open_clip; not a dry run
 
         module, data = build_module(cfg, formulation, train=not trained)
         evaluator = configured_evaluator(cfg) if cfg.eval.enabled else None  # missing weights: before training
         if not trained:
             launch.agree()  # every rank built its part; a refusal above has told them to stop
         net = module.net
-        with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=sum(
-                p.numel() for p in net.parameters()), depth=len(getattr(net, "blocks", [])) or None,
-                owns=guard.confirm_lease) as tracker:
+        with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=parameter_count(net),
+                     depth=len(getattr(net, "blocks", [])) or None, owns=guard.confirm_lease) as tracker:
             if not trained and not status.get("step"):  # a fresh run: its formulation as it will train
                 try:
                     tracker.log_formulation(formulation)
                 except Exception as e:  # a diagnostic: never the reason a job fails
                     print(f"warning: the formulation's curves were not logged to W&B ({type(e).__name__}: {e})",
                           file=sys.stderr, flush=True)
-            result = _work(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
+            result = _train_and_evaluate(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
             tracker.finish(result.outcome, result.reason)
             return result
 
@@ -237,17 +237,10 @@ def _confirming(guard: PreemptionGuard, lease: Lease):
         guard.confirm = None
 
 
-def _trained(status: dict) -> bool:
-    """Training is over (the run is evaluated, or was stopped or failed while evaluating)."""
-    return status.get("state") in ("trained", runfolder.FINISHED) or status.get("stage") == "evaluation"
-
-
-def _rank_work(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGuard, launch) -> Outcome:
+def _train_as_other_rank(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGuard,
+                         launch: Launch) -> Outcome:
     """A rank other than 0 of a multi-device run: build, agree with the other ranks, train; rank 0 reports."""
-    import torch
-
-    from rfsweep.run.builders import build_module
-    from rfsweep.run.fit import fit
+    from rfsweep.run.fit import fit  # deferred: lightning, not needed by a dry run
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -257,13 +250,12 @@ def _rank_work(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGua
     return Outcome(0, "rank")
 
 
-def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker,
-          trained: bool) -> Outcome:
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker,
+                        trained: bool) -> Outcome:
     """Rank 0: train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
-    import torch
-
-    from rfsweep.run.eval_stage import EvaluationStopped, evaluate_run, write_samples
-    from rfsweep.run.fit import fit, load_weights
+    from rfsweep.run.eval_stage import EvaluationStopped, evaluate_run, write_samples  # deferred: torchmetrics (~3 s)
+    from rfsweep.run.fit import fit  # deferred: lightning, not needed by a dry run
+    from rfsweep.train.checkpoint_io import load_weights  # deferred: lightning, not needed by a dry run
 
     if not trained:
         runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
@@ -271,8 +263,6 @@ def _work(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: Preemp
         if guard.stop_requested():
             return _stopped(cfg, run_dir, guard, step, "training", tracker)
         if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
-            from rfsweep.run.builders import build_model
-
             module = build_model(cfg, module.formulation)
     if cfg.stage == "train":  # evaluation is its own job (stage=evaluate), e.g. on other nodes
         print(f"trained: {run_dir} (evaluate with stage=evaluate)", flush=True)

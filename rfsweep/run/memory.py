@@ -19,7 +19,12 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from rfsweep.errors import ConfigError, DataError
+from rfsweep.run.builders import context_len, latent_shape
 
 GB = 1e9
 
@@ -49,7 +54,7 @@ class MemoryPlan:
 
 def _saved_bytes(net, shape, tokens: int, context_dim: int, pooled_dim: int) -> tuple[int, int]:
     """(bytes autograd saves for one sample, of which attention probabilities), counted on the meta device."""
-    import torch
+    import torch  # deferred: torch (~1.5 s), not needed by --help (rfsweep.run.preflight imports this module)
 
     params = {id(p) for p in net.parameters()}
     total = probs = 0
@@ -74,8 +79,9 @@ def _saved_bytes(net, shape, tokens: int, context_dim: int, pooled_dim: int) -> 
 
 @lru_cache(maxsize=32)
 def _measure(backbone_json: str, shape: tuple, tokens: int, context_dim: int, pooled_dim: int) -> dict:
-    import torch
-    from hydra.utils import instantiate
+    import torch  # deferred: torch (~1.5 s), not needed by --help
+
+    from rfsweep.backbones.flops import parameter_count  # deferred: rfsweep.backbones imports torch
 
     node = {k: v for k, v in json.loads(backbone_json).items() if k != "label"}
     out = {}
@@ -84,16 +90,14 @@ def _measure(backbone_json: str, shape: tuple, tokens: int, context_dim: int, po
             net = instantiate({**node, "grad_checkpointing": ckpt})
         out[ckpt] = _saved_bytes(net, shape, tokens, context_dim, pooled_dim)
     blocks = list(getattr(net, "blocks", []))
-    block_params = [sum(p.numel() for p in b.parameters()) for b in blocks]
-    out.update(params=sum(p.numel() for p in net.parameters()), block_params=max(block_params, default=0),
-               root_params=sum(p.numel() for p in net.parameters()) - sum(block_params), depth=len(blocks))
+    block_params = [parameter_count(b) for b in blocks]
+    out.update(params=parameter_count(net), block_params=max(block_params, default=0),
+               root_params=parameter_count(net) - sum(block_params), depth=len(blocks))
     return out
 
 
 def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
     """The plan of a job's config over `gpus` GPUs (default devices x nodes)."""
-    from rfsweep.run.builders import context_len, latent_shape
-
     tr = cfg.trainer
     gpus = gpus or int(tr.devices) * int(tr.num_nodes)
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
@@ -119,8 +123,6 @@ def memory_plan(cfg: DictConfig, gpus: int | None = None) -> MemoryPlan:
 
 def check_fits(cfg: DictConfig) -> None:
     """Refuse (ConfigError, one line) a GPU config whose plan exceeds the GPUs' memory."""
-    from rfsweep.errors import ConfigError
-
     if cfg.trainer.accelerator != "gpu":
         return
     plan = memory_plan(cfg)
@@ -166,8 +168,7 @@ def host_plan(cfg: DictConfig) -> HostPlan:
     world = int(tr.devices) * int(tr.num_nodes)
     tables = 0.0
     if cfg.data.name == "precomputed" and cfg.data.path:
-        from rfsweep.data.precomputed import table_bytes
-        from rfsweep.errors import DataError
+        from rfsweep.data.precomputed import table_bytes  # deferred: torch and safetensors, not needed by --help
 
         try:
             tables = float(table_bytes(cfg.data.path, "train"))
@@ -189,8 +190,6 @@ def host_plan(cfg: DictConfig) -> HostPlan:
 
 def launcher_mem_gb() -> float | None:
     """The node memory the sweep's launcher asks for (`hydra.launcher.mem_gb`, SLURM), if any."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     launcher = HydraConfig.get().get("launcher")
@@ -199,8 +198,6 @@ def launcher_mem_gb() -> float | None:
 
 def check_host_fits(cfg: DictConfig, mem_gb: float | None) -> None:
     """Refuse (ConfigError, one line) a job whose host plan exceeds the node memory it asks SLURM for."""
-    from rfsweep.errors import ConfigError
-
     if not mem_gb:
         return
     plan = host_plan(cfg)

@@ -4,17 +4,18 @@ training and evaluation FLOPs, and GPU-hours at a stated achieved throughput (`c
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
+
+from rfsweep.backbones.flops import counted_train_flops, parameter_count, train_flops_per_sample
+from rfsweep.errors import UserError
+from rfsweep.run.builders import build_backbone, context_len, formulation_for, latent_shape, variant_name
+from rfsweep.run.memory import host_plan, launcher_mem_gb, memory_plan
 
 
 def job_flops(cfg: DictConfig) -> dict:
     """{"params", "train_flops_per_sample", "train_flops", "eval_flops"} of a job (training: steps x batch; evaluation:
     the sampler settings' network evaluations, two per step with guidance, a forward pass being a third of a step)."""
-    import torch
-
-    from rfsweep.backbones.flops import counted_train_flops, train_flops_per_sample
-    from rfsweep.run.builders import build_backbone, context_len, latent_shape
-
     shape, tokens = latent_shape(cfg), context_len(cfg)
     with torch.device("meta"):
         net = build_backbone(cfg)
@@ -24,14 +25,12 @@ def job_flops(cfg: DictConfig) -> dict:
                                          int(cfg.conditioning.pooled_dim))
     tr, e = cfg.trainer, cfg.eval
     evals = sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in e.settings) * len(e.weights) if e.enabled else 0
-    return {"params": sum(p.numel() for p in net.parameters()), "train_flops_per_sample": per_sample,
+    return {"params": parameter_count(net), "train_flops_per_sample": per_sample,
             "train_flops": per_sample * int(tr.batch_size) * int(tr.max_steps),
             "eval_flops": per_sample / 3 * int(e.n_samples) * evals}
 
 
 def dry_run_line(cfg: DictConfig) -> str:
-    from rfsweep.run.builders import formulation_for
-
     formulation = formulation_for(cfg)  # a bad name or shift: one line, before anything else
     head = (f"dry-run: variant={formulation.name} dataset={cfg.data.label} backbone={cfg.backbone.label} "
             f"run={cfg.job_name}")
@@ -44,13 +43,9 @@ def dry_run_line(cfg: DictConfig) -> str:
         f = job_flops(cfg)
     except Exception as e:  # e.g. a backbone read from a checkpoint folder: no estimate, the plan still lists the job
         return f"{head} (no estimate: {type(e).__name__}){shift}"
-    from rfsweep.run.memory import memory_plan
-
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
     hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
     try:
-        from rfsweep.run.memory import host_plan, launcher_mem_gb
-
         memory = memory_plan(cfg).describe()
         mem_gb = launcher_mem_gb()
         host = host_plan(cfg).describe() + (f" of hydra.launcher.mem_gb={mem_gb:g}" if mem_gb else "")
@@ -78,9 +73,7 @@ def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
     banks: `analysis.confidence.variances`), scaled to the jobs' distinct prompts (their samples per setting, at most
     the captions the reference cycled through) and seeds per variant: per data set and metric the smallest difference
     of two variants' means told apart at 5% with 80% power."""
-    from analysis.confidence import resolution, sweep_variances
-    from rfsweep.errors import UserError
-    from rfsweep.run.builders import variant_name
+    from analysis.confidence import resolution, sweep_variances  # deferred: pandas, scipy, torchmetrics; reference only
 
     try:
         v = sweep_variances(reference)
@@ -113,7 +106,7 @@ def expected_resolution(reference: str, jobs: list[DictConfig]) -> str:
             f"from reference_sweep={reference}, scaled to this sweep's samples and seeds):")
     if not frames:
         return "\n".join(lines)
-    import pandas as pd
+    import pandas as pd  # deferred: pandas (~0.3 s), for a reference sweep only
 
     table = pd.concat(frames)[["dataset", "metric", "prompts", "seeds", "sample_sd", "seed_sd", "mde", "reference"]]
     table = table.rename(columns={"mde": "expected_mde", "reference": "reference_mde"})

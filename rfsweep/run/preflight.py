@@ -7,17 +7,25 @@ name (the registry of `rfsweep.formulations`) and its training shift, the GPU me
 memory when a launcher asks for some (`rfsweep.run.memory`), and, for a job that will evaluate pre-encoded data, the
 reference images its evaluation needs. Each failure is a `rfsweep.errors.UserError` with one line naming the key and
 what is allowed.
+
+`python -m rfsweep` imports this module before Hydra composes, `--help` included: it and what it imports at the top
+(`builders`, `config`, `memory`, `resolvers`, `schema`) import neither torch nor Lightning nor pandas; those are
+imported inside the functions that need them (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
 
-from rfsweep.formulations import Formulation
 from rfsweep.run.builders import encoding, formulation_for
 from rfsweep.run.config import validate
 from rfsweep.run.memory import check_fits, check_host_fits, launcher_mem_gb
 from rfsweep.run.resolvers import register_resolvers
+
+if TYPE_CHECKING:
+    from rfsweep.formulations import Formulation
 
 register_resolvers()
 
@@ -32,7 +40,7 @@ def preflight(cfg: DictConfig, mem_gb: float | None = None, data: bool = True) -
         check_fits(cfg)
     check_host_fits(cfg, mem_gb or launcher_mem_gb())
     if data and cfg.data.name == "precomputed" and cfg.eval.enabled:
-        from rfsweep.data.precomputed import check_reference_images
+        from rfsweep.data.precomputed import check_reference_images  # deferred: torch, not needed by --help
 
         check_reference_images(cfg.data.path, expect=encoding(cfg))  # before training, not at its end
     return formulation

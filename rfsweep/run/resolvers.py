@@ -9,7 +9,6 @@ import yaml
 from omegaconf import OmegaConf
 
 from rfsweep.formulations import VariantError, name_slug
-from rfsweep.results import SETTINGS
 from rfsweep.run.builders import variant_name
 from rfsweep.run.schema import register_schemas
 
@@ -47,6 +46,8 @@ def grid_choice(name: str, key: str) -> str:
 
 def paper_settings() -> list[list]:
     """The paper's six sampler settings as config values (one home: rfsweep.results.SETTINGS)."""
+    from rfsweep.results import SETTINGS  # deferred: rfsweep.results imports pandas (~0.3 s), not needed by --help
+
     return [[s, c] for s, c in SETTINGS]
 
 

@@ -9,11 +9,11 @@ Groups without a schema here: `formulation` (checked by the variant grammar, `rf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from rfsweep.metrics import metric_names
 
@@ -326,10 +326,6 @@ def register_schemas() -> None:
 def rules_for(group: str | None, node=None) -> dict[str, tuple[Callable, str]]:
     """key -> (check, allowed) of the schema `node` follows: its own type when composed onto a schema, else the
     group's schema whose checked keys the node has most of (a backbone's keys depend on which backbone it is)."""
-    from dataclasses import fields
-
-    from omegaconf import OmegaConf
-
     def rules(cls) -> dict:
         return {f.name: (f.metadata["check"], f.metadata["allowed"]) for f in fields(cls) if "check" in f.metadata}
 

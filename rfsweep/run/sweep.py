@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +19,7 @@ from rfsweep.atomic import atomic_write
 from rfsweep.errors import UserError
 from rfsweep.results import MANIFEST_FILE
 from rfsweep.run.builders import variant_name
+from rfsweep.run.preflight import preflight
 
 
 def _raw(node) -> list[str]:
@@ -26,9 +30,6 @@ def _raw(node) -> list[str]:
 def planned_jobs(config: DictConfig) -> list[list[str]]:
     """The sweep's jobs, each as its list of overrides, expanded from the sweep's parameters and the command-line
     overrides as the basic sweeper does."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + _raw(config.hydra.overrides.task)
     parser = OverridesParser.create()
@@ -49,11 +50,9 @@ class ManifestCallback(Callback):
     not show, e.g. backbone.depth without a label per depth) stop the sweep with one line before any job runs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra import compose
-
         if config.get("dry_run"):  # nothing written; with a reference sweep, the resolution the plan can expect
             if config.get("reference_sweep"):
-                from rfsweep.run.plan import expected_resolution
+                from rfsweep.run.plan import expected_resolution  # deferred: torch, for a reference sweep only
 
                 cfgs = [compose(config_name="config", overrides=o) for o in planned_jobs(config)]
                 try:
@@ -61,8 +60,6 @@ class ManifestCallback(Callback):
                 except UserError as e:
                     _refuse(str(e))
             return
-
-        from rfsweep.run.preflight import preflight
 
         jobs, seen = [], {}
         for overrides in planned_jobs(config):

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rfsweep.cluster.lease import LeaseLost
+from rfsweep.formulations.weighting import measure
+from rfsweep.metrics import metric_names
 from rfsweep.run.builders import train_shift
 from rfsweep.types import RunMeta
 from rfsweep.wandb_env import has_credentials, run_id, wandb_mode  # noqa: F401 (the job's W&B run uses them)
@@ -34,7 +37,7 @@ def run_config(cfg: DictConfig, meta: RunMeta, params: int | None = None, depth:
 
 def open_run(cfg: DictConfig, run_dir: Path, config: dict, job_type: str, name: str | None = None):
     """A W&B run for this job (wandb.init with the stable id); the caller finishes it."""
-    import wandb
+    import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
     if os.environ.get("WANDB_MODE") == "":  # wandb refuses an empty mode; empty means unset
         del os.environ["WANDB_MODE"]
@@ -62,7 +65,7 @@ class JobRun:
             self.run = open_run(cfg, run_dir, run_config(cfg, meta, params, depth), job_type)
 
     def lightning_logger(self):
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # deferred: lightning, not needed by a dry run
 
         return WandbLogger(experiment=self.run) if self.run is not None else None
 
@@ -76,7 +79,7 @@ class JobRun:
 
     def log_samples(self, path: Path, captions: list[str], step: int) -> None:
         if self.run is not None:
-            import wandb
+            import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
             self.log({"samples/grid": wandb.Image(str(path), caption=" | ".join(captions))}, step)
 
@@ -86,9 +89,7 @@ class JobRun:
         as a table and a line plot of the effective weight."""
         if self.run is None:
             return
-        import wandb
-
-        from rfsweep.formulations.weighting import measure
+        import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
         c = measure(formulation, n=100_000)
         paper = c["paper_effective"] if c["paper_effective"] is not None else [None] * len(c["lambda"])
@@ -106,10 +107,9 @@ class JobRun:
         prompts, and the evaluated checkpoint as an artifact reference (the file stays where it is)."""
         if self.run is None:
             return
-        import wandb
+        import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
-        from rfsweep.metrics import metric_names
-        from rfsweep.results import REAL, columns, setting_name
+        from rfsweep.results import REAL, columns, setting_name  # deferred: pandas (~0.3 s), as wandb
 
         cols = columns()
         values = {"eval/results": wandb.Table(columns=list(cols), data=[[r.get(c) for c in cols] for r in rows])}
@@ -140,7 +140,7 @@ class JobRun:
             if outcome in ("preempted", "requeued", "cancelled"):
                 run.mark_preempting()
                 run.finish(exit_code=0)
-                import wandb
+                import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
                 wandb.teardown()  # the job is handed back next: its service ends now, not killed by the requeue
             else:
@@ -162,8 +162,6 @@ def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params
         tracker.finish("requeued")
         raise
     except BaseException as e:
-        from rfsweep.cluster.lease import LeaseLost
-
         lost = isinstance(e, LeaseLost) or (owns is not None and not owns())  # the new holder records the outcome
         tracker.finish("lost" if lost else "failed", "" if lost else f"{type(e).__name__}: {e}".splitlines()[0][:500])
         raise

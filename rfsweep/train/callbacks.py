@@ -1,37 +1,42 @@
 """Callbacks for robustness on a cluster: periodic `last.ckpt`, a stop at the next step on a pre-emption signal,
-progress for `python -m analysis status`, and a recorded failure when training breaks (e.g. a non-finite loss)."""
+progress for `python -m analysis status`, and a recorded failure when training breaks (e.g. a non-finite loss); the
+EMA updates, the best weights, throughput and the step progress bar. `STEP_ORDER` (at the end) is the order they run
+in at every step, each with why it sits there."""
 
 from __future__ import annotations
 
 import math
-import os
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from rfsweep import runfolder
+from rfsweep.atomic import atomic_save_tensors
+from rfsweep.backbones.flops import peak_flops
 from rfsweep.cluster.lease import LeaseLost
 from rfsweep.cluster.signals import LOST, PreemptionGuard, signal_name
+from rfsweep.console import progress_line
+from rfsweep.train.posthoc_ema import write_snapshot
 
 
 def sharded(trainer) -> bool:
     """Training under FSDP (Lightning's ModelParallelStrategy): weights are DTensors, checkpoints folders."""
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
     return isinstance(trainer.strategy, ModelParallelStrategy)
 
 
 def full_state_dict(pl_module) -> dict:
     """The module's state dict with whole tensors on the CPU: gathered from the shards under FSDP (a collective:
     every rank calls it; rank 0 gets the tensors), as is otherwise."""
-    from torch.distributed.tensor import DTensor
-
     state = pl_module.state_dict()
     if not any(isinstance(v, DTensor) for v in state.values()):
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -65,13 +70,9 @@ class PostHocSnapshots(L.Callback):
     written before a pre-emption is written again, identically, by the resumed run."""
 
     def __init__(self, folder: str | Path, every: int, dtype: str = "float32"):
-        import torch
-
         self.folder, self.every, self.dtype = Path(folder), int(every), getattr(torch, dtype)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from rfsweep.train.posthoc_ema import write_snapshot
-
         step = trainer.global_step
         if not completed_step(trainer, batch_idx) or not (step % self.every == 0 or step == trainer.max_steps):
             return
@@ -102,8 +103,6 @@ class PeriodicCheckpoint(L.Callback):
         if not sharded(trainer):
             trainer.save_checkpoint(target, weights_only=False)  # AtomicCheckpointIO: temp file, rename
             return
-        import shutil
-
         partial = target.with_name(runfolder.LAST + ".partial")  # every rank writes its shards, then one swap
         if trainer.is_global_zero and partial.exists():
             shutil.rmtree(partial)
@@ -177,9 +176,7 @@ class BestWeights(L.Callback):
 
     def save(self, trainer, pl_module) -> None:
         """Every rank calls it (gathering FSDP's shards is collective); rank 0 gathers and writes, tensor by tensor
-        (`safetensors.torch.save_file`: no second copy of the weights in memory)."""
-        from safetensors.torch import save_file
-
+        (`rfsweep.atomic.atomic_save_tensors`: no second copy of the weights in memory)."""
         if not sharded(trainer) and not trainer.is_global_zero:
             return  # DDP: every rank holds the same weights; only the writer copies them to the CPU
         tensors = full_state_dict(pl_module)
@@ -188,15 +185,7 @@ class BestWeights(L.Callback):
         # the post-hoc EMAs stay out: evaluation rebuilds their lengths from the snapshots (rfsweep.train.posthoc_ema)
         tensors = {k: v for k, v in tensors.items() if not k.startswith(POSTHOC_PREFIX)}
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_save_tensors(tensors, self.path, metadata=meta)
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step}
@@ -272,8 +261,6 @@ class Preemption(L.Callback):
             return
         code = self.guard.code()
         if trainer.world_size > 1:  # every rank's code; the first rank's that has one decides
-            import torch
-
             codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
             code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
         if code and code != LOST:  # a stop writes last.ckpt: rank 0 confirms the folder is still ours, all agree
@@ -323,8 +310,6 @@ class Progress(L.Callback):
             runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
                                    steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
         if self.echo:
-            from rfsweep.console import progress_line
-
             loss = trainer.callback_metrics.get("train/loss")
             print(progress_line(step, self.max_steps, rate, None if loss is None else float(loss)), flush=True)
         self._last_write = now
@@ -361,10 +346,6 @@ class Throughput(L.Callback):
 
     @staticmethod
     def _peak(pl_module) -> float | None:
-        import torch
-
-        from rfsweep.backbones.flops import peak_flops
-
         dev = pl_module.device
         return peak_flops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
 
@@ -396,3 +377,54 @@ class FailureRecorder(L.Callback):
             return
         runfolder.write_status(self.run_dir, "failed", step=trainer.global_step,
                                reason=f"{type(exception).__name__}: {exception}")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Training progress in steps of the whole run: `train: 37%| 1200/3200 [00:19<00:31, 63.0it/s, loss=0.44]`,
+    also after a resume (the bar starts at the resumed step)."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        bar = self.train_progress_bar
+        bar.total, bar.initial = trainer.max_steps, trainer.global_step
+        bar.n = trainer.global_step
+        bar.set_description("train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n, bar = trainer.global_step, self.train_progress_bar
+        if bar is not None and self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+
+# The per-step order of a training run's callbacks: Lightning calls them in the order of the Trainer's list at every
+# hook (the end of each batch, the end of each validation, the end of training), so where one sits decides what the
+# others see of its step. `rfsweep.run.fit` passes its callbacks through `in_step_order`; tests/test_train.py pins the
+# names. A new callback takes its place here, with its reason.
+STEP_ORDER: tuple[tuple[str, str], ...] = (
+    ("LeaseCheck", "first: at a step that writes to the run folder, rank 0 confirms the lease before anything writes"),
+    ("EMAUpdate", "before anything saves the step: a checkpoint or snapshot of this step holds its updated EMAs"),
+    ("PostHocSnapshots", "after EMAUpdate: the snapshot holds the post-hoc EMAs of its step (ema.sigma_rels only)"),
+    ("BestWeights", "before PeriodicCheckpoint: after a validation the best weights and score are chosen before the "
+                    "step's last.ckpt (which carries the best score) is written"),
+    ("BestValidation", "beside BestWeights: the lowest EMA validation loss in the W&B summary (a run with W&B only)"),
+    ("PeriodicCheckpoint", "after the EMAs and the best weights: last.ckpt holds the whole state of its step"),
+    ("Preemption", "after PeriodicCheckpoint: a stop asks it for this step's checkpoint (a step is written once), then "
+                   "ends training"),
+    ("FailureRecorder", "writes only when training breaks (on_exception)"),
+    ("Progress", "after the step's checkpoint: status.json's progress (steps/s, ETA)"),
+    ("Throughput", "samples/s and MFU to the loggers"),
+    ("StepProgressBar", "on a terminal only: the progress bar"),
+    ("LearningRateMonitor", "with a logger only: Lightning's learning-rate log"),
+)
+
+
+def in_step_order(callbacks) -> list:
+    """`callbacks` (None for one this run leaves out) in STEP_ORDER; a callback the table does not name is refused."""
+    place = {name: i for i, (name, _) in enumerate(STEP_ORDER)}
+    present = [c for c in callbacks if c is not None]
+    unplaced = [type(c).__name__ for c in present if type(c).__name__ not in place]
+    if unplaced:
+        raise ValueError(f"callbacks {unplaced} have no place in rfsweep.train.callbacks.STEP_ORDER")
+    return sorted(present, key=lambda c: place[type(c).__name__])

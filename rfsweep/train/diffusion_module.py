@@ -12,7 +12,10 @@ from typing import Callable
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import fully_shard
 
 from rfsweep.formulations import VALIDATION_T
 from rfsweep.sampling import sample
@@ -78,10 +81,6 @@ class DiffusionModule(L.LightningModule):
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
-        import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        from torch.distributed.fsdp import fully_shard
-
         dp, rank = mesh["data_parallel"], dist.get_rank()
         cuda = mesh.device_type == "cuda"
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")

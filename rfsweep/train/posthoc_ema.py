@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from rfsweep.atomic import atomic_save_tensors
 from rfsweep.errors import UserError
 
 SIGMA_REL_MIN, SIGMA_REL_MAX = 1e-4, 0.28  # gamma = 0 (a uniform average of all steps) has sigma_rel 0.2887
@@ -40,7 +42,7 @@ def sigma_rel_of(gamma: float) -> float:
 def gamma_of(sigma_rel: float) -> float:
     """The exponent of the power-function EMA with relative standard deviation `sigma_rel` (in [1e-4, 0.28]):
     sigma_rel falls monotonically in gamma >= 0, so bisection finds it."""
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # deferred: scipy (~0.3 s), needed only to rebuild a post-hoc EMA
 
     if not SIGMA_REL_MIN <= sigma_rel <= SIGMA_REL_MAX:
         raise PostHocError(f"sigma_rel={sigma_rel} (allowed: a number in [{SIGMA_REL_MIN:g}, {SIGMA_REL_MAX}])")
@@ -75,12 +77,8 @@ def _sharded(t: torch.Tensor) -> bool:
 def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], rank: int = 0, world: int = 1,
                    dtype: torch.dtype = torch.float32) -> Path:
     """One snapshot of every tracked EMA (`{sigma_rel: module}`, floating tensors as `dtype`), atomically (through
-    `safetensors.torch.save_file`, as best.safetensors); under FSDP (`world` > 1) this rank's shards, with the full
-    shapes and which tensors are sharded in the metadata."""
-    import os
-
-    from safetensors.torch import save_file
-
+    `rfsweep.atomic.atomic_save_tensors`, as best.safetensors); under FSDP (`world` > 1) this rank's shards, with the
+    full shapes and which tensors are sharded in the metadata."""
     tensors, shapes, sharded = {}, {}, []
     for sigma_rel, module in emas.items():
         for key, value in module.state_dict().items():
@@ -92,17 +90,7 @@ def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], 
                 sharded.append(name)
     meta = {"step": str(step), "sigma_rels": json.dumps([float(s) for s in emas]), "rank": str(rank),
             "world": str(world), "shapes": json.dumps(shapes), "sharded": json.dumps(sharded)}
-    path = snapshot_path(Path(folder), step, rank, world)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_save_tensors(tensors, snapshot_path(Path(folder), step, rank, world), metadata=meta)
 
 
 def snapshot_steps(folder: str | Path) -> dict[int, list[Path]]:
@@ -130,8 +118,6 @@ class _Snapshot:
     the shards of FSDP joined along dim 0."""
 
     def __init__(self, files: list[Path]):
-        from safetensors import safe_open
-
         self.files, self.handles = files, []
         for rank, p in enumerate(files):
             try:

@@ -1,8 +1,9 @@
 """How soon the command lines answer, against `python -c "import torch"` on the same machine in the same run: the
 wall time (median of N runs) of `python -m analysis --help`, `python -m rfsweep --help` and the demo's 122-job dry run
-(`python -m rfsweep +experiment=demo -m dry_run=true`, its run and sweep folders in a temporary folder: nothing is
-written into the repository), each with its ratio to importing torch and whether it meets its target (the helps at
-most 1.0x, the dry run at most 3x). `python benchmarks/bench_cli.py [--n N] [--dry-run-n N]` (`make bench-cli`)."""
+(`python -m rfsweep +experiment=demo -m dry_run=true`, its run and sweep folders in a temporary folder, which must
+stay empty: a dry run writes nothing), each with its ratio to importing torch and whether it meets its target (the
+helps at most 1.0x, the dry run at most 3x).
+`python benchmarks/bench_cli.py [--n N] [--dry-run-n N]` (`make bench-cli`)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
             ("python -m rfsweep --help", [py, "-m", "rfsweep", "--help"], 1.0, a.n,
              lambda out: "Configuration groups" in out),
             (f"dry run, {DEMO_JOBS} jobs (+experiment=demo -m dry_run=true)", dry, 3.0, a.dry_run_n or a.n,
-             lambda out: out.count("dry-run: variant=") == DEMO_JOBS),
+             lambda out: out.count("dry-run: variant=") == DEMO_JOBS and not any(Path(tmp).iterdir())),
         ]
         print(f"machine: {cores()} cores (nproc), {cpu_model()}; {platform.python_implementation()} "
               f"{platform.python_version()}; {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")

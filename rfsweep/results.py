@@ -12,14 +12,15 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from rfsweep.atomic import atomic_write
 from rfsweep.errors import ResultsError  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.formulations.variants import FAMILIES
 from rfsweep.metrics import metric_names
+
+if TYPE_CHECKING:  # pandas (~0.3 s) is imported by the functions that use it: a dry run imports this module, not it
+    import pandas as pd
 
 RESULTS_FILE = "results.csv"
 MANIFEST_FILE = "manifest.json"
@@ -68,11 +69,15 @@ _DTYPES = {"steps": "int64", "cfg": "float64", "n_samples": "int64"}
 
 
 def _frame(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
+    import pandas as pd  # deferred: pandas (~0.3 s), not needed by a dry run
+
     return rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
 
 
 def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Check ``df`` against the schema; return it with columns in schema order and numeric dtypes."""
+    import pandas as pd  # deferred: pandas (~0.3 s), not needed by a dry run
+
     cols = columns()
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -120,6 +125,8 @@ def write_results(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate one results file; any defect raises a one-line ``ResultsError`` naming the path."""
+    import pandas as pd  # deferred: pandas (~0.3 s), not needed by a dry run
+
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: no such results file")
@@ -137,6 +144,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _evaluator_column(df: pd.DataFrame) -> pd.Series:
+    import pandas as pd  # deferred: pandas (~0.3 s), not needed by a dry run
+
     if EVALUATOR not in df.columns:
         return pd.Series(UNRECORDED, index=df.index)
     return df[EVALUATOR].fillna(UNRECORDED).astype(str).replace("", UNRECORDED)

@@ -49,3 +49,12 @@ def test_a_dry_run_imports_nothing_of_training_or_evaluation(tmp_path):
     assert "dry-run: variant=" in out and seen["code"] in (0, None)
     assert sorted(set(NEVER) & set(seen["modules"])) == []
     assert [p.name for p in tmp_path.rglob("*") if p.suffix in (".json", ".ckpt", ".csv")] == []  # nothing written
+
+
+def test_a_sweeps_dry_run_imports_nothing_of_training_or_evaluation_nor_pandas(tmp_path):
+    """`-m dry_run=true` (rfsweep.run.sweep.dry_run_sweep, no launcher): the 122 jobs' lines, nothing written."""
+    seen, out = _imports(["+experiment=demo", "-m", "dry_run=true", f"paths.runs={tmp_path}/runs",
+                          f"paths.sweeps={tmp_path}/multirun", f"paths.cache={tmp_path}/cache"])
+    assert out.count("dry-run: variant=") == 122 and seen["code"] in (0, None)
+    assert sorted({*NEVER, "pandas", "joblib"} & set(seen["modules"])) == []
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no multirun.yaml, no run folders

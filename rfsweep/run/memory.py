@@ -161,10 +161,11 @@ class HostPlan:
                 f"{self.tables / GB:.2f} per rank)")
 
 
-def host_plan(cfg: DictConfig) -> HostPlan:
-    """The host memory a node needs for this job's ranks (see PROCESS_GB's comment)."""
+def host_plan(cfg: DictConfig, plan: MemoryPlan | None = None) -> HostPlan:
+    """The host memory a node needs for this job's ranks (see PROCESS_GB's comment); `plan`: the job's
+    `memory_plan(cfg)` where the caller has it already."""
     tr = cfg.trainer
-    p = memory_plan(cfg).params
+    p = (plan or memory_plan(cfg)).params
     world = int(tr.devices) * int(tr.num_nodes)
     tables = 0.0
     if cfg.data.name == "precomputed" and cfg.data.path:

@@ -4,30 +4,44 @@ training and evaluation FLOPs, and GPU-hours at a stated achieved throughput (`c
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 import torch
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from rfsweep.backbones.flops import counted_train_flops, parameter_count, train_flops_per_sample
 from rfsweep.errors import UserError
-from rfsweep.run.builders import build_backbone, context_len, formulation_for, latent_shape, variant_name
+from rfsweep.run.builders import BACKBONE_KEYS, context_len, formulation_for, latent_shape, variant_name
 from rfsweep.run.memory import host_plan, launcher_mem_gb, memory_plan
 
 
 def job_flops(cfg: DictConfig) -> dict:
     """{"params", "train_flops_per_sample", "train_flops", "eval_flops"} of a job (training: steps x batch; evaluation:
     the sampler settings' network evaluations, two per step with guidance, a forward pass being a third of a step)."""
-    shape, tokens = latent_shape(cfg), context_len(cfg)
-    with torch.device("meta"):
-        net = build_backbone(cfg)
-    per_sample = train_flops_per_sample(net, shape, tokens)
-    if per_sample is None:
-        per_sample = counted_train_flops(net, shape, tokens, int(cfg.conditioning.context_dim),
-                                         int(cfg.conditioning.pooled_dim))
+    backbone = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in BACKBONE_KEYS}
+    params, per_sample = _backbone_flops(json.dumps(backbone, sort_keys=True), tuple(latent_shape(cfg)),
+                                         context_len(cfg), cfg.conditioning.context_dim, cfg.conditioning.pooled_dim)
     tr, e = cfg.trainer, cfg.eval
     evals = sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in e.settings) * len(e.weights) if e.enabled else 0
-    return {"params": parameter_count(net), "train_flops_per_sample": per_sample,
+    return {"params": params, "train_flops_per_sample": per_sample,
             "train_flops": per_sample * int(tr.batch_size) * int(tr.max_steps),
             "eval_flops": per_sample / 3 * int(e.n_samples) * evals}
+
+
+@lru_cache(maxsize=64)
+def _backbone_flops(backbone_json: str, shape: tuple[int, int, int], tokens: int, context_dim, pooled_dim) -> tuple:
+    """(parameters, training FLOPs per sample) of a backbone (its node resolved, as `build_backbone` instantiates it,
+    as JSON) for latents `shape` and `tokens` text tokens, built on the meta device. Cached: it depends on nothing
+    else, and a sweep's jobs share a few backbones (122 jobs on one backbone and two data sets: two counts, each
+    ~0.1 s of torch's FLOP counter for a backbone `train_flops_per_sample` has no formula for)."""
+    with torch.device("meta"):
+        net = instantiate(json.loads(backbone_json))
+    per_sample = train_flops_per_sample(net, shape, tokens)
+    if per_sample is None:
+        per_sample = counted_train_flops(net, shape, tokens, int(context_dim), int(pooled_dim))
+    return parameter_count(net), per_sample
 
 
 def dry_run_line(cfg: DictConfig) -> str:
@@ -46,9 +60,10 @@ def dry_run_line(cfg: DictConfig) -> str:
     rate = float(cfg.cluster.tflops_per_gpu) * 1e12
     hours = (f["train_flops"] + f["eval_flops"]) / rate / 3600
     try:
-        memory = memory_plan(cfg).describe()
+        plan = memory_plan(cfg)
+        memory = plan.describe()
         mem_gb = launcher_mem_gb()
-        host = host_plan(cfg).describe() + (f" of hydra.launcher.mem_gb={mem_gb:g}" if mem_gb else "")
+        host = host_plan(cfg, plan).describe() + (f" of hydra.launcher.mem_gb={mem_gb:g}" if mem_gb else "")
     except Exception as e:
         memory = host = f"? ({type(e).__name__})"
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "

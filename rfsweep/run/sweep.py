@@ -1,19 +1,29 @@
 """Sweep support: the Hydra callback that checks every planned job of a multirun (the one preflight) before any
-starts, and writes the sweep's manifest (the jobs it launched) so the analysis can name missing runs. The resolvers
-for run names and grids live in `rfsweep.run.resolvers`."""
+starts, and writes the sweep's manifest (the jobs it launched) so the analysis can name missing runs; and the dry run
+of a sweep without Hydra's launcher (`dry_run_sweep`). The resolvers for run names and grids live in
+`rfsweep.run.resolvers`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import sys
+import traceback
 from pathlib import Path
 
 from hydra import compose
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.defaults_list import Overrides
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from rfsweep.atomic import atomic_write
 from rfsweep.errors import UserError
@@ -37,6 +47,113 @@ def planned_jobs(config: DictConfig) -> list[list[str]]:
             for job in batch]
 
 
+# A test hook: set (to anything but "" or "0"), `-m dry_run=true` goes through Hydra's sweeper and launcher as every
+# other sweep does (each job composed twice, in its own job), the path `dry_run_sweep` must print the same lines as
+# (tests/test_dry_run.py).
+DRY_RUN_VIA_LAUNCHER = "RFSWEEP_DRY_RUN_VIA_LAUNCHER"
+BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
+
+
+def _task_config(cfg: DictConfig) -> DictConfig:
+    """A composed config without its `hydra` node, as Hydra hands it to a job (hydra.core.utils.run_job)."""
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def dry_run_configs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
+    """The sweep's config (with its `hydra` node) and each planned job's overrides and config (without it), composed
+    as Hydra's multirun composes them but once per distinct set of config-group overrides: a job's config is that
+    composition with the job's value overrides applied the way Hydra applies them
+    (`ConfigLoaderImpl._apply_overrides_to_config`), which group overrides and which value overrides told by Hydra's
+    own rule (`hydra._internal.defaults_list.Overrides`, over the config repository). Identical to Hydra's own
+    per-job composition (`load_sweep_config`; tests/test_dry_run.py compares them). Needs an initialized Hydra
+    (`initialize_config_dir`); raises what Hydra raises for a bad override."""
+    loader = GlobalHydra.instance().config_loader()
+    assert isinstance(loader, ConfigLoaderImpl)
+    master = loader.load_configuration(config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
+    sweeper = OmegaConf.select(master, "hydra.sweeper._target_", default=None)
+    if sweeper != BASIC_SWEEPER:
+        raise ValueError(f"hydra.sweeper is {sweeper}: jobs expanded as {BASIC_SWEEPER} expands them only")
+    with open_dict(master.hydra):
+        master.hydra.mode = RunMode.MULTIRUN
+    hydra_overrides = _raw(master.hydra.overrides.hydra)
+    _, repo = loader._parse_overrides_and_create_caching_repo("config", hydra_overrides)
+    parser = OverridesParser.create()
+    known: dict[str, tuple] = {}  # each distinct override parsed once: (Override, whether a value override)
+    bases: dict[tuple[str, ...], bytes] = {}  # pickled: unpickling copies a config ~6x faster than deepcopy
+    jobs = []
+    for job in planned_jobs(master):
+        for line in job:
+            if line not in known:
+                o = parser.parse_overrides([line])[0]
+                known[line] = (o, bool(Overrides(repo, [o]).config_overrides))  # Hydra's rule: not a group, or a dict
+        values = [known[line][0] for line in job if known[line][1]]
+        groups = tuple(line for line in job if not known[line][1])
+        if groups not in bases:  # what `load_sweep_config` composes, without the job's value overrides
+            bases[groups] = pickle.dumps(_task_config(loader.load_configuration(
+                config_name="config", overrides=[*hydra_overrides, *groups], run_mode=RunMode.RUN)))
+        cfg = pickle.loads(bases[groups])  # a copy, as the submitit launcher hands a job its pickled config
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        jobs.append((list(job), cfg))
+    return master, jobs
+
+
+def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
+    """`python -m rfsweep ... -m dry_run=true` without Hydra's launcher: the same lines (`rfsweep.run.plan.
+    dry_run_line`, the function each job of the launcher prints), in the sweep's job order, and with a reference sweep
+    the resolution block first (as `ManifestCallback` prints it). Nothing is written: no sweep folder, no
+    multirun.yaml, no run folders. The exit status is the launcher path's: 0 (a job's bad value is its own one-line
+    error), 2 when the reference sweep is refused. None when the sweep cannot be composed here (a bad override, a
+    sweeper other than the basic one): the caller hands the command to Hydra, which reports it as before."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="__main__"):
+        try:
+            master, jobs = dry_run_configs(overrides)
+        except Exception:
+            return None
+        HydraConfig.instance().set_config(master)  # the launcher's node memory (launcher_mem_gb), as a job reads it
+        from rfsweep.run.plan import dry_run_line  # deferred: torch, not needed by --help
+
+        if master.get("reference_sweep"):
+            print_expected_resolution(master, [cfg for _, cfg in jobs])
+        for _, cfg in jobs:
+            _print_job_line(cfg, dry_run_line)
+    return 0
+
+
+def _print_job_line(cfg: DictConfig, dry_run_line) -> None:
+    """One job's line, or its error as the job reports it (rfsweep.run.job: bad input in one line, a bug with its
+    traceback); the other jobs go on."""
+    try:
+        try:
+            line = dry_run_line(cfg)
+        except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
+            if isinstance(e.__cause__, (UserError, FileNotFoundError)):
+                raise e.__cause__ from None
+            raise
+    except (UserError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return
+    except Exception as e:
+        traceback.print_exception(type(e), e, e.__traceback__)
+        return
+    print(line, flush=True)
+
+
+def print_expected_resolution(config: DictConfig, cfgs: list[DictConfig]) -> None:
+    """With `reference_sweep`: the resolution the planned jobs can expect, printed once for the sweep; a refused
+    reference sweep stops the sweep (exit 2)."""
+    from rfsweep.run.plan import expected_resolution  # deferred: torch, for a reference sweep only
+
+    try:
+        print(expected_resolution(str(config.reference_sweep), cfgs), flush=True)
+    except UserError as e:
+        _refuse(str(e))
+
+
 def _refuse(message: str) -> None:
     """Stop a sweep before any job starts: one line, exit status 2 (bad input)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -52,13 +169,8 @@ class ManifestCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.get("dry_run"):  # nothing written; with a reference sweep, the resolution the plan can expect
             if config.get("reference_sweep"):
-                from rfsweep.run.plan import expected_resolution  # deferred: torch, for a reference sweep only
-
-                cfgs = [compose(config_name="config", overrides=o) for o in planned_jobs(config)]
-                try:
-                    print(expected_resolution(str(config.reference_sweep), cfgs), flush=True)
-                except UserError as e:
-                    _refuse(str(e))
+                print_expected_resolution(config, [compose(config_name="config", overrides=o)
+                                                   for o in planned_jobs(config)])
             return
 
         jobs, seen = [], {}

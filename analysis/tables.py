@@ -41,10 +41,12 @@ def _markdown(header: list[str], rows: list[list[str]], missing) -> str:
     return "\n".join(out) + "\n"
 
 
+_TEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{",
+                      "}": r"\}"})
+
+
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        s = s.replace(a, b)
-    return s
+    return s.translate(_TEX)  # one pass: the braces of \textbackslash{} are not escaped again
 
 
 def _latex(header: list[str], rows: list[list[str]], missing) -> str:
@@ -66,30 +68,54 @@ def write_missing(out_dir: str | Path, missing: list[str] | None) -> Path | None
     return path
 
 
-CONFIDENCE_COLUMNS = ["rank", "rank_lo", "rank_hi", "p_rank1", "p_top5", "tie"]
-CONFIDENCE_HEADINGS = ["rank [95%]", "P(rank 1)", "P(top 5)", "tie"]
+CONFIDENCE_COLUMNS = ["rank", "rank_lo", "rank_hi", "sim_lo", "sim_hi", "best", "p_rank1", "p_top5"]
+CONFIDENCE_HEADINGS = ["rank [95%] {simultaneous}", "P(rank 1)", "P(top 5)"]
+CONFIDENCE_LEGEND = (
+    "rank [a-b] {c-d} *: the place in the point table; [a-b] its marginal 95% interval (each variant's place on its "
+    "own: percentile bootstrap); {c-d} the simultaneous 95% set (every variant's place at once: max-t over the "
+    "pairwise differences of averaged ranks, stepdown, Mogstad et al. 2024); * in the 95% set of the variants that "
+    "can be the best (tau-best, tau = 1: it holds every true best at once). The 5- and 50-step columns likewise.")
+
+
+def confidence_columns(confidence: pd.DataFrame) -> list[str]:
+    """The columns of a `Confidence.table()` that Table 1's CSV and W&B table carry: CONFIDENCE_COLUMNS, then each
+    other column's ``<column> rank``, ``rank_lo``, ``rank_hi``, ``sim_lo``, ``sim_hi``, ``best``."""
+    return [c for c in confidence.columns if c not in TABLE1_COLUMNS]
+
+
+def _place_cell(r: dict, prefix: str = "") -> str:
+    if pd.isna(r[prefix + "rank"]):
+        return "-"
+    mark = " *" if r[prefix + "best"] else ""
+    return (f"{int(r[prefix + 'rank'])} [{int(r[prefix + 'rank_lo'])}-{int(r[prefix + 'rank_hi'])}] "
+            f"{{{int(r[prefix + 'sim_lo'])}-{int(r[prefix + 'sim_hi'])}}}{mark}")
 
 
 def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | None = None,
                  confidence: pd.DataFrame | None = None) -> list[Path]:
     """``table1.csv`` (``variant, all, 5 steps, 50 steps``, 2 decimals; with `confidence` (from
-    `analysis.confidence.Confidence.table`) also ``rank, rank_lo, rank_hi, p_rank1, p_top5, tie``), ``table1.md``,
-    ``table1.tex`` (the place with its 95% interval, P(rank 1), P(top 5), and = for the best's tie group)."""
+    `analysis.confidence.Confidence.table`) also its `confidence_columns`), ``table1.md``, ``table1.tex`` (per
+    column the place with its marginal 95% interval [a-b], its simultaneous 95% set {c-d} and * for the set of who
+    can be the best; P(rank 1), P(top 5); the legend under the Markdown table, atop the LaTeX one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = table[TABLE1_COLUMNS].round(2)
     header = list(TABLE1_COLUMNS)
     rows = [[r.variant] + ["-" if pd.isna(x) else f"{x:.2f}" for x in r[1:]] for r in t.itertuples(index=False)]
+    legend = []
     if confidence is not None:
-        c = confidence.set_index("variant").reindex(t["variant"])
-        t = t.join(c[CONFIDENCE_COLUMNS].reset_index(drop=True))
-        header += CONFIDENCE_HEADINGS
-        rows = [row + [f"{int(r.rank)} [{int(r.rank_lo)}-{int(r.rank_hi)}]", f"{r.p_rank1:.2f}", f"{r.p_top5:.2f}",
-                       "=" if r.tie else ""] for row, r in zip(rows, c.itertuples())]
+        cols = confidence_columns(confidence)
+        c = confidence.set_index("variant").reindex(t["variant"])[cols].reset_index(drop=True)
+        t = t.join(c)
+        others = [k for k in TABLE1_COLUMNS[2:] if f"{k} rank" in cols]
+        header += CONFIDENCE_HEADINGS + [f"{k} rank [95%] {{simultaneous}}" for k in others]
+        rows = [row + [_place_cell(r), f"{r['p_rank1']:.2f}", f"{r['p_top5']:.2f}"]
+                + [_place_cell(r, f"{k} ") for k in others] for row, r in zip(rows, c.to_dict("records"))]
+        legend = [CONFIDENCE_LEGEND]
     t.to_csv(out / "table1.csv", index=False, float_format="%.3f")
-    (out / "table1.md").write_text(_markdown(header, rows, missing))
-    tex_rows = [[_tex_escape(r[0])] + r[1:] for r in rows]
-    (out / "table1.tex").write_text(_latex(header, tex_rows, missing))
+    (out / "table1.md").write_text(_markdown(header, rows, missing) + "".join(f"\n{line}\n" for line in legend))
+    tex_rows = [[_tex_escape(x) for x in r] for r in rows]
+    (out / "table1.tex").write_text("".join(f"% {line}\n" for line in legend) + _latex(header, tex_rows, missing))
     return [out / f"table1.{e}" for e in ("csv", "md", "tex")]
 
 
@@ -129,8 +155,12 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
 
 
 def with_confidence(table1: pd.DataFrame, conf=None) -> pd.DataFrame:
-    """Table 1 with its rank intervals (`analysis.confidence.Confidence.table`) beside each variant, when there are."""
-    return table1 if conf is None else table1.merge(conf.table()[["variant", *CONFIDENCE_COLUMNS]], on="variant")
+    """Table 1 with its rank intervals and sets (`analysis.confidence.Confidence.table`) beside each variant, when
+    there are."""
+    if conf is None:
+        return table1
+    c = conf.table()
+    return table1.merge(c[["variant", *confidence_columns(c)]], on="variant")
 
 
 def _fmt(col: str, x: float) -> str:

@@ -6,7 +6,8 @@
 3. with SWEEP (a sweep with evidence banks): how closely FID's first-order resampling follows the FID recomputed
    exactly from the resampled features' weighted statistics, for the first 16 runs of each data set at 25 steps,
    cfg 5, EMA weights (300 resamples each).
-About 2 minutes on 2 CPU cores (with SWEEP, one more)."""
+About 2 minutes on 2 CPU cores (with SWEEP, one more). The coverage in the regimes where seeds dominate and the
+metrics disagree is measured by `scripts/coverage_check.py` (docs/results/coverage.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.confidence import bootstrap, fid_influence  # noqa: E402
+from analysis.confidence import bootstrap  # noqa: E402
+from analysis.evidence import fid_influence  # noqa: E402
 from rfsweep.evaluation.statistics import feature_stats, frechet_distance  # noqa: E402
 from tests.synthetic_evidence import synthetic  # noqa: E402
 
@@ -48,7 +50,7 @@ def pairing() -> None:
 
 def fid_linearity(sweep: Path) -> None:
     from analysis.collect import collect
-    from analysis.confidence import load_banks
+    from analysis.evidence import load_banks
 
     rows, _ = collect(sweep)
     rows = rows[(rows["weights"] == "ema") & (rows["steps"] == 25) & ((rows["cfg"] - 5.0).abs() < 1e-9)]

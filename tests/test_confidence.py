@@ -1,7 +1,7 @@
 """Rank confidence (`analysis.confidence`): on evidence with a known truth (tests/synthetic_evidence.py), a variant
-far ahead is alone in the best's tie group with P(rank 1) near 1, identical variants tie, the intervals cover the
-true places at least at their nominal rate without being vacuous, and the shared prompt draw pays; FID's resampling
-follows the exact Frechet distance of the weighted statistics."""
+far ahead is alone in the set of who can be the best with P(rank 1) near 1, identical variants tie, the intervals
+cover the true places at least at their nominal rate without being vacuous, and the shared prompt draw pays; FID's
+resampling follows the exact Frechet distance of the weighted statistics."""
 
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def test_fid_influence_is_the_derivative_and_resamples_like_the_exact_fid():
     assert np.corrcoef(exact, linear)[0, 1] > 0.95 and linear.std() == pytest.approx(exact.std(), rel=0.1)
 
 
-def test_a_variant_far_ahead_is_alone_in_its_tie_group():
+def test_a_variant_far_ahead_is_alone_in_the_set_of_who_can_be_best():
     quality = {f"v{i:02d}": i / 20 for i in range(10)} | {"best": 1.0}
     df, banks = synthetic(quality, seeds=2, tau=0.02)
     t = bootstrap(df, banks, b=500).table().set_index("variant")
     assert t.loc["best", "p_rank1"] > 0.99 and t.loc["best", ["rank_lo", "rank_hi"]].tolist() == [1, 1]
-    assert t["tie"].sum() == 1 and t.loc["best", "tie"]
+    assert t.loc["best", ["sim_lo", "sim_hi"]].tolist() == [1, 1]
+    assert t["best"].sum() == 1 and t.loc["best", "best"]
     assert (t["p_rank1"].drop("best") < 0.01).all()
+    assert (t["sim_lo"] <= t["rank"]).all() and (t["rank"] <= t["sim_hi"]).all()  # a set holds its point place
 
 
 def test_identical_variants_tie():
@@ -58,7 +60,8 @@ def test_identical_variants_tie():
     a, b = c.variants.index("v05"), c.variants.index("twin")
     assert np.array_equal(pos[:, a], pos[:, b])
     t = c.table().set_index("variant")
-    assert t.loc["v05", "tie"] and t.loc["twin", "tie"] and t.loc["v05", "p_rank1"] == t.loc["twin", "p_rank1"]
+    assert t.loc["v05", "best"] and t.loc["twin", "best"] and t.loc["v05", "p_rank1"] == t.loc["twin", "p_rank1"]
+    assert t.loc["v05", ["sim_lo", "sim_hi"]].tolist() == t.loc["twin", ["sim_lo", "sim_hi"]].tolist()
     assert c.pairwise().loc["v05", "twin"] == 0.5
 
 

@@ -110,8 +110,10 @@ def test_rank_table_logs_the_analysis_run(sweep, tmp_path):
     assert run.job_type == "analysis" and run.group == "wbgrid" and run.config["complete"] is True
     s = run.summary
     table1 = json.loads((folder / "files" / s["study/table1/path"]).read_text())
-    assert table1["columns"] == ["variant", "all", "5 steps", "50 steps", "rank", "rank_lo", "rank_hi", "p_rank1",
-                                 "p_top5", "tie"] and len(table1["data"]) == 2  # with the intervals of the banks
+    assert table1["columns"] == [  # with the intervals and sets of the banks (the fixture has no 50-step setting)
+        "variant", "all", "5 steps", "50 steps", "rank", "rank_lo", "rank_hi", "sim_lo", "sim_hi", "best", "p_rank1",
+        "p_top5", "5 steps rank", "5 steps rank_lo", "5 steps rank_hi", "5 steps sim_lo", "5 steps sim_hi",
+        "5 steps best"] and len(table1["data"]) == 2
     assert s["study/results/nrows"] == 6 and s["study/missing/nrows"] == 0 and s["study/missing_count"] == 0
     assert s["study/fig3/_type"] == "image-file" and s["study/fig4/_type"] == "image-file"
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.claims import compare, correlation_interval, inside_intervals
 from analysis.commands.sweep_rows import load, pooled, required_banks
-from analysis.confidence import bootstrap, compare, correlation_interval, inside_intervals, missing_banks, needed, power
+from analysis.confidence import bootstrap
+from analysis.evidence import missing_banks
+from analysis.power import needed, power
 from analysis.ranking import common_ranks, metric_agreement, rank_correlation, rank_table
 from rfsweep.formulations import build_formulation
 from rfsweep.results import REAL

@@ -7,13 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.claims import cd_diagram, friedman
 from analysis.collect import latest_sweep
 from analysis.commands.ema_best import ema_best
 from analysis.commands.options import output_folder, wants_wandb
 from analysis.commands.sweep_rows import load, pooled
 from analysis.completeness import missing
-from analysis.confidence import bootstrap, cd_diagram, friedman, missing_banks
+from analysis.confidence import bootstrap
 from analysis.curves import collect_curves, fig4
+from analysis.evidence import missing_banks
 from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import rank_table
 from analysis.tables import table2, with_confidence, write_missing, write_table1, write_table2
@@ -44,12 +46,26 @@ def _confidence(df, miss, args, out: Path):
     seeds = sorted(set(conf.seeds.values()))
     place, diff = conf.widths()
     print(f"rank intervals: {'independent' if args.unpaired else 'paired'} bootstrap, B={args.bootstrap}, training "
-          f"seeds per variant {seeds}, prompts {conf.prompts} ({time.perf_counter() - t0:.1f} s); mean 95% width: "
-          f"place {place:.2f}, difference of neighbours' averaged ranks {diff:.3f}; P(row ahead of column): "
-          f"pairwise.csv; Table 2's cells: table2_intervals.csv", file=sys.stderr)
+          f"seeds per variant {seeds}, prompts {conf.prompts} ({time.perf_counter() - t0:.1f} s); {_seed_level(conf)}; "
+          f"mean 95% width: place {place:.2f}, difference of neighbours' averaged ranks {diff:.3f}; P(row ahead of "
+          f"column): pairwise.csv; Table 2's cells: table2_intervals.csv", file=sys.stderr)
+    if len(conf.seed_variance):
+        conf.seed_variance.to_csv(out / "seed_variance.csv", index=False, float_format="%.5g")
     conf.table2_intervals(weights=args.weights or "ema").to_csv(out / "table2_intervals.csv", index=False,
                                                                 float_format="%.5g")
     return conf
+
+
+def _seed_level(conf) -> str:
+    """One phrase on the bootstrap's seed level: the pooled seed variance and its degrees of freedom, or why none."""
+    v = conf.seed_variance
+    if not len(v):
+        return ("one training seed per variant: the intervals hold the sampling noise alone (the seed-to-seed "
+                "variation is not measured; pool other seeds' sweeps with --also)")
+    ratio = (v["tau2"] / v["sampling"].where(v["sampling"] > 0)).groupby(v["metric"]).median()
+    return (f"seed level: seed variance pooled over the variants (method of moments, {int(v['df'].min())} degrees "
+            f"of freedom per data set and setting; median seed / sampling variance "
+            + ", ".join(f"{m} {r:.2g}" for m, r in ratio.items()) + "; seed_variance.csv)")
 
 
 def _friedman(df, miss, out: Path) -> None:

@@ -12,8 +12,9 @@ freedom; here the seed level adds only what the prompt draw lacks:
     tau^2 = max(0, [sum_j sum_k (y_jk - ybar_j)^2 - sum_j sum_k w_jk] / sum_j (K_j - 1))
 
 per (data set, backbone, sampler setting, metric), pooled over the variants with K_j >= 2 seeds: the between-seed sum
-of squares minus its expected sampling part, with w_jk = sum_p (u_jkp - ubar_jp)^2 / N^2 the variance that a prompt
-draw gives the run's deviation from its variant's mean (u: the run's influence summed per prompt, N its samples).
+of squares minus its expected sampling part, with w_jk = sum_p d_p^2 - (sum_p d_p)^2 / P the variance that a
+multinomial draw of the P prompts gives the run's deviation from its variant's mean (d_p = u_jkp - ubar_jp; u: the
+run's influence summed per prompt, already divided by its N samples).
 Method of moments on sum_j (K_j - 1) degrees of freedom (61 with the demo's 61 variants and two seeds, 122 with three).
 
 The draw: each run's residual vector r_jk = (y_jk - ybar_j) sqrt(K_j / (K_j - 1)) over the settings and metrics of

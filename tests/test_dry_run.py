@@ -106,3 +106,14 @@ def test_which_commands_take_the_fast_dry_run(args, fast, monkeypatch):
     assert wants_fast_dry_run(args) is fast
     monkeypatch.setenv(DRY_RUN_VIA_LAUNCHER, "1")
     assert wants_fast_dry_run(args) is False
+
+
+def test_a_dry_run_through_the_slurm_launcher_prints_here_and_submits_nothing(tmp_path, monkeypatch):
+    """Whatever the launcher, a dry run launches no job: with `hydra/launcher=slurm` (the README's cluster command)
+    the lines are printed here and nothing is written (a submission through submitit writes its job folder and the
+    sweep's multirun.yaml under the sweep folder before it calls sbatch)."""
+    r = run_cli(["+experiment=demo", "-m", "dry_run=true", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                 "formulation.variant=rf,eps/linear", "data=shapes", *_paths(tmp_path / "out")], timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len([ln for ln in _lines(r.stdout) if ln.startswith("dry-run: ")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,8 @@ names are importable from here too.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
@@ -57,6 +59,13 @@ def _multinomial(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1 / n), size=b).astype(np.float64)
 
 
+def prompt_draws(dataset: str, prompts: int, b: int, seed: int) -> np.ndarray:
+    """(B, P): the prompt counts of a data set's B replicates, a function of (data set, prompts, B, seed) alone: two
+    sweeps that share a data set's prompts and noise, bootstrapped with the same seed, share its draw (a paired
+    comparison of the two, as `analysis correlate` makes)."""
+    return _multinomial(np.random.default_rng([seed, zlib.crc32(dataset.encode())]), prompts, b)
+
+
 def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: int = 0,
               paired: bool = True) -> Confidence:
     """B replicates of Table 1 from `df`'s rows and their runs' evidence banks (a complete grid: every variant in
@@ -87,7 +96,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
     level = SeedLevel(rows, point, [np.stack([infl[m][i] for m in names]) for i in range(len(rows))],
                       np.array([c.sum() for c in counts]), names)
     effects = level.draw(b, rng)
-    draws = {ds: _multinomial(rng, n, b) for ds, n in prompts.items()}
+    draws = {ds: prompt_draws(ds, n, b, seed) for ds, n in prompts.items()}
     own = {}  # unpaired: each run's own prompt draw
     ranks, meta, kept = [], [], []
     for (key, g), mine in zip(groups, members):

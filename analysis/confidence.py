@@ -6,7 +6,9 @@ every (run, setting)'s metrics by that draw (`analysis.evidence`: exact for the 
 averages each variant's runs over all its training seeds, adds a seed effect drawn from the seed variance pooled
 over the variants (`analysis.seed_level`: the seed level that the prompt draw does not already carry), and replays
 Table 1 exactly as the point table computes it: non-dominated sorting per setting (`analysis.ranking.pareto_ranks`),
-averaged over the settings of each column. Vectorised over replicates: B x settings x runs in one pass of matrix
+averaged over the settings of each column. With two seeds or more it replays a replication too: each variant's
+seeds' mean plus one new run's deviation (`SeedLevel.draw_new_run`), the table a new training seed would give
+(`analysis.prediction`). Vectorised over replicates: B x settings x runs in one pass of matrix
 products.
 
 What is read from the replicates lives beside it: `analysis.replicates` (the `Confidence` they make, Table 1's
@@ -96,9 +98,10 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
     level = SeedLevel(rows, point, [np.stack([infl[m][i] for m in names]) for i in range(len(rows))],
                       np.array([c.sum() for c in counts]), names)
     effects = level.draw(b, rng)
+    new_runs = level.draw_new_run(b, np.random.default_rng([seed, 1]))
     draws = {ds: prompt_draws(ds, n, b, seed) for ds, n in prompts.items()}
     own = {}  # unpaired: each run's own prompt draw
-    ranks, meta, kept = [], [], []
+    ranks, meta, kept, predicted = [], [], [], []
     for (key, g), mine in zip(groups, members):
         setting = dict(zip(SETTING_KEYS, key))
         idx = g.index.to_numpy()
@@ -121,16 +124,22 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
         effect = effects[pool][:, [p["variants"].index(v) for v in variants], at]  # (B, V, M)
         values = np.stack([np.mean([values_run[i] for i in rows_v], 0) for rows_v in mine], 1) + effect
         ranks.append(_pareto(values, directions))
+        if new_runs is not None:  # one new seed's runs: the variants' means (point) + how far a new run lands
+            means = np.stack([point[rows_v].mean(0) for rows_v in mine])  # (V, M)
+            new = new_runs[pool][:, [p["variants"].index(v) for v in variants], at]
+            predicted.append(_pareto(means[None] + new, directions))
         kept.append(values)
         meta.append(setting)
     ranks = np.stack(ranks)  # (S, B, V)
     setting_df = pd.DataFrame(meta)
-    scores = {}
+    scores, new_seed = {}, {}
     for column in TABLE1_COLUMNS[1:]:
         sel = column_rows(setting_df.assign(_i=range(len(setting_df))), column)["_i"].to_numpy()
         if len(sel):
             scores[column] = ranks[sel].mean(0)
+            if predicted:
+                new_seed[column] = np.stack(predicted)[sel].mean(0)
     families = dict(zip(rows["variant"], rows["family"]))
     return Confidence(variants, scores, rank_table(df), {v: len(s) for v, s in seeds.items()}, prompts, setting_df,
                       np.stack(kept), tuple(names), families,
-                      level.components if level.measured else pd.DataFrame())
+                      level.components if level.measured else pd.DataFrame(), new_seed)

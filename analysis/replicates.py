@@ -33,6 +33,9 @@ class Confidence:
     # the pooled seed variance per data set, backbone, setting and metric (`analysis.seed_level.SeedLevel`); empty
     # with one seed per variant (the seed level is then absent)
     seed_variance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per column (B, V): replicates of the single-seed Table 1 that one new training seed of every variant would give
+    # (`analysis.seed_level.SeedLevel.draw_new_run`); empty with one seed per variant
+    new_seed: dict = field(default_factory=dict)
 
     def _settings_where(self, weights: str, cfg: float, steps: int | None = None) -> list[int]:
         s = self.settings
@@ -82,7 +85,8 @@ class Confidence:
     def places(self, column: str = "all", tau: int = 1) -> pd.DataFrame:
         """One column's places: variant, <column>, rank (the point place), rank_lo, rank_hi (its marginal 95%
         interval), sim_lo, sim_hi (the simultaneous 95% sets), best (in the 95% set of the tau-best), p_rank1,
-        p_top5; sorted by the column."""
+        p_top5, and with two seeds or more new_lo, new_hi (the 95% prediction interval of the place one new training
+        seed would give: a replication's single-seed table, not the seeds' mean); sorted by the column."""
         s, point = self.scores[column], self._point(column)
         pos = places(s)
         lo, hi = marginal_places(s)
@@ -90,6 +94,8 @@ class Confidence:
         out = pd.DataFrame({"variant": self.variants, column: point, "rank": places(point), "rank_lo": lo,
                             "rank_hi": hi, "sim_lo": sim_lo, "sim_hi": sim_hi, "best": tau_best(point, s, tau),
                             "p_rank1": (pos == 1).mean(0), "p_top5": (pos <= 5).mean(0)})
+        if column in self.new_seed:
+            out["new_lo"], out["new_hi"] = marginal_places(self.new_seed[column])
         return out.sort_values([column, "variant"], ignore_index=True)
 
     def table(self, column: str | None = None) -> pd.DataFrame:

@@ -98,8 +98,12 @@ class SeedLevel:
                 resid = dev[many] * np.sqrt(k[many] / (k[many] - 1))[:, None, None]
                 spread = (resid ** 2).mean(0)
                 scale = np.sqrt(np.divide(tau2, spread, out=np.zeros_like(tau2), where=spread > 0)) * small_sample(df)
+                new_spread = np.divide(between, spread, out=np.zeros_like(between), where=spread > 0)
+                new_scale = np.sqrt(np.maximum(new_spread, 0.0)) * small_sample(df)
+            else:
+                new_scale = None
             self.pools[pool] = {"settings": settings, "variants": variants, "k": {v: len(seeds[v]) for v in variants},
-                                "resid": resid, "scale": scale}
+                                "resid": resid, "scale": scale, "new_scale": new_scale}
             for a, setting in enumerate(settings):
                 for m, name in enumerate(self.metrics):
                     table.append({**dict(zip(POOL_KEYS, pool)), **dict(zip(RUN_SETTING, setting)), "metric": name,
@@ -122,5 +126,24 @@ class SeedLevel:
                 for j, v in enumerate(p["variants"]):
                     pick = rng.integers(0, len(p["resid"]), size=(b, p["k"][v]))
                     effect[:, j] = p["resid"][pick].mean(1) * p["scale"]
+            out[pool] = effect
+        return out
+
+    def draw_new_run(self, b: int, rng: np.random.Generator) -> dict[tuple, np.ndarray] | None:
+        """Per pool, (B, V, S, M): how far one new run of each variant (a new training seed, evaluated on the same
+        prompts and noise) lands from its variant's mean over the sweep's K seeds: the run's own deviation (a pooled
+        residual) plus the mean's (the mean of K residuals), scaled per setting and metric to the between-run
+        variance (`between`: tau^2 and the unshared sampling part, which a new run has too, so (1 + 1 / K) between in
+        all) and widened by t_df / z. A run-level residual keeps a seed's settings and metrics together. None where
+        a pool has no measured seed variance (one seed there: nothing says how far a new seed lands)."""
+        if any(p["resid"] is None for p in self.pools.values()):
+            return None
+        out = {}
+        for pool, p in self.pools.items():
+            effect = np.zeros((b, len(p["variants"]), len(p["settings"]), len(self.metrics)))
+            for j, v in enumerate(p["variants"]):
+                one = p["resid"][rng.integers(0, len(p["resid"]), size=b)]
+                mean = p["resid"][rng.integers(0, len(p["resid"]), size=(b, p["k"][v]))].mean(1)
+                effect[:, j] = (one + mean) * p["new_scale"]
             out[pool] = effect
         return out

@@ -76,6 +76,11 @@ CONFIDENCE_LEGEND = (
     "pairwise differences of averaged ranks, stepdown, Mogstad et al. 2024); * in the 95% set of the variants that "
     "can be the best (tau-best, tau = 1: it holds every true best at once). The 5- and 50-step columns likewise.")
 
+NEW_SEED_HEADING = "new seed [95%]"
+NEW_SEED_LEGEND = (
+    "new seed [a-b]: the 95% prediction interval of the place one new training seed of every variant would give in "
+    "its own single-seed table (a replication), from the seeds' means and the pooled between-run variance.")
+
 
 def confidence_columns(confidence: pd.DataFrame) -> list[str]:
     """The columns of a `Confidence.table()` that Table 1's CSV and W&B table carry: CONFIDENCE_COLUMNS, then each
@@ -112,6 +117,10 @@ def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | 
         rows = [row + [_place_cell(r), f"{r['p_rank1']:.2f}", f"{r['p_top5']:.2f}"]
                 + [_place_cell(r, f"{k} ") for k in others] for row, r in zip(rows, c.to_dict("records"))]
         legend = [CONFIDENCE_LEGEND]
+        if "new_lo" in cols:
+            header.append(NEW_SEED_HEADING)
+            rows = [row + [f"[{int(r['new_lo'])}-{int(r['new_hi'])}]"] for row, r in zip(rows, c.to_dict("records"))]
+            legend.append(NEW_SEED_LEGEND)
     t.to_csv(out / "table1.csv", index=False, float_format="%.3f")
     (out / "table1.md").write_text(_markdown(header, rows, missing) + "".join(f"\n{line}\n" for line in legend))
     tex_rows = [[_tex_escape(x) for x in r] for r in rows]

@@ -17,6 +17,7 @@ from analysis.commands.options import (
     add_also,
     add_bootstrap,
     add_out,
+    add_rank_by,
     add_weights,
 )
 from rfsweep.metrics import METRICS
@@ -35,6 +36,7 @@ def _rank_table(sub) -> None:
     r = _command(sub, "rank-table", "rank_table:run", help="Table 1, Table 2 and Fig. 3 of a sweep")
     r.add_argument("--results", help="sweep directory or results CSV (default: latest sweep under multirun/)")
     add_out(r, OUT_HELP)
+    add_rank_by(r)
     r.add_argument("--allow-incomplete", action="store_true", help="rank even if runs/settings are missing")
     add_weights(r, "rank only these weights (default: both)")
     r.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,

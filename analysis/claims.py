@@ -1,18 +1,21 @@
 """Tests of claims read from the bootstrap's replicates and from the results: "A is better than B" (`compare`, Holm
 over the claims), Spearman correlations of two Tables 1 with their intervals (`correlation_interval`,
-`inside_intervals`), and Friedman's test with Nemenyi's post-hoc test and the critical-difference diagram."""
+`inside_intervals`; two sweeps that share prompts and noise are bootstrapped on one prompt draw: `shared_prompts`,
+`paired_bootstraps`), and Friedman's test over the data set x backbone blocks with Iman and Davenport's F, pairwise
+Wilcoxon signed-rank tests with Holm's correction and the critical-difference diagram (Demsar 2006, JMLR 7)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.stats import friedmanchisquare, rankdata
+from scipy.stats import f, friedmanchisquare, rankdata, wilcoxon
 from statsmodels.stats.multitest import multipletests
 
 from analysis.rank_sets import LEVEL
-from analysis.ranking import SETTING_KEYS, pareto_ranks
+from analysis.ranking import setting_ranks
 from analysis.replicates import Confidence
 from rfsweep.metrics import METRICS
 from rfsweep.results import REAL
@@ -25,10 +28,31 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
 
 
+def _samples(df: pd.DataFrame, banks: dict) -> dict[str, set]:
+    """Per data set, the distinct (prompt indices, noise seeds) of its runs' samples, setting by setting."""
+    rows = df[df["weights"] != REAL]
+    out: dict[str, set] = {}
+    for run, ds in rows.drop_duplicates("run_dir")[["run_dir", "dataset"]].itertuples(index=False):
+        for e in banks[str(run)].settings.values():
+            out.setdefault(ds, set()).add((e.prompt.numpy().tobytes(), e.noise_seed.numpy().tobytes()))
+    return out
+
+
+def shared_prompts(a: pd.DataFrame, banks_a: dict, b: pd.DataFrame, banks_b: dict) -> bool:
+    """Whether two sweeps can share a bootstrap prompt draw: they have a data set in common and, in every common
+    data set, every run of both was evaluated on the same samples (the same prompt index and noise seed for sample
+    i, so the same prompt count). Then bootstrapping both with one seed (`analysis.confidence.prompt_draws`: a draw
+    depends on the data set, prompt count, B and seed alone) pairs their replicates."""
+    sa, sb = _samples(a, banks_a), _samples(b, banks_b)
+    common = set(sa) & set(sb)
+    return bool(common) and all(len(sa[ds] | sb[ds]) == 1 for ds in common)
+
+
 def correlation_interval(conf: Confidence, other, column: str = "all") -> tuple[float, float, int]:
     """The 95% bootstrap interval of Spearman's rho between Table 1's `column` and `other`'s: a published table
-    (variant, column), fixed, or another sweep's `Confidence` (its replicates drawn independently); over the common
-    variants. Returns (lo, hi, common variants)."""
+    (variant, column), fixed, or another sweep's `Confidence`, replicate b against its replicate b (paired when both
+    were bootstrapped on one prompt draw, `shared_prompts`; else independent); over the common variants. Returns
+    (lo, hi, common variants)."""
     mine = pd.DataFrame(conf.scores[column].T, index=conf.variants)
     if isinstance(other, Confidence):
         theirs = pd.DataFrame(other.scores[column].T, index=other.variants)
@@ -48,7 +72,7 @@ def correlation_interval(conf: Confidence, other, column: str = "all") -> tuple[
     point = float(_spearman_rows(point_x, point_y)[0])
     q = (1 - LEVEL) / 2  # the basic interval: replicate ranks are noisier than the point's, which pulls rho* to 0
     lo, hi = 2 * point - np.quantile(rho, 1 - q), 2 * point - np.quantile(rho, q)
-    return float(max(-1.0, lo)), float(min(1.0, hi)), len(common)
+    return float(np.clip(lo, -1.0, 1.0)), float(np.clip(hi, -1.0, 1.0)), len(common)
 
 
 def inside_intervals(conf: Confidence, published: pd.DataFrame, column: str = "all") -> tuple[int, int]:
@@ -91,36 +115,101 @@ def compare(conf: Confidence, claims: list[tuple[str, str]], column: str = "all"
 
 
 def block_ranks(df: pd.DataFrame) -> pd.DataFrame:
-    """(blocks x variants): each variant's Pareto rank averaged over the sampler settings of one independent block, a
-    data set and training seed (the settings of one block rank the same trained networks: they are not independent)."""
-    names = list(METRICS)
-    directions = [METRICS[n].direction for n in names]
-    rows = df[df["weights"] != REAL]
-    parts = [g.assign(rank=pareto_ranks(g[names].to_numpy(), directions))
-             for _, g in rows.groupby([*SETTING_KEYS, "seed"])]
-    ranked = pd.concat(parts, ignore_index=True)
-    return ranked.pivot_table(index=["dataset", "backbone", "seed"], columns="variant", values="rank", aggfunc="mean")
+    """(blocks x variants): each variant's Pareto rank in each sampler setting, averaged over the settings of one
+    block, a data set and backbone. The rank per setting is Table 1's (`analysis.ranking.setting_ranks`: each
+    variant's metrics averaged over its training seeds first, then non-dominated sorting), so the blocks average to
+    Table 1's `all` column. Seeds are not blocks: the seeds of one data set share its prompts and noise, and the
+    settings of one block rank the same trained networks; only data sets (and backbones) are taken as independent."""
+    r = setting_ranks(df)
+    return r.pivot_table(index=["dataset", "backbone"], columns="variant", values="rank", aggfunc="mean")
 
 
-def friedman(df: pd.DataFrame) -> tuple[float, float, pd.Series, pd.DataFrame]:
-    """Friedman's test (scipy) over independent blocks (`block_ranks`: data set x training seed), the variants' mean
-    ranks and Nemenyi's post-hoc p-values (scikit-posthocs): (statistic, p, mean ranks, p-values)."""
-    import scikit_posthocs as sp  # deferred: scikit-posthocs loads matplotlib and seaborn; only for Friedman's test
+class FriedmanTest(NamedTuple):
+    """`friedman`'s answer: Friedman's chi2 (scipy, corrected for ties) and its p, Iman and Davenport's F and its p,
+    the variants' mean ranks over the blocks (1 = best), the Holm-corrected pairwise p-values (`pairwise_wilcoxon`),
+    the number of blocks N and `floor`, the smallest two-sided p N blocks permit a pair (`wilcoxon_floor`)."""
 
-    r = block_ranks(df)
+    chi2: float
+    p: float
+    f: float
+    p_f: float
+    mean_ranks: pd.Series
+    pvalues: pd.DataFrame
+    blocks: int
+    floor: float
+
+    def separated(self, alpha: float = 0.05) -> tuple[int, int]:
+        """(pairs whose Holm-corrected p is below `alpha`, pairs)."""
+        k = len(self.pvalues)
+        upper = self.pvalues.to_numpy()[np.triu_indices(k, 1)]
+        return int((upper < alpha).sum()), len(upper)
+
+
+def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
+    """Iman and Davenport's F_F = (N - 1) chi2 / (N (k - 1) - chi2) of Friedman's chi2 over N blocks and k variants,
+    and its p from the F distribution with (k - 1, (k - 1)(N - 1)) degrees of freedom (Demsar 2006, Sec. 3.2.2: less
+    conservative than chi2's approximation). Infinite F (p = 0) where every block ranks the variants alike."""
+    denom = n * (k - 1) - chi2
+    if denom <= 0:
+        return float("inf"), 0.0
+    stat = (n - 1) * chi2 / denom
+    return float(stat), float(f.sf(stat, k - 1, (k - 1) * (n - 1)))
+
+
+def wilcoxon_floor(n: int) -> float:
+    """The smallest two-sided p of an exact signed-rank (or sign) test over n paired blocks: 2 / 2^n, every
+    difference of one sign (0.5 with two blocks: nothing can be separated)."""
+    return 2.0 ** (1 - n)
+
+
+def _paired_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p of Wilcoxon's signed-rank test of x - y over the blocks (scipy, zeros dropped: exact without
+    ties, an exact sign-flip permutation with ties up to 13 blocks, the normal approximation beyond). Where it is
+    undefined, with no non-zero difference (scipy's approximation gives NaN), the sign test's: 1, nothing against
+    the null."""
+    if not np.any(x != y):
+        return 1.0
+    return float(wilcoxon(x, y, zero_method="wilcox").pvalue)
+
+
+def pairwise_wilcoxon(r: pd.DataFrame) -> pd.DataFrame:
+    """(variants x variants) two-sided p-values of paired Wilcoxon signed-rank tests over the blocks (rows of `r`),
+    Holm-corrected over the k (k - 1) / 2 pairs (as scikit-posthocs' posthoc_wilcoxon(..., p_adjust="holm")); 1 on
+    the diagonal. Over N blocks no p is below `wilcoxon_floor(N)`, no Holm-corrected one below k (k - 1) / 2 times
+    it (Holm's first step). Replaces Nemenyi's test, whose normal approximation needs many blocks."""
+    x = r.to_numpy(np.float64)
+    k = x.shape[1]
+    i, j = np.triu_indices(k, 1)
+    p = np.ones((k, k))
+    if len(i):
+        raw = np.array([_paired_p(x[:, a], x[:, b]) for a, b in zip(i, j)])
+        p[i, j] = p[j, i] = multipletests(raw, method="holm")[1]
+    return pd.DataFrame(p, index=r.columns, columns=r.columns)
+
+
+def friedman_blocks(r: pd.DataFrame) -> FriedmanTest:
+    """`FriedmanTest` of a (blocks x variants) table of scores, lower better (`block_ranks`): Friedman's test over
+    the blocks (scipy), Iman and Davenport's F, the mean within-block ranks, and `pairwise_wilcoxon`. Refused
+    (ValueError, one line) with a missing cell, fewer than 3 variants or fewer than 2 blocks."""
     if r.isna().any().any() or r.shape[1] < 3 or r.shape[0] < 2:
-        raise ValueError(f"the Friedman test needs every variant in every block (data set x seed), at least 3 "
+        raise ValueError(f"the Friedman test needs every variant in every block (data set x backbone), at least 3 "
                          f"variants and 2 blocks (got {r.shape[1]} variants, {r.shape[0]} blocks, complete: "
                          f"{not r.isna().any().any()})")
-    stat, p = friedmanchisquare(*[r[c].to_numpy() for c in r.columns])
-    mean_ranks = r.rank(axis=1).mean()
-    return float(stat), float(p), mean_ranks, sp.posthoc_nemenyi_friedman(r.to_numpy()).set_axis(
-        r.columns, axis=0).set_axis(r.columns, axis=1)
+    n, k = r.shape
+    chi2, p = friedmanchisquare(*[r[c].to_numpy() for c in r.columns])
+    stat, p_f = iman_davenport(float(chi2), n, k)
+    return FriedmanTest(float(chi2), float(p), stat, p_f, r.rank(axis=1).mean(), pairwise_wilcoxon(r), n,
+                        wilcoxon_floor(n))
+
+
+def friedman(df: pd.DataFrame) -> FriedmanTest:
+    """`friedman_blocks` of the results' `block_ranks` (data set x backbone blocks)."""
+    return friedman_blocks(block_ranks(df))
 
 
 def cd_diagram(mean_ranks: pd.Series, pvalues: pd.DataFrame, path: str | Path) -> Path:
-    """The critical-difference diagram (scikit-posthocs): variants on the mean-rank axis, bars joining the ones
-    Nemenyi's test does not separate at 5%."""
+    """The critical-difference diagram (scikit-posthocs): variants on the mean-rank axis, bars joining the ones the
+    pairwise p-values (`pairwise_wilcoxon`: Wilcoxon signed-rank over the blocks, Holm) do not separate at 5%."""
     import matplotlib  # deferred: matplotlib (~0.5 s), scikit-posthocs and analysis.figures, only for the diagram
 
     matplotlib.use("Agg")
@@ -132,5 +221,5 @@ def cd_diagram(mean_ranks: pd.Series, pvalues: pd.DataFrame, path: str | Path) -
     fig, ax = plt.subplots(figsize=(10, 0.2 * len(mean_ranks) + 2))
     sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, label_fmt_left="{label} ({rank:.1f})  ",
                                    label_fmt_right="  ({rank:.1f}) {label}", text_h_margin=0.3)
-    ax.set_title("Mean rank over the ranking settings (Friedman; bars: not separated by Nemenyi at 5%)")
+    ax.set_title("Mean rank over the blocks (Friedman; bars: not separated by Wilcoxon-Holm at 5%)")
     return save_figure(fig, path)

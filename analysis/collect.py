@@ -17,6 +17,7 @@ from rfsweep.results import (
     check_one_evaluator,
     columns,
     read_results,
+    unranked_metrics,
     validate_rows,
 )
 from rfsweep.runfolder import config_changes, flatten, read_config
@@ -48,7 +49,7 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     ``manifest.json`` at its root if present) or a single CSV file of schema rows (no manifest)."""
     source = Path(source)
     if source.is_file():
-        return check_one_evaluator(read_results(source), str(source)), None
+        return _filled(check_one_evaluator(read_results(source), str(source))), None
     if not source.is_dir():
         raise ResultsError(f"{source}: no such results file or sweep directory")
     manifest_path = source / MANIFEST_FILE
@@ -64,7 +65,17 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     # where each row was read: its run's evidence bank lies beside it, wherever the sweep was moved since
     out[RESULTS_DIR] = [str(f.parent) for f, frame in zip(files, frames) for _ in range(len(frame))]
     check_distinct_runs(out)
-    return out, manifest
+    return _filled(out), manifest
+
+
+def _filled(df: pd.DataFrame) -> pd.DataFrame:
+    """The metrics older results lack (`rfsweep.results.unranked_metrics`, NaN there) filled from the runs' evidence
+    banks where they match (`analysis.evidence.fill_from_banks`)."""
+    if not df[[m for m in unranked_metrics() if m in df]].isna().any().any():
+        return df
+    from analysis.evidence import fill_from_banks  # deferred: torch and safetensors, only for older results
+
+    return fill_from_banks(df)
 
 
 def config_difference(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:

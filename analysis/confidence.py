@@ -31,7 +31,7 @@ from analysis.rank_sets import LEVEL
 from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_table
 from analysis.replicates import Confidence
 from analysis.seed_level import POOL_KEYS, RUN_SETTING, SeedLevel
-from rfsweep.metrics import METRICS
+from rfsweep.metrics import METRICS, ranked_names
 
 __all__ = ["LEVEL", "RESAMPLERS", "Confidence", "block_ranks", "bootstrap", "cd_diagram", "compare",
            "correlation_interval", "fid_influence", "friedman", "inside_intervals", "load_banks", "missing_banks",
@@ -76,7 +76,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
     banks = load_banks(df) if banks is None else banks
     rows, prompts, infl, counts = influence_by_prompt(df, banks)
     rng = np.random.default_rng(seed)
-    names = list(METRICS)
+    names = list(ranked_names())
     directions = [METRICS[n].direction for n in names]
     variants = sorted(set(rows["variant"]))
     seeds = {v: sorted(set(g["seed"])) for v, g in rows.groupby("variant")}

@@ -17,8 +17,8 @@ import pandas as pd
 from analysis.collect import RESULTS_DIR
 from analysis.ranking import PANEL_KEYS, backbone_labels, panels
 from rfsweep.evaluation.bank import EvidenceBank, SampleEvidence, setting_key
-from rfsweep.evaluation.statistics import feature_stats, frechet_distance
-from rfsweep.metrics import METRICS
+from rfsweep.evaluation.statistics import feature_stats
+from rfsweep.metrics import METRICS, Evidence
 from rfsweep.results import REAL, posthoc_sigma_rel
 
 SELECT_DEFAULT = "fid"
@@ -34,14 +34,13 @@ def _subset(e: SampleEvidence, keep: np.ndarray) -> SampleEvidence:
     return SampleEvidence(e.features[k], e.similarity[k], e.prompt[k], e.noise_seed[k])
 
 
-def metrics_of(e: SampleEvidence, reference: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
-    """CLIP score and FID of a setting's samples from its evidence (the bank keeps both inputs)."""
-    unknown = [m for m in METRICS if m not in ("clip_score", "fid")]
-    if unknown:
-        raise ValueError(f"metrics {unknown} cannot be recomputed from an evidence bank (allowed: clip_score, fid)")
-    mu, sigma = feature_stats(e.features.float().numpy())
-    return {"clip_score": float(e.similarity.double().mean()),
-            "fid": float(frechet_distance(mu, sigma, *reference))}
+def metrics_of(e: SampleEvidence, reference: tuple, names=None) -> dict[str, float]:
+    """The registered metrics (or `names`) of a setting's samples from its evidence (the bank keeps their inputs): the
+    CLIP score from the similarities, the others by their `compute` on the features against the reference
+    (mu, sigma, the reference images' features)."""
+    evidence = Evidence(e.features.float(), None, *reference)
+    return {m: float(e.similarity.double().mean()) if m == "clip_score" else float(METRICS[m].compute(evidence))
+            for m in (names or METRICS)}
 
 
 def halves(e: SampleEvidence) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +73,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
                 for r in df[df["weights"] == "ema"].to_dict("records")}
     for run, part in post.groupby("run_dir", sort=False):
         bank = banks[run]
-        reference = feature_stats(bank.reference.float().numpy())
+        reference = (*feature_stats(bank.reference.float().numpy()), bank.reference)
         chosen_by = select or (run_select(part[RESULTS_DIR].iloc[0]) if RESULTS_DIR in part else SELECT_DEFAULT)
         better = max if METRICS[chosen_by].direction == "max" else min
         b_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
@@ -84,7 +83,8 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
             for _, row in setting.iterrows():
                 e = bank.settings[setting_key(row["weights"], steps, cfg)]
                 choose, report = halves(e)
-                scored.append((metrics_of(_subset(e, choose), reference)[chosen_by], row, _subset(e, report)))
+                value = metrics_of(_subset(e, choose), reference, [chosen_by])[chosen_by]
+                scored.append((value, row, _subset(e, report)))
             value, row, shown = better(scored, key=lambda x: x[0])
             best.append({**row.to_dict(), **metrics_of(shown, reference), "weights": "ema",
                          "n_samples": len(shown.prompt), "sigma_rel": posthoc_sigma_rel(row["weights"]),
@@ -109,7 +109,7 @@ def length_curves(df: pd.DataFrame) -> pd.DataFrame:
     post = df[posthoc_rows(df)].assign(sigma_rel=lambda d: d["weights"].map(posthoc_sigma_rel))
     post = post.assign(backbone=backbone_labels(post["backbone"]))
     keys = [*PANEL_KEYS, "family", "steps", "cfg", "sigma_rel"]
-    return post.groupby(keys)[list(METRICS)].median().reset_index()
+    return post.groupby(keys)[[m for m in METRICS if m in post]].median().reset_index()
 
 
 def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: float = 5.0) -> Path:
@@ -121,7 +121,7 @@ def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: fl
     import matplotlib.pyplot as plt
 
     at = curves[(curves["steps"] == steps) & (curves["cfg"] == cfg)]
-    groups, metrics = sorted(panels(at.assign(weights="ema"))), list(METRICS)
+    groups, metrics = sorted(panels(at.assign(weights="ema"))), [m for m in METRICS if m in at and at[m].notna().any()]
     fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.2 * len(groups), 3.2 * len(metrics)),
                              squeeze=False)
     for j, (ds, bb, name) in enumerate(groups):

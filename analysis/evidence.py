@@ -3,9 +3,10 @@ bank that matches their results, and each results row's per-prompt influence on 
 
 A metric is resampled through its first-order expansion in the samples' weights (`RESAMPLERS`): exact for the CLIP
 score (a mean), the delta method for FID (the derivative of the Frechet distance of the weighted feature statistics,
-`fid_influence`). The expansion leaves out the upward bias that duplicated samples give a resampled FID; that bias
-grows with a run's covariance mismatch, so it is not the same for every variant (Chong & Forsyth 2020: FID_N =
-FID_inf + k / N with a k of each generator).
+`fid_influence`) and for KID and CMMD (the derivative of the weighted U-statistic, `mmd2_influence`). The expansion
+leaves out the upward bias that duplicated samples give a resampled FID; that bias grows with a run's covariance
+mismatch, so it is not the same for every variant (Chong & Forsyth 2020: FID_N = FID_inf + k / N with a k of each
+generator). `fill_from_banks` computes from the banks the metrics that results written before them lack.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ import numpy as np
 import pandas as pd
 
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank, SampleEvidence, setting_key
-from rfsweep.evaluation.statistics import _psd_sqrt, feature_stats
-from rfsweep.metrics import METRICS
+from rfsweep.evaluation.statistics import (
+    CMMD_SCALE,
+    _psd_sqrt,
+    feature_stats,
+    gaussian_kernel,
+    mmd2_influence,
+    polynomial_kernel,
+)
+from rfsweep.metrics import METRICS, Evidence, ranked_names
 from rfsweep.results import REAL
 
 
@@ -47,12 +55,20 @@ def _clip(e: SampleEvidence, reference) -> np.ndarray:
 
 
 def _fid(e: SampleEvidence, reference) -> np.ndarray:
-    mu_r, _, r = reference
+    mu_r, _, r, _ = reference
     return fid_influence(e.features.float().numpy(), mu_r, sigma_r_sqrt=r)
 
 
-# metric name -> (sample evidence, reference (mu, sigma, sigma^1/2)) -> the influence of each sample on its value
-RESAMPLERS = {"clip_score": _clip, "fid": _fid}
+def _kid(e: SampleEvidence, reference) -> np.ndarray:
+    return mmd2_influence(e.features, reference[3], polynomial_kernel)
+
+
+def _cmmd(e: SampleEvidence, reference) -> np.ndarray:
+    return CMMD_SCALE * mmd2_influence(e.features, reference[3], gaussian_kernel)
+
+
+# metric name -> (sample evidence, reference (mu, sigma, sigma^1/2, features)) -> each sample's influence on its value
+RESAMPLERS = {"clip_score": _clip, "fid": _fid, "kid": _kid, "cmmd": _cmmd}
 
 
 def _bank_paths(df: pd.DataFrame) -> dict[str, Path]:
@@ -94,8 +110,10 @@ def load_banks(df: pd.DataFrame) -> dict[str, EvidenceBank]:
 def influence_by_prompt(df: pd.DataFrame, banks: dict):
     """(rows, prompts per data set, influence, counts): per results row (its point values are the row's), each
     metric's influence summed per prompt (P,) and the samples per prompt (P,). A prompt draw with counts c (P,) moves
-    a row's metric by c . influence / c . counts, exactly for the CLIP score and to first order for FID."""
-    unknown = [m for m in METRICS if m not in RESAMPLERS]
+    a row's metric by c . influence / c . counts, exactly for the CLIP score and to first order for the others. The
+    metrics are those the ranking uses (`rfsweep.metrics.ranked_names`)."""
+    names = ranked_names()
+    unknown = [m for m in names if m not in RESAMPLERS]
     if unknown:
         raise ValueError(f"metrics {unknown} have no bootstrap (allowed: a RESAMPLERS entry in analysis.evidence)")
     rows = df[df["weights"] != REAL].reset_index(drop=True).copy()
@@ -111,7 +129,7 @@ def influence_by_prompt(df: pd.DataFrame, banks: dict):
                              f"({sorted(seen)}: (samples, prompts)); the paired bootstrap needs the same ones "
                              f"(allowed: one eval.n_samples per data set)")
         prompts[ds] = next(iter(seen))[1]
-    infl = {m: [] for m in METRICS}
+    infl = {m: [] for m in names}
     counts, refs = [], {}
     for run, weights, steps, cfg, ds in zip(rows["run_dir"], rows["weights"], rows["steps"], rows["cfg"],
                                             rows["dataset"]):
@@ -119,9 +137,34 @@ def influence_by_prompt(df: pd.DataFrame, banks: dict):
         e = bank.settings[setting_key(weights, steps, cfg)]
         if run not in refs:
             mu_r, sigma_r = feature_stats(bank.reference.float().numpy())
-            refs[run] = (mu_r, sigma_r, _psd_sqrt(sigma_r))
+            refs[run] = (mu_r, sigma_r, _psd_sqrt(sigma_r) if "fid" in names else None, bank.reference)
         p = e.prompt.numpy()
         counts.append(np.bincount(p, minlength=prompts[ds]).astype(np.float64))
-        for m in METRICS:
+        for m in names:
             infl[m].append(np.bincount(p, weights=RESAMPLERS[m](e, refs[run]), minlength=prompts[ds]))
     return rows, prompts, infl, counts
+
+
+def fill_from_banks(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the metrics its rows lack (NaN: results written before the metric was registered, e.g. KID and CMMD)
+    computed from each run's evidence bank where it matches the run's rows (`missing_banks`): the metric's `compute`
+    on the bank's fp16 features of the samples and of the reference images. Elsewhere they stay NaN (the ranking
+    refuses them by name: `analysis.ranking.ranked_metrics`)."""
+    names = [m for m in METRICS if m in df.columns]
+    gap = (df["weights"] != REAL) & df[names].isna().any(axis=1)
+    if not gap.any() or "evaluator" not in df.columns:  # no evaluator recorded: no bank can match
+        return df
+    banks: dict = {}
+    missing_banks(df[df["run_dir"].isin(set(df.loc[gap, "run_dir"]))], banks)
+    out, refs = df.copy(), {}
+    for i in df.index[gap & df["run_dir"].astype(str).isin(banks)]:
+        run = str(df.at[i, "run_dir"])
+        bank = banks[run]
+        if run not in refs:
+            refs[run] = feature_stats(bank.reference)
+        e = bank.settings[setting_key(df.at[i, "weights"], df.at[i, "steps"], df.at[i, "cfg"])]
+        evidence = Evidence(e.features, None, *refs[run], bank.reference)
+        for m in names:
+            if pd.isna(df.at[i, m]):
+                out.at[i, m] = float(METRICS[m].compute(evidence))
+    return out

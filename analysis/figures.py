@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.ranking import PANEL_KEYS, backbone_labels, panels  # noqa: E402
 from rfsweep.formulations.variants import FAMILIES  # noqa: E402
-from rfsweep.metrics import METRICS  # noqa: E402
+from rfsweep.metrics import METRICS, ranked_names  # noqa: E402
 from rfsweep.results import REAL  # noqa: E402
 
 PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -35,22 +35,28 @@ def _points(df: pd.DataFrame, cfg: float, weights: str) -> pd.DataFrame:
     steps, data sets in the order the rows give them."""
     sel = df[(df["weights"] == weights) & ((df["cfg"] - cfg).abs() < 1e-9)]
     sel = sel.assign(backbone=backbone_labels(sel["backbone"]))
-    pts = sel.groupby([*PANEL_KEYS, "family", "variant", "steps"], as_index=False)[[m.name for m in METRICS.values()]]
+    names = [m for m in METRICS if m in sel]
+    pts = sel.groupby([*PANEL_KEYS, "family", "variant", "steps"], as_index=False)[names]
     order = {d: i for i, d in enumerate(dict.fromkeys(sel["dataset"]))}
     return pts.mean().sort_values("dataset", key=lambda c: c.map(order), kind="stable")
+
+
+def _drawn() -> list:
+    """Fig. 3's metrics: those the ranking uses (`rfsweep.metrics.ranked_names`; the paper's CLIP score and FID)."""
+    return [METRICS[n] for n in ranked_names()]
 
 
 def fig3(df: pd.DataFrame, path: str | Path, cfg: float = 5.0, weights: str = "ema",
          bands: pd.DataFrame | None = None) -> Path | None:
     """Save Fig. 3 to ``path``: per panel (a data set, or data set and backbone: `analysis.ranking.panels`) one plot
-    per registered metric against the sampling steps present at ``cfg``; each variant a thin line in its family's
-    colour, each family's median bold (with its 95% band from `bands`, `Confidence.family_bands`), and the reference
-    (real images) as a dashed line when the evaluation wrote one.
+    per metric the ranking uses (`_drawn`) against the sampling steps present at ``cfg``; each variant a thin line in
+    its family's colour, each family's median bold (with its 95% band from `bands`, `Confidence.family_bands`), and the
+    reference (real images) as a dashed line when the evaluation wrote one.
     Returns None (and writes nothing) when no row matches."""
     pts = _points(df, cfg, weights)
     if pts.empty:
         return None
-    metrics = sorted(METRICS.values(), key=lambda m: m.direction)  # FID first, as the paper draws it
+    metrics = sorted(_drawn(), key=lambda m: m.direction)  # FID first, as the paper draws it
     colors = family_colors(tuple(dict.fromkeys([*FAMILIES, *pts["family"]])))  # every family drawn, or an error
     groups = panels(pts.assign(weights=weights))
     steps = sorted(pts["steps"].unique())
@@ -92,7 +98,7 @@ def fig3_degradation(df: pd.DataFrame, cfg: float = 5.0, weights: str = "ema") -
     it as the figure does."""
     pts = _points(df, cfg, weights)
     rows = []
-    for m in METRICS.values():
+    for m in _drawn():
         med = pts.groupby([*PANEL_KEYS, "family", "steps"])[m.name].median()
         for (ds, bb, fam), s in med.groupby(level=[*PANEL_KEYS, "family"]):
             s = s.droplevel([*PANEL_KEYS, "family"])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from rfsweep.metrics import METRICS
+from rfsweep.metrics import METRICS, ranked_names
 from rfsweep.results import REAL
 
 # A setting is one (dataset, weights, steps, cfg) cell; backbone is part of it so that a sweep over
@@ -33,7 +33,7 @@ def panels(df: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def pareto_ranks(values, directions) -> np.ndarray:
-    """Non-dominated sorting over any number of objectives (Sec. 5.1: CLIP score up, FID down).
+    """Non-dominated sorting over any number of objectives (Sec. 5.1: CLIP score up, FID down; `ranked_metrics`).
 
     ``values``: (N, M), one column per objective; ``directions``: M of "max" / "min". ``a`` dominates ``b`` if
     it is at least as good in every objective and better in one; rank 1 is the Pareto set, which is removed
@@ -61,13 +61,29 @@ def pareto_ranks(values, directions) -> np.ndarray:
     return ranks
 
 
+def ranked_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics the ranking uses (`rfsweep.metrics.ranked_names`); a ranked row without a value of one (results
+    written before the metric was registered, with no evidence bank to compute it from) is refused in one line
+    naming the metric and the runs."""
+    names = list(ranked_names())
+    rows = df[df["weights"] != REAL]
+    for m in names:
+        lacking = sorted(set(rows.loc[rows[m].isna() if m in rows else slice(None), "run_dir"].astype(str)))
+        if lacking:
+            raise ValueError(f"cannot rank by {m}: {len(lacking)} runs have no {m} value and no evidence bank to "
+                             f"compute it from (e.g. {', '.join(lacking[:3])}); rank by others (--rank-by) or rerun "
+                             f"their evaluation (stage=evaluate)")
+    return names
+
+
 def setting_ranks(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, variant) with its Pareto ``rank`` in that setting over every registered metric.
-    Rows of one variant in one setting (several seeds) are averaged first; reference rows are dropped."""
-    names = list(METRICS)
+    """One row per (setting, variant) with its Pareto ``rank`` in that setting over the ranking's metrics
+    (`ranked_metrics`), and the means of every registered metric. Rows of one variant in one setting (several seeds)
+    are averaged first; reference rows are dropped."""
+    names = ranked_metrics(df)
     directions = [METRICS[n].direction for n in names]
     df = df[df["weights"] != REAL]
-    pts = df.groupby(SETTING_KEYS + ["variant"], as_index=False)[names].mean()
+    pts = df.groupby(SETTING_KEYS + ["variant"], as_index=False)[[m for m in METRICS if m in df]].mean()
     parts = [g.assign(rank=pareto_ranks(g[names].to_numpy(), directions)) for _, g in pts.groupby(SETTING_KEYS)]
     return pd.concat(parts, ignore_index=True) if parts else pts.assign(rank=pd.Series(dtype=int))
 
@@ -118,7 +134,7 @@ def metric_agreement(df: pd.DataFrame, table: pd.DataFrame, column: str = "all")
     ref = table.set_index("variant")[column].dropna()
     rows = []
     for ds, part in r.groupby("dataset", sort=False):
-        for name in ["rank", *METRICS]:
+        for name in ["rank", *(m for m in METRICS if m in part)]:
             sign = -1.0 if name != "rank" and METRICS[name].direction == "max" else 1.0
             rhos = []
             for _, g in part.groupby(SETTING_KEYS):

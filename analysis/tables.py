@@ -130,8 +130,9 @@ def write_table1(table: pd.DataFrame, out_dir: str | Path, missing: list[str] | 
 
 def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "ema",
            order: list[str] | None = None) -> pd.DataFrame:
-    """Table 2: every registered metric per panel (a data set, or data set and backbone when the rows hold several
-    backbones: `analysis.ranking.panels`) at one sampler setting, with ``<col> place`` columns.
+    """Table 2: every registered metric the rows hold (KID and CMMD where results or banks give them) per panel (a
+    data set, or data set and backbone when the rows hold several backbones: `analysis.ranking.panels`) at one sampler
+    setting, with ``<col> place`` columns.
 
     Several rows of one variant (seeds) are averaged. Rows follow ``order`` (e.g. Table 1's), else variant
     name; the reference row, when the evaluation wrote one, comes last (its values are the data set's).
@@ -139,7 +140,8 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     sel = df[(df["weights"] == weights) & (df["steps"] == steps) & ((df["cfg"] - cfg).abs() < 1e-9)]
     if sel.empty:
         return pd.DataFrame({"variant": []})
-    metrics = [m.name for m in METRICS.values()]
+    shown = [m for m in METRICS.values() if m.name in sel and sel[m.name].notna().any()]  # older results lack some
+    metrics = [m.name for m in shown]
     sel = sel.assign(backbone=backbone_labels(sel["backbone"]))
     groups = panels(sel)
     wide = sel.groupby(["variant", "dataset", "backbone"])[metrics].mean()
@@ -153,7 +155,7 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
         cell = wide.xs((ds, bb), level=["dataset", "backbone"]).reindex(names)
         if ds in real.index:
             cell.loc[REAL_VARIANT] = real.loc[ds]
-        for m in METRICS.values():
+        for m in shown:
             col = f"{name} {m.heading}"
             vals = cell[m.name].to_numpy()
             out[col] = vals

@@ -1,15 +1,21 @@
-"""The study's metrics, in one registry (Sec. 5.1: CLIP score and FID).
+"""The study's metrics, in one registry (Sec. 5.1: CLIP score and FID; KID and CMMD beside them).
 
 The contract: a `Metric` has a name (its results column), a direction (which way is better: the ranking's
 non-dominated sorting, Table 2's places and Fig. 3 follow it), a label for tables and figures, and
 `compute(evidence)` from what one evaluated sampler setting leaves (`Evidence`: the evaluator's image features of the
-samples, the text features of their prompts, the reference images' statistics). Adding a metric is one
+samples, the text features of their prompts, the reference images' statistics and features). Adding a metric is one
 `register(Metric(...))` here: evaluation computes it, the results schema gets its column, Tables 1-2 and Fig. 3 use it.
 The math lives in `rfsweep.evaluation.statistics`.
+
+Table 1 ranks by the metrics marked `ranked` (the paper's two: CLIP score and FID); `set_ranking` chooses others
+(`python -m analysis rank-table --rank-by clip_score,cmmd`), `ranked_names` is what every ranking reads. A metric not
+ranked by default may be absent from results written before it was registered (its column is NaN there, filled from
+the run's evidence bank by the analysis where the bank holds what it needs).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -22,6 +28,7 @@ class Evidence:
     text_features: Any  # torch.Tensor (N, d): unit rows, their prompts
     reference_mu: Any  # np.ndarray (d,): the reference images' mean feature
     reference_sigma: Any  # np.ndarray (d, d): their covariance
+    reference_features: Any = None  # (M, d): unit rows, the reference images (KID, CMMD)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Metric:
     compute: Callable[[Evidence], float]
     digits: int = 3  # decimals in tables
     short: str = ""  # column heading in tables (default: label)
+    ranked: bool = True  # Table 1 ranks by it unless `set_ranking` chooses others; False: old results may lack it
 
     @property
     def heading(self) -> str:
@@ -57,6 +65,39 @@ def metric_names() -> tuple[str, ...]:
     return tuple(METRICS)
 
 
+_RANKING: tuple[str, ...] | None = None  # chosen by `set_ranking`; None: the metrics marked `ranked`
+
+
+def set_ranking(names=None) -> tuple[str, ...]:
+    """Rank Table 1 (and its bootstrap, Friedman's test, the claims) by `names` (registered metrics, at least one);
+    None: by the metrics marked `ranked`. Returns the ranking now in force."""
+    global _RANKING
+    if names is not None:
+        names = tuple(dict.fromkeys(names))
+        unknown = [n for n in names if n not in METRICS]
+        if unknown or not names:
+            raise ValueError(f"ranking metrics {unknown or '[]'}: not registered (allowed: {', '.join(METRICS)})")
+    _RANKING = names
+    return ranked_names()
+
+
+@contextmanager
+def ranking(names=None):
+    """Rank by `names` inside the block (None: as now), then as before."""
+    before = _RANKING
+    try:
+        yield set_ranking(names) if names is not None else ranked_names()
+    finally:
+        set_ranking(before)
+
+
+def ranked_names() -> tuple[str, ...]:
+    """The metrics the ranking uses, in registry order unless `set_ranking` gave another."""
+    if _RANKING is not None and all(n in METRICS for n in _RANKING):
+        return _RANKING
+    return tuple(m.name for m in METRICS.values() if m.ranked)
+
+
 def compute_metrics(e: Evidence) -> dict[str, float]:
     return {m.name: float(m.compute(e)) for m in METRICS.values()}
 
@@ -76,3 +117,25 @@ def _fid(e: Evidence) -> float:
 
 register(Metric("clip_score", "max", "CLIP score", _clip_score, digits=3, short="CLIP"))
 register(Metric("fid", "min", "FID", _fid, digits=2))
+
+
+def _reference_features(e: Evidence):
+    if e.reference_features is None:
+        raise ValueError("KID and CMMD need the reference images' features (Evidence.reference_features)")
+    return e.reference_features
+
+
+def _kid(e: Evidence) -> float:
+    from rfsweep.evaluation.statistics import kid
+
+    return kid(e.image_features, _reference_features(e))
+
+
+def _cmmd(e: Evidence) -> float:
+    from rfsweep.evaluation.statistics import cmmd
+
+    return cmmd(e.image_features, _reference_features(e))
+
+
+register(Metric("kid", "min", "KID", _kid, digits=5, ranked=False))
+register(Metric("cmmd", "min", "CMMD", _cmmd, digits=3, ranked=False))

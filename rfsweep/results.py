@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from rfsweep.atomic import atomic_write
 from rfsweep.errors import ResultsError  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.formulations.variants import FAMILIES
-from rfsweep.metrics import metric_names
+from rfsweep.metrics import METRICS, metric_names
 
 if TYPE_CHECKING:  # pandas (~0.3 s) is imported by the functions that use it: a dry run imports this module, not it
     import pandas as pd
@@ -34,6 +34,12 @@ UNRECORDED = "unrecorded"
 def columns() -> tuple[str, ...]:
     """The schema's columns: the keys, one column per registered metric (`rfsweep.metrics`), the tail."""
     return (*KEYS, *metric_names(), *TAIL)
+
+
+def unranked_metrics() -> tuple[str, ...]:
+    """The metrics a results file may lack or hold NaN for (not `ranked` by default: registered after the paper's
+    two, e.g. KID and CMMD): NaN until the analysis fills them from the run's evidence bank."""
+    return tuple(m.name for m in METRICS.values() if not m.ranked)
 
 
 # Sec. 5.1 / App. B.3: Euler sampler, 50 steps at CFG 1.0, 2.5, 5.0; 5, 10, 25 steps at CFG 5.0.
@@ -79,6 +85,8 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd  # deferred: pandas (~0.3 s), not needed by a dry run
 
     cols = columns()
+    later = [m for m in unranked_metrics() if m not in df.columns]  # registered after the file was written
+    df = df.assign(**{m: math.nan for m in later}) if later else df
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ResultsError(f"missing columns {missing}; required: {list(cols)}")
@@ -105,8 +113,9 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     if bad:
         raise ResultsError(f"column 'family' has {bad}; allowed: {[*FAMILIES, REAL]}")
     for col in metric_names():
-        if not df[col].map(math.isfinite).all():
-            raise ResultsError(f"column {col!r} must be finite, got {df[col][~df[col].map(math.isfinite)].iloc[0]}")
+        ok = df[col].map(math.isfinite) | (df[col].isna() if col in unranked_metrics() else False)
+        if not ok.all():
+            raise ResultsError(f"column {col!r} must be finite, got {df[col][~ok].iloc[0]}")
     if (df["n_samples"] < 0).any():
         raise ResultsError("column 'n_samples' must be >= 0")
     if (df["steps"] < 0).any():

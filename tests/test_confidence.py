@@ -215,18 +215,18 @@ def test_claims_are_tested_with_their_intervals_and_holm():
         compare(conf, [("strong", "absent")])
 
 
-def test_friedman_is_scipys_over_independent_blocks(tmp_path):
+def test_friedman_is_scipys_over_data_set_blocks(tmp_path):
     from scipy.stats import friedmanchisquare
 
     from analysis.confidence import block_ranks, cd_diagram, friedman
 
-    df, _ = synthetic({f"v{i}": i / 10 for i in range(5)}, seeds=3, datasets=("a", "b"))
-    stat, p, mean_ranks, pvalues = friedman(df)
+    df, _ = synthetic({f"v{i}": i / 10 for i in range(5)}, seeds=3, datasets=("a", "b", "c"))
+    t = friedman(df)
     r = block_ranks(df)
-    assert r.shape == (6, 5)  # blocks: 2 data sets x 3 seeds, each averaged over its 4 settings
-    assert stat == pytest.approx(friedmanchisquare(*[r[c] for c in r.columns]).statistic) and p < 0.05
-    assert mean_ranks.idxmin() == "v4" and pvalues.shape == (5, 5)
-    assert cd_diagram(mean_ranks, pvalues, tmp_path / "cd.png").stat().st_size > 5000
+    assert r.shape == (3, 5)  # blocks: 3 data sets (their seeds share prompts and noise), each over its 4 settings
+    assert t.chi2 == pytest.approx(friedmanchisquare(*[r[c] for c in r.columns]).statistic) and t.p < 0.05
+    assert t.mean_ranks.idxmin() == "v4" and t.pvalues.shape == (5, 5)
+    assert cd_diagram(t.mean_ranks, t.pvalues, tmp_path / "cd.png").stat().st_size > 5000
 
 
 def test_power_recovers_the_variances_it_was_given():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.claims import compare, correlation_interval, inside_intervals
+from analysis.claims import compare, correlation_interval, inside_intervals, shared_prompts
 from analysis.commands.sweep_rows import load, pooled, required_banks
 from analysis.confidence import bootstrap
 from analysis.evidence import missing_banks
-from analysis.power import needed, power
+from analysis.power import governing, pair_needs, power
 from analysis.ranking import common_ranks, metric_agreement, rank_correlation, rank_table
 from rfsweep.formulations import build_formulation
 from rfsweep.results import REAL
@@ -43,30 +43,39 @@ def power_cmd(args) -> int:
     print(p.to_markdown(index=False, floatfmt=".4g"))
     if args.pair:
         a, b = (build_formulation(v).name for v in args.pair)
-        rows = []
-        for ds, m in zip(p["dataset"], p["metric"]):
-            sel = df[(df["dataset"] == ds) & (df["weights"] != REAL)]
-            diff = sel[sel["variant"] == a][m].mean() - sel[sel["variant"] == b][m].mean()
-            rows.append({"dataset": ds, "metric": m, "difference": diff, **needed(p, diff, ds, m)})
-        print(f"To separate {a} from {b} (their mean difference over the settings; None: no number suffices):")
-        print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
+        needs = pair_needs(df, p, a, b)
+        print(f"To separate {a} from {b}, setting by setting (A - B per setting, seeds averaged; None: no number "
+              f"suffices):")
+        print(needs.to_markdown(index=False, floatfmt=".4g"))
+        print("The setting that governs (per data set and metric the smallest difference, the largest need: what "
+              "separating them in every setting takes):")
+        print(governing(needs).to_markdown(index=False, floatfmt=".4g"))
     return 0
 
 
 def _correlation_confidence(a, b, published, args) -> None:
     """The correlation's 95% interval (and, against a published table, how many of its rows lie in the sweep's rank
-    intervals) when the sweeps have their evidence banks; else one line saying why not."""
+    intervals) when the sweeps have their evidence banks; else one line saying why not. Two sweeps evaluated on the
+    same samples of every common data set (`shared_prompts`) are bootstrapped with one seed, so on one prompt draw
+    (paired); else with seeds s and s + 1 (independent)."""
     if args.bootstrap <= 0:
         return
-    lacking = missing_banks(a) + (missing_banks(b) if b is not None else [])
+    banks_a, banks_b = {}, {}
+    lacking = missing_banks(a, banks_a) + (missing_banks(b, banks_b) if b is not None else [])
     if lacking:
         print(f"note: no interval: {len(lacking)} runs have no evidence bank of their results' evaluator (e.g. "
               f"{lacking[0]}); rerun their sweep's command with stage=evaluate", file=sys.stderr)
         return
-    conf = bootstrap(a, b=args.bootstrap, seed=args.bootstrap_seed)
-    other = published if b is None else bootstrap(b, b=args.bootstrap, seed=args.bootstrap_seed + 1)
+    conf = bootstrap(a, banks_a, b=args.bootstrap, seed=args.bootstrap_seed)
+    if b is None:
+        other, how = published, "bootstrap of the sweep against the fixed published table"
+    else:
+        paired = shared_prompts(a, banks_a, b, banks_b)
+        other = bootstrap(b, banks_b, b=args.bootstrap, seed=args.bootstrap_seed + (0 if paired else 1))
+        how = ("paired bootstrap (shared prompt draw)" if paired
+               else "independent bootstraps (the sweeps do not share prompts)")
     lo, hi, n = correlation_interval(conf, other, args.column)
-    print(f"95% interval of rho: [{lo:.3f}, {hi:.3f}] (paired bootstrap, B={args.bootstrap}, {n} variants)")
+    print(f"95% interval of rho: [{lo:.3f}, {hi:.3f}] ({how}, B={args.bootstrap}, {n} variants)")
     k, m = inside_intervals(conf, published, args.column)
     what = "published ranks" if b is None else "averaged ranks of the second sweep"
     print(f"{k} of {m} {what} lie inside the first's 95% intervals of the same variant's averaged rank")

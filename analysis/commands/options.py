@@ -46,6 +46,26 @@ def add_bootstrap(p: argparse.ArgumentParser, help: str | None = None) -> None:
     p.add_argument("--bootstrap-seed", type=int, default=0)
 
 
+def add_rank_by(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rank-by", metavar="M1,M2", help="the metrics Table 1 ranks by, comma-separated (default: "
+                   "clip_score,fid, the paper's; also kid, cmmd or any registered metric)")
+
+
+def rank_by(value: str | None) -> tuple[str, ...] | None:
+    """The metrics of ``--rank-by`` (None when not given); an unknown or empty name is a one-line ValueError naming
+    the option and the registered metrics."""
+    if value is None:
+        return None
+    from rfsweep.metrics import METRICS  # the registry: standard library only
+
+    names = tuple(n.strip() for n in value.split(","))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"--rank-by {value}: unknown metric(s) {unknown} (allowed: comma-separated names of "
+                         f"{', '.join(METRICS)})")
+    return names
+
+
 def wants_wandb(args: argparse.Namespace) -> bool:
     """``--wandb`` / ``--no-wandb``, else W&B when its credentials are configured."""
     return args.wandb if args.wandb is not None else has_credentials()

@@ -1,5 +1,6 @@
 """``rank-table``: a sweep's Table 1, Table 2 and Fig. 3, with rank intervals when its runs have evidence banks,
-Friedman's test and the critical-difference diagram, and the W&B analysis run (``--ema best``: `ema_best`)."""
+Friedman's test with pairwise Wilcoxon-Holm tests and the critical-difference diagram, and the W&B analysis run
+(``--ema best``: `ema_best`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from analysis.claims import cd_diagram, friedman
 from analysis.collect import latest_sweep
 from analysis.commands.ema_best import ema_best
-from analysis.commands.options import output_folder, wants_wandb
+from analysis.commands.options import output_folder, rank_by, wants_wandb
 from analysis.commands.sweep_rows import load, pooled
 from analysis.completeness import missing
 from analysis.confidence import bootstrap
@@ -20,7 +21,7 @@ from analysis.figures import fig3, fig3_degradation
 from analysis.ranking import rank_table
 from analysis.tables import table2, with_confidence, write_missing, write_table1, write_table2
 from analysis.wandb_study import log_study
-from rfsweep.results import REAL
+from rfsweep.metrics import ranking
 
 
 def _confidence(df, miss, args, out: Path):
@@ -69,20 +70,31 @@ def _seed_level(conf) -> str:
 
 
 def _friedman(df, miss, out: Path) -> None:
-    """Friedman's test over the ranking settings and the critical-difference diagram (cd.png), or why not."""
+    """Friedman's test over the data set x backbone blocks, Iman and Davenport's F, the pairwise Wilcoxon-Holm tests
+    (wilcoxon_holm.csv) with the smallest p the blocks permit, and the critical-difference diagram (cd.png); or why
+    not."""
     if miss:
         print("note: no Friedman test for an incomplete grid", file=sys.stderr)
         return
     try:
-        stat, p, mean_ranks, pvalues = friedman(df)
+        t = friedman(df)
     except ValueError as e:
         print(f"note: no Friedman test: {e}", file=sys.stderr)
         return
-    path = cd_diagram(mean_ranks, pvalues, out / "cd.png")
-    mean_ranks.rename("mean_rank").sort_values().to_csv(out / "friedman.csv", float_format="%.3f")
-    blocks = df[df["weights"] != REAL].groupby(["dataset", "backbone", "seed"]).ngroups
-    print(f"Friedman over {blocks} independent blocks (data set x backbone x seed; each the mean over its settings): "
-          f"chi2 = {stat:.1f}, p = {p:.2g}; critical-difference diagram: {path}", file=sys.stderr)
+    path = cd_diagram(t.mean_ranks, t.pvalues, out / "cd.png")
+    t.mean_ranks.rename("mean_rank").sort_values().to_csv(out / "friedman.csv", float_format="%.3f")
+    t.pvalues.to_csv(out / "wilcoxon_holm.csv", float_format="%.4g")
+    separated, pairs = t.separated()
+    if pairs * t.floor >= 0.05:
+        verdict = (f"{t.blocks} blocks cannot separate any pair at 5% (the smallest p they permit, 2/2^{t.blocks} = "
+                   f"{t.floor:.2g}, times the {pairs} pairs Holm corrects for, is not below 0.05)")
+    else:
+        verdict = (f"{separated} of {pairs} pairs separated at 5% (the smallest p {t.blocks} blocks permit: "
+                   f"2/2^{t.blocks} = {t.floor:.2g}, {pairs * t.floor:.2g} after Holm's first step)")
+    print(f"Friedman over {t.blocks} blocks (data set x backbone; each variant's Pareto rank per setting of its "
+          f"seed-averaged metrics, averaged over the block's settings): chi2 = {t.chi2:.1f}, p = {t.p:.2g}; Iman-"
+          f"Davenport F = {t.f:.2f}, p = {t.p_f:.2g}; pairwise Wilcoxon signed-rank over the blocks, Holm: {verdict} "
+          f"(wilcoxon_holm.csv); critical-difference diagram: {path}", file=sys.stderr)
 
 
 def _fig4(sweep: Path, out: Path) -> dict:
@@ -93,6 +105,11 @@ def _fig4(sweep: Path, out: Path) -> dict:
 
 
 def run(args) -> int:
+    with ranking(rank_by(getattr(args, "rank_by", None))):  # --rank-by: Table 1, its intervals, Friedman, Fig. 3
+        return _run(args)
+
+
+def _run(args) -> int:
     if args.ema == "best":
         src = Path(args.results) if args.results else latest_sweep()
         return ema_best(args, src, output_folder(args.out, src))

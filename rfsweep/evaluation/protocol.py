@@ -80,7 +80,7 @@ def evaluate(sample_fn, evaluator, prompts: list[str], ref_stats: ReferenceStats
             feats.append(evaluator.encode_images(images).cpu())
             if grid_dir is not None and sum(len(s) for s in shown) < grid_size:
                 shown.append(images[: grid_size - sum(len(s) for s in shown)].cpu())
-        evidence = Evidence(torch.cat(feats), text, ref_stats.mu, ref_stats.sigma)
+        evidence = Evidence(torch.cat(feats), text, ref_stats.mu, ref_stats.sigma, ref_stats.features)
         if on_evidence is not None:
             on_evidence(w, steps, cfg, sample_evidence(evidence.image_features, text, n_prompts, seeds))
         rows.append({"weights": w, "steps": steps, "cfg": cfg, **compute_metrics(evidence), "n_samples": n_samples})

@@ -93,5 +93,6 @@ def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution:
     """Every registered metric of n held-out real images (`val`, with their own captions) against the reference
     (`test`) statistics: what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
     images, captions = split_items(dataset, split, resolution, n, seed, data_path)
-    evidence = Evidence(evaluator.encode_images(images), evaluator.encode_texts(captions), ref.mu, ref.sigma)
+    evidence = Evidence(evaluator.encode_images(images), evaluator.encode_texts(captions), ref.mu, ref.sigma,
+                        ref.features)
     return {"weights": "real", "steps": 0, "cfg": 0.0, **compute_metrics(evidence), "n_samples": len(images)}

@@ -1,5 +1,5 @@
-"""CLIP score and Frechet distance on evaluator features (Sec. 5.1 of the paper: both on CLIP-L/14); the metrics'
-registry is `rfsweep.metrics`.
+"""CLIP score and Frechet distance on evaluator features (Sec. 5.1 of the paper: both on CLIP-L/14), and two kernel
+distances beside them (KID, CMMD: `mmd2`); the metrics' registry is `rfsweep.metrics`.
 
 Features are the evaluator's L2-normalised embeddings, so the FID here lives on the unit sphere: its
 values are far smaller than Inception FIDs (the paper does not say whether it normalised; we do, as
@@ -7,6 +7,8 @@ clean-fid's CLIP FID does). All statistics are float64.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -26,10 +28,91 @@ def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> flo
 
 def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mu: (d,), sigma: (d, d)) of features (N, d), float64, unbiased covariance as in torchmetrics."""
-    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, np.float64)
+    f = _float64(features)
     if f.ndim != 2 or len(f) < 2:
         raise ValueError(f"feature_stats needs (N >= 2, d) features, got shape {f.shape}")
     return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _float64(features) -> np.ndarray:
+    return np.asarray(features.detach().cpu().double() if isinstance(features, torch.Tensor) else features, np.float64)
+
+
+# Kernels of (a.b, |a|^2, |b|^2, d), broadcast: a Gram block or, with a.b = |a|^2 = |b|^2, its diagonal.
+CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0  # google-research/cmmd distance.py: _SIGMA = 10, _SCALE = 1000
+
+
+def polynomial_kernel(dot, sq_a, sq_b, d: int):
+    """KID's kernel (Binkowski et al. 2018; torchmetrics, torch-fidelity): k(x, y) = (x.y / d + 1)^3."""
+    return (dot / d + 1.0) ** 3
+
+
+def gaussian_kernel(dot, sq_a, sq_b, d: int):
+    """CMMD's kernel (Jayasumana et al. 2024): k(x, y) = exp(-|x - y|^2 / (2 sigma^2)), sigma = 10."""
+    return np.exp(-np.maximum(sq_a + sq_b - 2 * dot, 0.0) / (2 * CMMD_SIGMA**2))
+
+
+_CHUNK = 1 << 22  # Gram entries per block: 32 MB of float64, whatever the reference set's size
+
+
+def kernel_sums(a, b, kernel) -> np.ndarray:
+    """sum_l k(a_i, b_l) per row of a (n,), in float64 row blocks (never the whole n x m Gram matrix)."""
+    a, b = _float64(a), _float64(b)
+    sq_a, sq_b = (a * a).sum(1), (b * b).sum(1)
+    step = max(1, _CHUNK // max(len(b), 1))
+    return np.concatenate([kernel(a[i:i + step] @ b.T, sq_a[i:i + step, None], sq_b[None], a.shape[1]).sum(1)
+                           for i in range(0, len(a), step)] or [np.zeros(0)])
+
+
+def _self_sums(x, kernel) -> np.ndarray:
+    """sum_{j != i} k(x_i, x_j) per row (n,)."""
+    x = _float64(x)
+    sq = (x * x).sum(1)
+    return kernel_sums(x, x, kernel) - kernel(sq, sq, sq, x.shape[1])
+
+
+_SELF_MEANS: dict = {}  # (kernel, shape, digest) -> mean_{l != l'} k(y_l, y_l'): the reference set's term, once
+
+
+def _self_mean(y: np.ndarray, kernel) -> float:
+    key = (kernel.__name__, y.shape, hashlib.blake2b(y.tobytes(), digest_size=16).digest())
+    if key not in _SELF_MEANS:
+        if len(_SELF_MEANS) >= 8:
+            _SELF_MEANS.pop(next(iter(_SELF_MEANS)))
+        _SELF_MEANS[key] = float(_self_sums(y, kernel).sum() / (len(y) * (len(y) - 1)))
+    return _SELF_MEANS[key]
+
+
+def mmd2(x, y, kernel) -> float:
+    """The unbiased squared MMD (U-statistic) of samples x (N, d) and references y (M, d) over the full sets, float64:
+    sum_{i != j} k(x_i, x_j) / (N (N - 1)) + sum_{l != l'} k(y_l, y_l') / (M (M - 1)) - 2 sum_{i,l} k(x_i, y_l) / (N M).
+    Deterministic (no random subsets); for N = M it is torchmetrics' `maximum_mean_discrepancy`."""
+    x, y = _float64(x), _float64(y)
+    if x.ndim != 2 or y.ndim != 2 or len(x) < 2 or len(y) < 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"mmd2 needs (N >= 2, d) and (M >= 2, d) features, got {x.shape} and {y.shape}")
+    n = len(x)
+    return float(_self_sums(x, kernel).sum() / (n * (n - 1)) + _self_mean(y, kernel)
+                 - 2 * kernel_sums(x, y, kernel).mean() / len(y))
+
+
+def mmd2_influence(x, y, kernel) -> np.ndarray:
+    """d mmd2 / d w_i (N,) for the weight moved onto sample i, to first order: with the weighted statistic
+    sum_{i != j} w_i w_j k_ij / sum_{i != j} w_i w_j + mean k(y, y') - 2 sum_i w_i mean_l k(x_i, y_l) (sum w = 1),
+    2 [sum_{j != i} k(x_i, x_j) / (N - 1) - mean_l k(x_i, y_l)], centred."""
+    g = 2 * (_self_sums(x, kernel) / (len(x) - 1) - kernel_sums(x, y, kernel) / len(y))
+    return g - g.mean()
+
+
+def kid(features, reference) -> float:
+    """KID = mmd2 with the polynomial kernel (x.y / d + 1)^3 over the full sets (unbiased)."""
+    return mmd2(features, reference, polynomial_kernel)
+
+
+def cmmd(features, reference) -> float:
+    """CMMD = 1000 mmd2 with the Gaussian kernel, sigma = 10 (Jayasumana et al. 2024). The published code
+    (google-research/cmmd) takes the biased V-statistic (means over the Gram matrices with their diagonals); this is
+    the unbiased U-statistic, which differs from it by O(1 / N)."""
+    return CMMD_SCALE * mmd2(features, reference, gaussian_kernel)
 
 
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:

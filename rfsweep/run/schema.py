@@ -166,7 +166,7 @@ class EvalConf:
     # snapshots (ema=posthoc) and written as weights phema<sigma_rel>; `analysis rank-table --ema best` picks each
     # run's length per setting by `ema_select` on half the prompts and reports the other half
     ema_lengths: list = rule(None, _lengths, "distinct numbers in [0.0001, 0.28] (sigma_rel), or []", factory=list)
-    ema_select: str = rule("fid", lambda v: v in metric_names(), "a registered metric (clip_score, fid)")
+    ema_select: str = rule("fid", lambda v: v in metric_names(), f"a registered metric ({', '.join(metric_names())})")
     bf16: bool = True  # on a GPU, sample under bf16 autocast with TF32 matmuls (ignored on a CPU)
 
 

@@ -69,10 +69,11 @@ def prompt_draws(dataset: str, prompts: int, b: int, seed: int) -> np.ndarray:
 
 
 def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: int = 0,
-              paired: bool = True) -> Confidence:
+              paired: bool = True, prompt_seed: int | None = None) -> Confidence:
     """B replicates of Table 1 from `df`'s rows and their runs' evidence banks (a complete grid: every variant in
     every setting, with the same training seeds). `paired=False` draws the prompts of every run independently (what
-    the shared draw gains)."""
+    the shared draw gains). `prompt_seed` (default `seed`): the seed of the prompt draws alone (`prompt_draws`), so
+    two sweeps that share prompts can share them while their seed levels are drawn apart."""
     banks = load_banks(df) if banks is None else banks
     rows, prompts, infl, counts = influence_by_prompt(df, banks)
     rng = np.random.default_rng(seed)
@@ -99,7 +100,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
                       np.array([c.sum() for c in counts]), names)
     effects = level.draw(b, rng)
     new_runs = level.draw_new_run(b, np.random.default_rng([seed, 1]))
-    draws = {ds: prompt_draws(ds, n, b, seed) for ds, n in prompts.items()}
+    draws = {ds: prompt_draws(ds, n, b, seed if prompt_seed is None else prompt_seed) for ds, n in prompts.items()}
     own = {}  # unpaired: each run's own prompt draw
     ranks, meta, kept, predicted = [], [], [], []
     for (key, g), mine in zip(groups, members):

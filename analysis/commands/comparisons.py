@@ -56,8 +56,8 @@ def power_cmd(args) -> int:
 def _correlation_confidence(a, b, published, args) -> None:
     """The correlation's 95% interval (and, against a published table, how many of its rows lie in the sweep's rank
     intervals) when the sweeps have their evidence banks; else one line saying why not. Two sweeps evaluated on the
-    same samples of every common data set (`shared_prompts`) are bootstrapped with one seed, so on one prompt draw
-    (paired); else with seeds s and s + 1 (independent)."""
+    same samples of every common data set (`shared_prompts`) are bootstrapped on one prompt draw (paired), their seed
+    levels apart (seeds s and s + 1); else wholly with seeds s and s + 1 (independent)."""
     if args.bootstrap <= 0:
         return
     banks_a, banks_b = {}, {}
@@ -71,7 +71,8 @@ def _correlation_confidence(a, b, published, args) -> None:
         other, how = published, "bootstrap of the sweep against the fixed published table"
     else:
         paired = shared_prompts(a, banks_a, b, banks_b)
-        other = bootstrap(b, banks_b, b=args.bootstrap, seed=args.bootstrap_seed + (0 if paired else 1))
+        other = bootstrap(b, banks_b, b=args.bootstrap, seed=args.bootstrap_seed + 1,  # its own seed level
+                          prompt_seed=args.bootstrap_seed if paired else None)  # and, paired, the same prompt draw
         how = ("paired bootstrap (shared prompt draw)" if paired
                else "independent bootstraps (the sweeps do not share prompts)")
     lo, hi, n = correlation_interval(conf, other, args.column)

@@ -1,5 +1,5 @@
 """Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``,
-``status``, ``formulations``, ``compare``, ``power``, ``wandb-dashboard``, ``wandb-sync``."""
+``status``, ``formulations``, ``compare``, ``power``, ``held-out``, ``wandb-dashboard``, ``wandb-sync``."""
 
 # The parser only: each command's code lives in `analysis.commands.<module>` and is imported when that command runs,
 # so `--help` and a mistyped option answer at once (no pandas, torch or matplotlib). Shared options: `options`.
@@ -133,6 +133,15 @@ def _compare_power(sub) -> None:
     pw.add_argument("--pair", nargs=2, metavar=("A", "B"), help="two variants to separate")
     add_also(pw, "other seeds' sweeps, pooled")
     add_weights(pw)
+    ho = _command(sub, "held-out", "held_out:held_out_cmd",
+                  help="leave each training seed out in turn: how many of its single-seed Table 1 places the 95% "
+                       "prediction intervals from the other seeds hold (3 seeds or more)")
+    ho.add_argument("sweep")
+    add_also(ho, "the other seeds' sweeps of the same grid (at least two more)")
+    ho.add_argument("--column", default="all", choices=["all", "5 steps", "50 steps"])
+    add_weights(ho)
+    add_bootstrap(ho)
+    add_out(ho, "folder for held_out.csv")
 
 
 def build_parser() -> argparse.ArgumentParser:

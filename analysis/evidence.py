@@ -68,7 +68,8 @@ def _cmmd(e: SampleEvidence, reference) -> np.ndarray:
 
 
 # metric name -> (sample evidence, reference (mu, sigma, sigma^1/2, features)) -> each sample's influence on its value
-RESAMPLERS = {"clip_score": _clip, "fid": _fid, "kid": _kid, "cmmd": _cmmd}
+# FID_inf moves with the samples as FID does, to first order (its fitted 1 / N slope is a second-order term)
+RESAMPLERS = {"clip_score": _clip, "fid": _fid, "fid_inf": _fid, "kid": _kid, "cmmd": _cmmd}
 
 
 def _bank_paths(df: pd.DataFrame) -> dict[str, Path]:

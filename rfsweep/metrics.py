@@ -1,4 +1,4 @@
-"""The study's metrics, in one registry (Sec. 5.1: CLIP score and FID; KID and CMMD beside them).
+"""The study's metrics, in one registry (Sec. 5.1: CLIP score and FID; FID_inf, KID and CMMD beside them).
 
 The contract: a `Metric` has a name (its results column), a direction (which way is better: the ranking's
 non-dominated sorting, Table 2's places and Fig. 3 follow it), a label for tables and figures, and
@@ -137,5 +137,12 @@ def _cmmd(e: Evidence) -> float:
     return cmmd(e.image_features, _reference_features(e))
 
 
+def _fid_inf(e: Evidence) -> float:
+    from rfsweep.evaluation.statistics import fid_inf
+
+    return fid_inf(e.image_features, e.reference_mu, e.reference_sigma)
+
+
+register(Metric("fid_inf", "min", "FID_inf", _fid_inf, digits=2, ranked=False))
 register(Metric("kid", "min", "KID", _kid, digits=5, ranked=False))
 register(Metric("cmmd", "min", "CMMD", _cmmd, digits=3, ranked=False))

@@ -74,3 +74,24 @@ def test_table1_shows_the_prediction(tmp_path):
     lo, hi = c.table()[["new_lo", "new_hi"]].to_numpy().T
     m_lo, m_hi = c.table()[["rank_lo", "rank_hi"]].to_numpy().T
     assert (lo <= m_lo).all() and (hi >= m_hi).all() and ((lo < m_lo) | (hi > m_hi)).any()
+
+
+def test_the_held_out_command_counts_the_places_inside(tmp_path, capsys):
+    """`python -m analysis held-out A --also B --also C`: each seed held out in turn, its count printed and written."""
+    import pandas as pd
+
+    from analysis.__main__ import main
+    from rfsweep.results import SETTINGS, WEIGHTS
+    from tests.test_confidence import _write_sweep
+
+    paper = [(w, s, c) for w in WEIGHTS for s, c in SETTINGS]
+    df, banks = synthetic({f"v{i}": i / 20 for i in range(5)}, seeds=3, n=50, tau=0.05, settings=paper)
+    sweeps = [str(_write_sweep(tmp_path / f"s{k}", df[df["seed"] == k], banks)) for k in range(3)]
+    assert main(["held-out", sweeps[0], "--also", sweeps[1], "--also", sweeps[2], "--bootstrap", "100",
+                 "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    r = pd.read_csv(tmp_path / "out" / "held_out.csv")
+    assert sorted(set(r["held"])) == [0, 1, 2] and len(r) == 15
+    assert f"all: {int(r['inside'].sum())} of 15" in said and "seed 2 held out:" in said
+    assert main(["held-out", sweeps[0], "--also", sweeps[1], "--bootstrap", "50"]) == 2  # two seeds: refused
+    assert "fewer than 2 seeds" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def _compare_power(sub) -> None:
     add_also(pw, "other seeds' sweeps, pooled")
     add_weights(pw)
     ho = _command(sub, "held-out", "held_out:held_out_cmd",
-                  help="leave each training seed out in turn: how many of its single-seed Table 1 places the 95% "
+                  help="leave each training seed out in turn: how many of its single-seed Table 1 places the 95%% "
                        "prediction intervals from the other seeds hold (3 seeds or more)")
     ho.add_argument("sweep")
     add_also(ho, "the other seeds' sweeps of the same grid (at least two more)")

@@ -4,7 +4,6 @@ finite-N bias that makes a run's point FID depend on its own k in FID_N = FID_in
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from rfsweep.evaluation.statistics import feature_stats, fid_inf, frechet_distance
 from rfsweep.metrics import METRICS, ranked_names
@@ -28,11 +27,11 @@ def test_fid_inf_removes_the_finite_n_bias():
     assert abs(bias_inf) < 0.2 * bias_n
 
 
-def test_fid_inf_is_deterministic_and_refuses_too_few_samples():
+def test_fid_inf_is_deterministic_and_nan_with_too_few_samples():
+    """A smoke-test evaluation of 8 samples gets NaN (no line to fit), not an error that would fail the run."""
     x = np.random.default_rng(0).normal(size=(50, 4))
     assert fid_inf(x, np.zeros(4), np.eye(4)) == fid_inf(x, np.zeros(4), np.eye(4))
-    with pytest.raises(ValueError, match="at least 10 samples"):
-        fid_inf(x[:5], np.zeros(4), np.eye(4))
+    assert np.isnan(fid_inf(x[:8], np.zeros(4), np.eye(4)))
 
 
 def test_fid_inf_is_registered_and_not_ranked_by_default():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rfsweep.metrics import ranked_names
 from rfsweep.results import (
     KEYS,
     MANIFEST_FILE,
@@ -69,9 +70,10 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
 
 
 def _filled(df: pd.DataFrame) -> pd.DataFrame:
-    """The metrics older results lack (`rfsweep.results.unranked_metrics`, NaN there) filled from the runs' evidence
-    banks where they match (`analysis.evidence.fill_from_banks`)."""
-    if not df[[m for m in unranked_metrics() if m in df]].isna().any().any():
+    """The ranked metrics (`rfsweep.metrics.ranked_names`: `--rank-by` may choose one that older results lack, NaN
+    there) filled from the runs' evidence banks where they match (`analysis.evidence.fill_from_banks`); the others
+    stay as the results have them."""
+    if not df[[m for m in unranked_metrics() if m in df and m in ranked_names()]].isna().any().any():
         return df
     from analysis.evidence import fill_from_banks  # deferred: torch and safetensors, only for older results
 

@@ -28,10 +28,10 @@ from analysis.claims import block_ranks, cd_diagram, compare, correlation_interv
 from analysis.evidence import RESAMPLERS, fid_influence, influence_by_prompt, load_banks, missing_banks
 from analysis.power import needed, power, resolution, sweep_variances, variances
 from analysis.rank_sets import LEVEL
-from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_table
+from analysis.ranking import SETTING_KEYS, TABLE1_COLUMNS, column_rows, rank_table, ranked_metrics
 from analysis.replicates import Confidence
 from analysis.seed_level import POOL_KEYS, RUN_SETTING, SeedLevel
-from rfsweep.metrics import METRICS, ranked_names
+from rfsweep.metrics import METRICS
 
 __all__ = ["LEVEL", "RESAMPLERS", "Confidence", "block_ranks", "bootstrap", "cd_diagram", "compare",
            "correlation_interval", "fid_influence", "friedman", "inside_intervals", "load_banks", "missing_banks",
@@ -77,7 +77,7 @@ def bootstrap(df: pd.DataFrame, banks: dict | None = None, b: int = 1000, seed: 
     banks = load_banks(df) if banks is None else banks
     rows, prompts, infl, counts = influence_by_prompt(df, banks)
     rng = np.random.default_rng(seed)
-    names = list(ranked_names())
+    names = ranked_metrics(df)  # refused in one line, before any work, where a ranked metric has no value
     directions = [METRICS[n].direction for n in names]
     variants = sorted(set(rows["variant"]))
     seeds = {v: sorted(set(g["seed"])) for v, g in rows.groupby("variant")}

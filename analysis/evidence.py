@@ -138,7 +138,8 @@ def influence_by_prompt(df: pd.DataFrame, banks: dict):
         e = bank.settings[setting_key(weights, steps, cfg)]
         if run not in refs:
             mu_r, sigma_r = feature_stats(bank.reference.float().numpy())
-            refs[run] = (mu_r, sigma_r, _psd_sqrt(sigma_r) if "fid" in names else None, bank.reference)
+            needs_sqrt = any(RESAMPLERS[m] is _fid for m in names)  # FID and FID_inf
+            refs[run] = (mu_r, sigma_r, _psd_sqrt(sigma_r) if needs_sqrt else None, bank.reference)
         p = e.prompt.numpy()
         counts.append(np.bincount(p, minlength=prompts[ds]).astype(np.float64))
         for m in names:
@@ -146,12 +147,16 @@ def influence_by_prompt(df: pd.DataFrame, banks: dict):
     return rows, prompts, infl, counts
 
 
-def fill_from_banks(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with the metrics its rows lack (NaN: results written before the metric was registered, e.g. KID and CMMD)
-    computed from each run's evidence bank where it matches the run's rows (`missing_banks`): the metric's `compute`
-    on the bank's fp16 features of the samples and of the reference images. Elsewhere they stay NaN (the ranking
-    refuses them by name: `analysis.ranking.ranked_metrics`)."""
-    names = [m for m in METRICS if m in df.columns]
+def fill_from_banks(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """`df` with the `metrics` (default: the ranked ones, `ranked_names`) its rows lack (NaN: results written before
+    the metric was registered, e.g. KID and CMMD) computed from each run's evidence bank where it matches the run's
+    rows (`missing_banks`): the metric's `compute` on the bank's fp16 features of the samples and of the reference
+    images (an evaluation computes them on its full-precision sample features: the two differ in the last digits).
+    Elsewhere they stay NaN (the ranking refuses them by name: `analysis.ranking.ranked_metrics`). Only what is
+    ranked is filled: FID_inf, KID and CMMD cost seconds per setting at d = 768."""
+    names = [m for m in (ranked_names() if metrics is None else metrics) if m in df.columns]
+    if not names:
+        return df
     gap = (df["weights"] != REAL) & df[names].isna().any(axis=1)
     if not gap.any() or "evaluator" not in df.columns:  # no evaluator recorded: no bank can match
         return df

@@ -24,6 +24,9 @@ def held_out_places(df: pd.DataFrame, banks: dict, held: int, column: str = "all
     from analysis.confidence import bootstrap  # deferred: analysis.confidence imports this module's neighbours
 
     rows = df[df["weights"] != REAL]
+    seeds = sorted(set(rows["seed"].astype(int)))
+    if held not in seeds:
+        raise ValueError(f"held-out seed {held}: not in the sweep (allowed: {', '.join(map(str, seeds))})")
     rest = rows[rows["seed"] != held]
     if rest.groupby("variant")["seed"].nunique().min() < 2:
         raise ValueError(f"held-out seed {held}: the other seeds give some variant fewer than 2 seeds, and one seed "

@@ -134,8 +134,9 @@ class SeedLevel:
         prompts and noise) lands from its variant's mean over the sweep's K seeds: the run's own deviation (a pooled
         residual) plus the mean's (the mean of K residuals), scaled per setting and metric to the between-run
         variance (`between`: tau^2 and the unshared sampling part, which a new run has too, so (1 + 1 / K) between in
-        all) and widened by t_df / z. A run-level residual keeps a seed's settings and metrics together. None where
-        a pool has no measured seed variance (one seed there: nothing says how far a new seed lands)."""
+        all) and widened by t_df / z. A run-level residual keeps a seed's settings and metrics together. None, for
+        every pool, where any pool has no measured seed variance (one seed there: nothing says how far a new seed
+        lands, and a table of some data sets alone is not the table a replication gives)."""
         if any(p["resid"] is None for p in self.pools.values()):
             return None
         out = {}

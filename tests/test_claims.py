@@ -194,3 +194,15 @@ def test_shared_prompts_reads_the_noise_seeds():
     df, banks = synthetic({"a": 0.1, "b": 0.5}, n=30)
     assert shared_prompts(df, banks, *_renoised(df, banks, "-n")) is False  # same prompts, other noise
     assert shared_prompts(df, banks, df, banks) is True
+
+
+def test_where_holm_cannot_reach_5_percent_the_shortcut_is_exact():
+    """8 variants over 5 blocks: 28 pairs x the floor 1/16 >= 1, so every Holm-corrected p is 1; the shortcut that
+    skips the tests gives exactly what running them gives (scikit-posthocs)."""
+    import scikit_posthocs as sp
+
+    from analysis.claims import pairwise_wilcoxon
+
+    r = pd.DataFrame(np.random.default_rng(0).normal(size=(5, 8)), columns=[f"v{i}" for i in range(8)])
+    ref = sp.posthoc_wilcoxon(r.T.to_numpy(), p_adjust="holm").to_numpy()
+    assert np.allclose(ref, 1.0) and np.array_equal(pairwise_wilcoxon(r).to_numpy(), np.ones((8, 8)))

@@ -27,11 +27,25 @@ def test_fid_inf_removes_the_finite_n_bias():
     assert abs(bias_inf) < 0.2 * bias_n
 
 
-def test_fid_inf_is_deterministic_and_nan_with_too_few_samples():
-    """A smoke-test evaluation of 8 samples gets NaN (no line to fit), not an error that would fail the run."""
-    x = np.random.default_rng(0).normal(size=(50, 4))
+def test_fid_inf_is_deterministic_and_nan_where_the_line_does_not_hold():
+    """A smoke-test evaluation of 8 samples, and N < 4 d (the paper's d = 768 at N = 1000, here d = 64 at N = 200),
+    get NaN, not an error that would fail the run nor an extrapolation off the line."""
+    x = np.random.default_rng(0).normal(size=(200, 64))
+    assert np.isnan(fid_inf(x, np.zeros(64), np.eye(64)))
+    x = x[:50, :4]
     assert fid_inf(x, np.zeros(4), np.eye(4)) == fid_inf(x, np.zeros(4), np.eye(4))
     assert np.isnan(fid_inf(x[:8], np.zeros(4), np.eye(4)))
+
+
+def test_fid_inf_at_d_64_n_1000():
+    """Where N = 16 d: most of FID_N's bias goes (truth 0.64; FID_N about 1.8)."""
+    d, n = 64, 1000
+    g = np.ones(d)
+    g[:16] = 1.2
+    x = np.random.default_rng(3).normal(size=(n, d)) * g
+    truth = float(((g - 1) ** 2).sum())
+    point = frechet_distance(*feature_stats(x), np.zeros(d), np.eye(d))
+    assert abs(fid_inf(x, np.zeros(d), np.eye(d)) - truth) < 0.3 * (point - truth)
 
 
 def test_fid_inf_is_registered_and_not_ranked_by_default():

@@ -109,7 +109,9 @@ def test_old_results_get_kid_and_cmmd_from_their_banks(tmp_path):
     sweep = _write(tmp_path / "s", df, banks)
     one = next(sweep.rglob("results.csv"))
     assert read_results(one)[["kid", "cmmd"]].isna().all().all()  # an old file loads, its new metrics NaN
-    got, _ = collect(sweep)
+    assert collect(sweep)[0][["kid", "cmmd"]].isna().all().all()  # not ranked: not computed (seconds per setting)
+    with ranking(("clip_score", "kid", "cmmd")):  # ranked: filled from the banks
+        got, _ = collect(sweep)
     for r in got.itertuples():
         bank = banks["/" + str(r.run_dir)[len(str(sweep)) + 1:]]
         e = bank.settings[(r.weights, r.steps, r.cfg)]

@@ -9,7 +9,6 @@ import pytest
 
 from analysis.confidence import bootstrap
 from analysis.prediction import held_out_places, leave_one_seed_out
-from analysis.seed_level import small_sample
 from analysis.tables import NEW_SEED_HEADING, write_table1
 from tests.synthetic_evidence import coverage_world, synthetic
 
@@ -35,24 +34,37 @@ def test_leaving_one_seed_out_the_prediction_holds_the_held_out_places(ratio):
     assert np.mean(pred) > np.mean(mean)
 
 
-def test_a_new_run_lands_as_far_as_the_runs_scatter():
-    """Equal variants, two seeds: the drawn deviation of a new run from its variant's mean has variance
-    (1 + 1/K) x the between-run variance (widened by t_df / z), per metric."""
-    df, banks = synthetic({f"v{i:03d}": 0.5 for i in range(200)}, seeds=2, n=40, d=2, tau=0.05,
-                          settings=[("ema", 50, 5.0)], rng_seed=4)
+def _level(df, banks):
     from analysis.evidence import influence_by_prompt
     from analysis.seed_level import SeedLevel
 
-    rows, _, infl, counts = influence_by_prompt(df, banks)
+    rows, _, infl, counts = influence_by_prompt(df, {r: banks[r] for r in set(df["run_dir"])})
     names = ["clip_score", "fid"]
-    level = SeedLevel(rows, rows[names].to_numpy(np.float64),
-                      [np.stack([infl[m][i] for m in names]) for i in range(len(rows))],
-                      np.array([c.sum() for c in counts]), names)
-    draws = level.draw_new_run(400, np.random.default_rng(0))[("a", "mlp")]  # (B, V, S, M)
+    return rows, SeedLevel(rows, rows[names].to_numpy(np.float64),
+                           [np.stack([infl[m][i] for m in names]) for i in range(len(rows))],
+                           np.array([c.sum() for c in counts]), names)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05])
+def test_a_new_run_lands_where_the_prediction_says(tau):
+    """300 equal variants with three seeds on the same prompts: from seeds 0 and 1, a third seed's run deviates from
+    the two seeds' mean by (1 + 1/K) x the pooled between-run variance on average (measured 0.95-1.04; tau^2 alone
+    would give 1.4-3.6), and the 95% prediction interval of each variant's value (the seeds' mean plus the drawn
+    deviation) holds the third seed's value about 95% of the time, in both metrics, whether seeds add nothing
+    (tau 0) or dominate."""
+    df, banks = synthetic({f"v{i:03d}": 0.5 for i in range(300)}, seeds=3, n=40, d=2, tau=tau,
+                          settings=[("ema", 50, 5.0)], rng_seed=4)
+    rows, level = _level(df[df["seed"] < 2], banks)
+    draws = level.draw_new_run(2000, np.random.default_rng(0))[("a", "mlp")][:, :, 0]  # (B, V, M)
+    variants = level.pools[("a", "mlp")]["variants"]
+    third = df[df["seed"] == 2].set_index("variant").reindex(variants)
+    mean = rows.groupby("variant")[["clip_score", "fid"]].mean().reindex(variants).to_numpy()
     between = level.components.set_index("metric")["between"]
-    for m, name in enumerate(names):
-        expected = 1.5 * between[name] * small_sample(200) ** 2
-        assert draws[..., 0, m].var() == pytest.approx(expected, rel=0.1)
+    for m, name in enumerate(["clip_score", "fid"]):
+        dev = third[name].to_numpy() - mean[:, m]
+        assert np.mean(dev ** 2) / (1.5 * between[name]) == pytest.approx(1.0, abs=0.2)
+        lo, hi = np.quantile(draws[..., m], [0.025, 0.975], axis=0)
+        assert 0.91 <= np.mean((lo <= dev) & (dev <= hi)) <= 0.99
 
 
 def test_one_seed_predicts_nothing(tmp_path):

@@ -156,15 +156,19 @@ def fid_inf(features, mu_r: np.ndarray, sigma_r: np.ndarray, smallest: float = 0
     """FID_inf (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find them"): FID_N
     is FID_inf + k / N to first order, with a k of each generator, so a run's point FID carries its own finite-N bias.
     FID of nested random subsets of N_i samples, N_i at FID_INF_POINTS sizes evenly spaced in 1 / N from
-    `smallest` x N to N, fitted by least squares in 1 / N; the intercept. The subsets are a fixed function of `seed`
-    (a deterministic metric); the reference statistics are taken as exact (as every run of the study shares them).
-    NaN below FID_INF_MIN_SAMPLES samples: too few sizes to fit a line (a smoke-test evaluation; the metric is not
-    ranked unless chosen, and a ranking by it refuses NaN)."""
+    max(`smallest` x N, 2 d) to N, fitted by least squares in 1 / N; the intercept. The subsets are a fixed function
+    of `seed` (a deterministic metric); the reference statistics are taken as exact (every run shares them).
+
+    The line holds only where the subsets are well above the feature dimension d: below 2 d samples FID_N bends away
+    from it (at d = 768, N = 1000, the paper's protocol, a fit over 200-1000 samples leaves 96 of a 176 bias). So it
+    is NaN where N < 4 d (the smallest subset would exceed N / 2) or N < FID_INF_MIN_SAMPLES: KID and CMMD, unbiased
+    at any N, are the metrics for that regime."""
     x = _float64(features)
-    n = len(x)
-    if n < FID_INF_MIN_SAMPLES:
+    n, d = x.shape
+    low = max(int(np.ceil(smallest * n)), 2 * d)
+    if n < FID_INF_MIN_SAMPLES or low > n / 2:
         return float("nan")
-    sizes = np.unique(np.round(1 / np.linspace(1 / (smallest * n), 1 / n, FID_INF_POINTS)).astype(int))
+    sizes = np.unique(np.round(1 / np.linspace(1 / low, 1 / n, FID_INF_POINTS)).astype(int))
     order = np.random.default_rng(seed).permutation(n)
     values = [frechet_distance(*feature_stats(x[order[:k]]), mu_r, sigma_r) for k in sizes]
     slope, intercept = np.polyfit(1 / sizes, values, 1)

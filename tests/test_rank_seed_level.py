@@ -49,3 +49,22 @@ def test_the_pooled_seed_variance_is_the_one_given():
 def test_one_seed_has_no_seed_level():
     c = bootstrap(*synthetic({f"v{i}": i / 10 for i in range(4)}, n=50), b=50)
     assert c.seed_variance.empty and c.seeds == {f"v{i}": 1 for i in range(4)}
+
+
+@pytest.mark.parametrize("ratio", [0.0, 20.0])
+def test_mixed_seed_counts_give_each_mean_its_own_spread(ratio):
+    """Variants with 3 seeds beside variants with 2 (a sweep whose third seed is half done): the difference of a
+    3-seed and a 2-seed variant's means has spread sqrt(tau^2 (1/3 + 1/2) + v (1/3 + 1/2)), the seed variance pooled
+    over both kinds on sum(K - 1) degrees of freedom."""
+    sampling = NOISE ** 2 / N
+    tau = np.sqrt(ratio * sampling) / 0.1
+    df, banks = synthetic({f"v{i:03d}": 0.5 for i in range(300)}, seeds=3, n=N, d=2, tau=tau,
+                          settings=[("ema", 50, 5.0)], noise=NOISE, rng_seed=5)
+    odd = df["variant"].str[1:].astype(int) % 2 == 1
+    df = df[~(odd & (df["seed"] == 2))]  # odd variants: two seeds; even: three
+    c = bootstrap(df, {r: banks[r] for r in set(df["run_dir"])}, b=200)
+    assert c.seed_variance["df"].iloc[0] == 150 * 2 + 150 * 1
+    clip = c.values[0, :, :, c.metrics.index("clip_score")]  # (B, V), variants sorted: v000 (3), v001 (2), ...
+    d = clip[:, 0::2] - clip[:, 1::2]
+    analytic = np.sqrt(((0.1 * tau) ** 2 + sampling) * (1 / 3 + 1 / 2))
+    assert float(np.sqrt(d.var(0, ddof=1).mean())) == pytest.approx(analytic, rel=0.10)

@@ -134,17 +134,19 @@ def table2(df: pd.DataFrame, steps: int = 25, cfg: float = 5.0, weights: str = "
     data set, or data set and backbone when the rows hold several backbones: `analysis.ranking.panels`) at one sampler
     setting, with ``<col> place`` columns.
 
-    Several rows of one variant (seeds) are averaged. Rows follow ``order`` (e.g. Table 1's), else variant
-    name; the reference row, when the evaluation wrote one, comes last (its values are the data set's).
+    Several rows of one variant (seeds) are averaged; a metric some of them lack (results written before it existed)
+    is left empty for that variant rather than averaged over the others. Rows follow ``order`` (e.g. Table 1's),
+    else variant name; the reference row, when the evaluation wrote one, comes last (its values are the data set's).
     """
     sel = df[(df["weights"] == weights) & (df["steps"] == steps) & ((df["cfg"] - cfg).abs() < 1e-9)]
     if sel.empty:
         return pd.DataFrame({"variant": []})
-    shown = [m for m in METRICS.values() if m.name in sel and sel[m.name].notna().any()]  # older results lack some
-    metrics = [m.name for m in shown]
+    metrics = [m.name for m in METRICS.values() if m.name in sel]
     sel = sel.assign(backbone=backbone_labels(sel["backbone"]))
     groups = panels(sel)
-    wide = sel.groupby(["variant", "dataset", "backbone"])[metrics].mean()
+    by = sel.groupby(["variant", "dataset", "backbone"])[metrics]
+    wide = by.mean().where(by.count().eq(by.size(), axis=0))  # a mean over only the seeds that have it is no mean
+    shown = [m for m in METRICS.values() if m.name in metrics and wide[m.name].notna().any()]  # older results lack some
     real = df[(df["weights"] == REAL) & df["dataset"].isin({d for d, _, _ in groups})]
     real = real.groupby("dataset")[metrics].mean()
     pos = {v: i for i, v in enumerate(order or [])}

@@ -220,6 +220,16 @@ def test_table2_places(tmp_path):
     assert pd.read_csv(tmp_path / "table2.csv")["imagenet FID place"].tolist()[1:4] == [2, 1, 3]
 
 
+def test_table2_never_averages_a_metric_over_only_the_seeds_that_have_it():
+    """Seeds whose results predate a metric (NaN there) leave that variant's cell empty; a metric every seed lacks
+    is not shown; the metrics every seed has are averaged as before."""
+    rows = [row("a", kid=0.5, seed=0), row("a", kid=float("nan"), seed=1), row("b", kid=0.1, seed=0),
+            row("b", kid=0.3, seed=1), row("c", kid=float("nan"), fid_inf=float("nan"), seed=0)]
+    t = table2(pd.DataFrame(rows), steps=50).set_index("variant")
+    assert np.isnan(t.loc["a", "imagenet KID"]) and t.loc["b", "imagenet KID"] == pytest.approx(0.2)
+    assert "imagenet FID_inf" not in t and t.loc["a", "imagenet FID"] == 50.0
+
+
 def test_table2_and_fig3_keep_backbones_apart(tmp_path):
     """A sweep over backbones: Table 2 and Fig. 3 get one panel per data set and backbone (places ranked within it),
     never one backbone's network averaged with another's; the real images' row is the data set's in every panel."""

@@ -125,3 +125,38 @@ def test_sampler_gaussian_data(name):
     assert errs[-1] < errs[-2] / 3, (name, errs)  # first-order convergence to the exact flow, no bias
     if t == 1.0:  # starting from pure noise the sampler reaches N(mu, s^2) itself
         assert abs(mean_exact - mu) < 1e-12 and abs(std_exact - s) < 1e-12
+
+
+def test_common_validation_loss_is_one_scale_for_every_formulation():
+    """The rf-frame velocity error through each formulation's `velocity()` (the common validation loss) is the same
+    number for all 61 variants at the same oracle, while their own losses differ: it compares across formulations.
+    A perturbed oracle (eps_hat + delta at fixed z) adds exactly delta^2 / (1 - t_rf)^2 in every frame."""
+    g = torch.Generator().manual_seed(3)
+    B, mu, s, delta = 64, 0.3, 0.8, 0.05
+    x0 = mu + s * torch.randn(B, 2, 4, 4, generator=g, dtype=F64)
+    eps = torch.randn(B, 2, 4, 4, generator=g, dtype=F64)
+    common, own = {}, {}
+    for name in ALL_VARIANTS:
+        f, kind = build_formulation(name), kind_of(name)
+        exact, off = Oracle(kind, gaussian_x0(mu, s)), Oracle(kind, gaussian_x0(mu, s), delta=delta)
+        for t in VALIDATION_T:
+            e0 = f.rf_velocity_error(exact, x0, cond_for(B), t, eps)
+            e1 = f.rf_velocity_error(off, x0, cond_for(B), t, eps)
+            assert e0.shape == (B,)
+            common.setdefault(t, []).append(e0.mean().item())
+            # the perturbation's error: (v_hat - v) changes by delta + b/a delta = delta / (1 - t_rf) in every frame
+            shift = delta / (1 - t)
+            expected = 2 * shift * _cross(f, exact, x0, eps, t) + shift**2
+            assert torch.allclose((e1 - e0).mean(), expected, atol=1e-10), (name, t)
+        own[name] = f.loss(exact, x0, cond_for(B), t=0.5, eps=eps).mean().item()
+    for t, values in common.items():
+        assert max(values) - min(values) < 1e-10 * max(1.0, max(values)), (t, min(values), max(values))
+        assert min(values) > 1e-3  # the Gaussian oracle is not exact per sample: a real error, not zero
+    assert max(own.values()) / min(own.values()) > 10  # their own losses are on different scales
+
+
+def _cross(f, net, x0, eps, t):
+    """mean over elements of (v_hat - v) at the oracle: the cross term of the perturbed squared error."""
+    B = x0.shape[0]
+    x = (1 - t) * x0 + t * eps
+    return (f.velocity(net, x, t, cond_for(B)) - (eps - x0)).mean()

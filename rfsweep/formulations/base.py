@@ -23,7 +23,8 @@ Design decisions shared by every formulation (the paper is silent on them):
   never inverts a schedule.
 * **Validation times.** ``VALIDATION_T`` are the midpoints ``(i + 0.5) / 8`` of eight equal strata of
   native ``t``: several formulations are singular at ``t = 0`` (EDM: ``sigma = 0``) or ``t = 1``
-  (eps/cos: ``a = 0``; edm: ``sigma = inf``), so the end points are never used.
+  (eps/cos: ``a = 0``; edm: ``sigma = inf``), so the end points are never used. The common validation loss
+  (``rf_velocity_error``) uses the same eight values as rectified-flow times.
 """
 
 from __future__ import annotations
@@ -208,6 +209,15 @@ class Formulation:
         a, b = (_bcast(c, x) for c in self.coeffs_rf(t_rf))
         x0, eps = self.predict_x0_eps(net, (a + b) * x, t_rf, cond)
         return eps - x0
+
+    def rf_velocity_error(self, net: Backbone, x0: torch.Tensor, cond: Cond, t_rf, eps: torch.Tensor) -> torch.Tensor:
+        """(B,) squared error of the rectified-flow velocity ``eps - x0`` predicted through ``velocity()`` at
+        ``x = (1 - t_rf) x0 + t_rf eps``, mean over non-batch dims: one validation loss on one scale for every
+        formulation (their own losses weight and parameterise differently, so they do not compare)."""
+        t_rf = _as_batch_t(t_rf, x0.shape[0], x0)
+        t = _bcast(t_rf, x0)
+        err = self.velocity(net, (1 - t) * x0 + t * eps, t_rf, cond) - (eps - x0)
+        return err.pow(2).mean(dim=tuple(range(1, x0.ndim)))
 
     def sampling_grid(self, n_steps: int, shift: float = 1.0) -> torch.Tensor:
         """(n_steps + 1,) float64 decreasing rf-frame times, first t_max, last 0.0; Sec. 5.3 shift applied."""

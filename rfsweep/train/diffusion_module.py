@@ -192,6 +192,11 @@ class DiffusionModule(L.LightningModule):
             # every rank validates on the whole set (DataModule): sync_dist averages identical values
             self.log(f"val/loss_{name}", torch.stack(losses).mean(), on_epoch=True, prog_bar=name == "ema",
                      batch_size=n, sync_dist=True)
+            # the common validation loss: the rf-frame velocity error at the same eight t_rf, comparable across
+            # formulations (their own losses are not; the race's and the pilot's early signal)
+            common = torch.stack([self.formulation.rf_velocity_error(net, b.latents, b.cond, float(t), eps).mean()
+                                  for t in VALIDATION_T]).mean()
+            self.log(f"val/rf_velocity_{name}", common, on_epoch=True, batch_size=n, sync_dist=True)
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()

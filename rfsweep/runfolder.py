@@ -28,6 +28,7 @@ from rfsweep.atomic import atomic_write
 from rfsweep.cluster.slurm import job_log, restart_count, slurm_job_id
 from rfsweep.errors import ConfigError
 
+RUNGS = "rungs"  # a race's rung evaluations: <run>/rungs/<step>/ (rfsweep.run.rung), apart from the run's results
 STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.safetensors"
 METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
@@ -35,7 +36,8 @@ METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
 # States of status.json. `running` is what a live job writes (a dead one leaves it behind: its lease and heartbeat
 # tell them apart); `preempted` means a checkpoint was written at a stop signal; `cancelled` is a stop SLURM says
 # was a cancellation (scancel), which is never requeued.
-STATES = ("done", "trained", "running", "preempted", "cancelled", "failed")
+PAUSED = "paused"  # stopped at a race's rung (rung.stop_at), evaluated there; the next rung continues it
+STATES = ("done", "trained", "running", "preempted", "cancelled", "failed", PAUSED)
 FINISHED = "done"
 TRAINED = ("trained", FINISHED)  # the states of a run whose training is over
 
@@ -145,11 +147,12 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 # Config keys that may differ when a run is resumed: they do not change the trained weights (where the run's files
 # go, how they are logged, how many loader workers or threads, how often a checkpoint is written, how many devices
 # share the global batch, how the job behaves on a cluster, how the finished weights are sampled and evaluated:
-# results rows carry their settings) or only extend them (max_steps: neither the data stream nor the learning-rate
-# schedule depends on it, so a longer run continues exactly as if it had been started longer).
+# results rows carry their settings; a race's rung: where a launch pauses) or only extend them (max_steps: neither
+# the data stream nor the learning-rate schedule depends on it, so a longer run continues exactly as if it had been
+# started longer).
 RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "reference_sweep", "stage", "cluster", "eval",
                   "sampler", "grid", "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
-                  "trainer.max_steps")
+                  "trainer.max_steps", "rung")
 
 
 def flatten(d, prefix: str = "") -> dict:

@@ -13,7 +13,7 @@ from rfsweep.errors import ConfigError
 from rfsweep.run.schema import rules_for
 
 GROUPS = (None, "trainer", "optimizer", "ema", "sampler", "eval", "data", "conditioning", "autoencoder", "backbone",
-          "logger", "cluster", "paths")
+          "logger", "cluster", "paths", "rung")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -83,6 +83,9 @@ def _cross_checks(cfg: DictConfig) -> None:
         raise ConfigError(f"config error: trainer.val_every={tr.val_every} is not a multiple of ema.snapshot_every="
                           f"{cfg.ema.snapshot_every} with eval.ema_lengths (allowed: a multiple: the evaluated step, "
                           f"the best validation's, needs its snapshot)")
+    if cfg.rung.stop_at is not None and cfg.rung.stop_at > tr.max_steps:
+        raise ConfigError(f"config error: rung.stop_at={cfg.rung.stop_at} is beyond trainer.max_steps={tr.max_steps} "
+                          f"(allowed: null or an integer in [1, {tr.max_steps}])")
     _check_width(cfg.backbone)
     res, ds = cfg.data.resolution, getattr(cfg.autoencoder, "downsample", 1)
     patch = OmegaConf.select(cfg, "backbone.patch_size", default=1) or 1

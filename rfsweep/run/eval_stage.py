@@ -144,11 +144,14 @@ class PostHocNets:
 
 
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
-                 tracker=None, owns=None) -> list[dict]:
+                 tracker=None, owns=None, out_dir: Path | None = None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
     evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early); `owns()` before each
-    write to the run folder (False: another process holds it now, EvaluationStopped without writing)."""
+    write to the run folder (False: another process holds it now, EvaluationStopped without writing). `out_dir`:
+    where results, evidence and sample grids go (default the run folder; a race's rung: rungs/<step>/)."""
     e, meta = cfg.eval, module.meta
+    out = Path(out_dir) if out_dir is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
     evaluator.to(module.device)
     ref = reference_stats(evaluator, cfg.data.name, "test", cfg.data.resolution, e.n_samples, cfg.data.seed,
                           cache_dir=Path(cfg.paths.cache), data_path=cfg.data.path)
@@ -157,8 +160,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     common = {"variant": meta.variant, "family": meta.family, "dataset": meta.dataset, "backbone": meta.backbone,
               "ckpt_step": info["step"], "val_loss": info["val_loss"], "seed": meta.seed, "run_dir": str(run_dir),
               EVALUATOR: evaluator.id}
-    bank = _earlier_bank(run_dir, info["step"], evaluator.id, ref)
-    rows = [r for r in _earlier_rows(run_dir, info["step"], evaluator.id)  # a setting without its evidence: again
+    bank = _earlier_bank(out, info["step"], evaluator.id, ref)
+    rows = [r for r in _earlier_rows(out, info["step"], evaluator.id)  # a setting without its evidence: again
             if r["weights"] == REAL or bank.has(r["weights"], r["steps"], r["cfg"])]
     if not any(r["weights"] == REAL for r in rows):
         real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
@@ -186,23 +189,23 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row
         bank.add(weights, steps, guidance, evidence)
         ours()
-        bank.save(run_dir / BANK_FILE)
+        bank.save(out / BANK_FILE)
 
     def keep(row: dict) -> None:
         rows.append({**common, **row})
         ours()
-        write_results(run_dir / RESULTS_FILE, rows)
+        write_results(out / RESULTS_FILE, rows)
         progress.finish()
 
     evaluate(sample_fn, evaluator, prompts, ref, settings=settings, weights=tuple(weights), n_samples=e.n_samples,
-             batch_size=e.batch_size, seed=e.seed, grid_dir=run_dir / "eval_samples", grid_size=GRID_SIZE, stop=stop,
+             batch_size=e.batch_size, seed=e.seed, grid_dir=out / "eval_samples", grid_size=GRID_SIZE, stop=stop,
              done=done, on_row=keep, on_setting=progress.start, on_evidence=bank_it)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
     ours()
-    write_results(run_dir / RESULTS_FILE, rows)
+    write_results(out / RESULTS_FILE, rows)
     if tracker is not None:
         shown = eval_prompts(prompts, e.n_samples)[:GRID_SIZE]
-        grids = {setting_name(r["weights"], r["steps"], r["cfg"]): run_dir / "eval_samples" /
+        grids = {setting_name(r["weights"], r["steps"], r["cfg"]): out / "eval_samples" /
                  f"{setting_name(r['weights'], r['steps'], r['cfg'])}.png" for r in rows if r["weights"] != REAL}
         tracker.log_evaluation(rows, {k: (p, shown) for k, p in grids.items()}, info)
     return rows

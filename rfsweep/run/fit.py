@@ -35,6 +35,7 @@ from rfsweep.train.callbacks import (
     Preemption,
     Progress,
     RunCSVLogger,
+    RungStop,
     StepProgressBar,
     Throughput,
     in_step_order,
@@ -97,9 +98,10 @@ def record_peak_memory(cfg: DictConfig, run_dir: Path) -> None:
 
 def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tracker=None) -> int:
     """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
-    `last.ckpt` written, when `guard` got a stop signal. With several devices every rank runs this; only rank 0
-    writes the run's files."""
+    `last.ckpt` written, when `guard` got a stop signal, or at a race's rung (`rung.stop_at`: status paused). With
+    several devices every rank runs this; only rank 0 writes the run's files."""
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
+    stop_at = cfg.rung.stop_at if cfg.rung.stop_at is not None and cfg.rung.stop_at < tr.max_steps else None
     periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every, owns=guard.confirm_lease)
     best = BestWeights(ckpt_dir / runfolder.BEST, owns=guard.confirm_lease)
     if tr.compile:
@@ -118,6 +120,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         BestValidation(tracker) if tracker is not None and tracker.run is not None else None,
         periodic,
         Preemption(periodic, guard),
+        RungStop(periodic, stop_at, guard) if stop_at else None,
         FailureRecorder(run_dir, guard.confirm_lease),
         progress,
         Throughput(tr.batch_size, flops, log_every),
@@ -147,7 +150,9 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
         record_peak_memory(cfg, run_dir)
     if trainer.is_global_zero:  # the folder may be another process's since the last write
         guard.require_lease()
-    if not guard.stop_requested() and trainer.is_global_zero:
+    if not guard.stop_requested() and trainer.is_global_zero and stop_at and trainer.global_step == stop_at:
+        runfolder.write_status(run_dir, runfolder.PAUSED, step=trainer.global_step, max_steps=int(tr.max_steps))
+    elif not guard.stop_requested() and trainer.is_global_zero:
         rate = progress.rate(trainer.global_step)
         runfolder.write_status(run_dir, "trained", step=trainer.global_step, max_steps=int(tr.max_steps),
                                best_val_loss_ema=best.best_score,

@@ -34,6 +34,7 @@ from rfsweep.cluster.ranks import Launch, RanksDisagree, process_rank
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.console import tidy_logging
 from rfsweep.errors import ConfigError, UserError
+from rfsweep.run import rung
 from rfsweep.run.builders import build_model, build_module
 from rfsweep.run.plan import dry_run_line, expected_resolution
 from rfsweep.run.preflight import preflight
@@ -185,20 +186,26 @@ def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     runfolder.check_config(run_dir, resolved)  # a finished run of another config is not this job's result
-    if run_finished(cfg):
+    at_rung = rung.active(cfg)
+    if at_rung and rung.finished(cfg, configured_evaluator_id(cfg)):
+        print(f"skip: {run_dir} is evaluated at rung {cfg.rung.stop_at}", flush=True)
+        return Outcome(0, "paused", f"rung {cfg.rung.stop_at}, evaluated earlier")
+    if at_rung:
+        rung.check_reachable(cfg, runfolder.read_status(run_dir))
+    elif run_finished(cfg):
         print(f"skip: {run_dir} is finished", flush=True)
         return Outcome(0, "skipped", "finished earlier")
     check_multi_device(cfg)
     rank0 = process_rank() == 0
     if not rank0:  # another rank: trains beside rank 0, never evaluates, never holds the lease, writes nothing
-        if runfolder.is_trained(runfolder.read_status(run_dir)):
+        if runfolder.is_trained(runfolder.read_status(run_dir)) or (at_rung and rung.paused_here(cfg)):
             return Outcome(0, "rank", "trained: rank 0 evaluates alone")
         return _train_as_other_rank(cfg, formulation, run_dir, guard, launch)
     lost = lambda held: guard.lose_lease(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
     with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost) as lease, _confirming(guard, lease):
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
-        trained = runfolder.is_trained(status)
+        trained = runfolder.is_trained(status) or (at_rung and rung.paused_here(cfg))
         if cfg.stage == "evaluate" and not trained:
             raise ConfigError(f"config error: stage=evaluate but {run_dir} is not trained (state "
                               f"{status.get('state', 'not started')}; allowed: stage=all or train first)")
@@ -210,7 +217,7 @@ def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch
         from rfsweep.run.eval_stage import configured_evaluator  # deferred: torchmetrics, open_clip; not a dry run
 
         module, data = build_module(cfg, formulation, train=not trained)
-        evaluator = configured_evaluator(cfg) if cfg.eval.enabled else None  # missing weights: before training
+        evaluator = configured_evaluator(cfg) if cfg.eval.enabled or at_rung else None  # missing weights: now
         if not trained:
             launch.agree()  # every rank built its part; a refusal above has told them to stop
         net = module.net
@@ -264,6 +271,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator,
             return _stopped(cfg, run_dir, guard, step, "training", tracker)
         if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
             module = build_model(cfg, module.formulation)
+    if rung.active(cfg):
+        return _evaluate_rung(cfg, run_dir, module, evaluator, guard, tracker)
     if cfg.stage == "train":  # evaluation is its own job (stage=evaluate), e.g. on other nodes
         print(f"trained: {run_dir} (evaluate with stage=evaluate)", flush=True)
         return Outcome(0, "done", "trained (stage=train)")
@@ -286,6 +295,30 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator,
     runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
     print(f"done: {run_dir}", flush=True)
     return Outcome(0, "done")
+
+
+def _evaluate_rung(cfg: DictConfig, run_dir: Path, module, evaluator, guard: PreemptionGuard, tracker) -> Outcome:
+    """Rank 0, paused at a race's rung: evaluate with the rung's protocol into rungs/<step>/ (`rfsweep.run.rung`)."""
+    from rfsweep.run.eval_stage import EvaluationStopped, evaluate_run  # deferred: torchmetrics (~3 s)
+    from rfsweep.train.checkpoint_io import load_weights  # deferred: lightning, not needed by a dry run
+
+    step = int(cfg.rung.stop_at)
+    if guard.stop_requested():
+        return _stopped(cfg, run_dir, guard, step, "rung", tracker)
+    info = load_weights(module, run_dir)
+    module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
+    module.place_frozen()
+    at = rung.eval_config(cfg)
+    try:
+        evaluate_run(at, module, run_dir, info, eval_settings(at), evaluator, stop=guard.stop_requested,
+                     owns=guard.confirm_lease, out_dir=rung.folder(run_dir, step))
+    except EvaluationStopped:
+        if guard.lost:
+            raise LeaseLost(guard.lost) from None
+        return _stopped(cfg, run_dir, guard, step, "rung", tracker)
+    guard.require_lease()
+    print(f"paused: {run_dir} at rung {step} (evaluated into {rung.folder(run_dir, step)})", flush=True)
+    return Outcome(0, "paused", f"rung {step}")
 
 
 def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, stage: str, tracker=None) -> Outcome:

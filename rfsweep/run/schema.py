@@ -73,6 +73,7 @@ class RootConf:
     logger: Any = MISSING
     cluster: Any = MISSING
     paths: Any = MISSING
+    rung: Any = MISSING
 
 
 @dataclass
@@ -168,6 +169,21 @@ class EvalConf:
     ema_lengths: list = rule(None, _lengths, "distinct numbers in [0.0001, 0.28] (sigma_rel), or []", factory=list)
     ema_select: str = rule("fid", lambda v: v in metric_names(), f"a registered metric ({', '.join(metric_names())})")
     bf16: bool = True  # on a GPU, sample under bf16 autocast with TF32 matmuls (ignored on a CPU)
+
+
+@dataclass
+class RungConf:
+    """A race's rung (`hydra/sweeper=race`, `rfsweep.run.race_control`): this launch trains to `stop_at` and
+    evaluates there, with `samples` per setting of `settings` and `weights`, into the run folder's rungs/<stop_at>/;
+    the next launch of the same run continues from that checkpoint. Not part of the run's identity."""
+
+    stop_at: Optional[int] = rule(None, lambda v: v is None or positive_int(v),
+                                  "null (train to trainer.max_steps) or an integer > 0 (the rung's step)")
+    samples: int = rule(200, positive_int, "an integer > 0 (samples per setting at a rung)")
+    settings: Any = rule(None, _settings, "a list of [steps > 0, guidance >= 0] pairs",
+                         factory=lambda: [[10, 5.0], [25, 5.0]])
+    weights: list = rule(None, lambda v: len(v) > 0 and all(w in ("ema", "raw") for w in v),
+                         "a non-empty subset of [ema, raw]", factory=lambda: ["ema"])
 
 
 @dataclass
@@ -314,6 +330,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("logger", "logger_schema"): LoggerConf,
     ("cluster", "default"): ClusterConf,
     ("paths", "default"): PathsConf,
+    ("rung", "default"): RungConf,
 }
 
 

@@ -22,7 +22,7 @@ from rfsweep import runfolder
 from rfsweep.results import MANIFEST_FILE
 from rfsweep.run.job import LAUNCH_ENV
 
-GOOD = ("done", "skipped")
+GOOD = ("done", "skipped", "stopped")  # stopped: by a race (rfsweep.run.race_control)
 SHOWN = 40  # lines of unfinished jobs on the screen; the rest are counted
 
 

@@ -273,6 +273,22 @@ class Preemption(L.Callback):
             self.checkpoint.request(trainer, then_stop=True)
 
 
+class RungStop(L.Callback):
+    """A race's rung (`rung.stop_at`): at that step `last.ckpt` is written (after the step's validation when one is
+    due) and training stops, as a pre-emption stops it; the next launch resumes from there as from a pre-emption, so
+    a run paused at rungs ends with the weights of one trained straight through. Rank 0 confirms the lease first."""
+
+    def __init__(self, checkpoint: PeriodicCheckpoint, stop_at: int, guard: PreemptionGuard):
+        self.checkpoint, self.stop_at, self.guard = checkpoint, int(stop_at), guard
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not completed_step(trainer, batch_idx) or trainer.global_step != self.stop_at:
+            return
+        if folder_lost(trainer, self.guard.confirm_lease):
+            raise LeaseLost(self.guard.lost or "rank 0's lease was taken over")
+        self.checkpoint.request(trainer, then_stop=True)
+
+
 class Progress(L.Callback):
     """Keeps `status.json` (state running) current: step, max_steps, steps/s and samples/s, at most every
     `every_s` seconds, so `python -m analysis status` shows progress and an ETA; with `echo`, also prints a progress
@@ -412,6 +428,7 @@ STEP_ORDER: tuple[tuple[str, str], ...] = (
     ("PeriodicCheckpoint", "after the EMAs and the best weights: last.ckpt holds the whole state of its step"),
     ("Preemption", "after PeriodicCheckpoint: a stop asks it for this step's checkpoint (a step is written once), then "
                    "ends training"),
+    ("RungStop", "after PeriodicCheckpoint: a race's rung asks it for this step's checkpoint, then ends training"),
     ("FailureRecorder", "writes only when training breaks (on_exception)"),
     ("Progress", "after the step's checkpoint: status.json's progress (steps/s, ETA)"),
     ("Throughput", "samples/s and MFU to the loggers"),

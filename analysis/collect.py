@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.race_log import DecisionLog
 from rfsweep.metrics import ranked_names
 from rfsweep.results import (
     KEYS,
@@ -21,7 +22,7 @@ from rfsweep.results import (
     unranked_metrics,
     validate_rows,
 )
-from rfsweep.runfolder import config_changes, flatten, read_config
+from rfsweep.runfolder import RUNGS, config_changes, flatten, read_config
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -55,7 +56,9 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
         raise ResultsError(f"{source}: no such results file or sweep directory")
     manifest_path = source / MANIFEST_FILE
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
-    files = sorted(source.rglob(RESULTS_FILE))
+    files = [f for f in sorted(source.rglob(RESULTS_FILE)) if f.parent.parent.name != RUNGS]  # a race's rungs: apart
+    if manifest is not None:
+        manifest = raced(source, manifest)
     if not files and manifest is None:
         raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
     frames = [read_results(f) for f in files]
@@ -67,6 +70,19 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     out[RESULTS_DIR] = [str(f.parent) for f, frame in zip(files, frames) for _ in range(len(frame))]
     check_distinct_runs(out)
     return _filled(out), manifest
+
+
+def raced(source: Path, manifest: dict) -> dict:
+    """A raced sweep's manifest (`analysis.race`): the jobs of the variants the race stopped leave the expected grid
+    (Table 1 lists them as censored rows, `manifest["race"]`, never ranked as if complete); a race without its end
+    record keeps every job expected (its grid is incomplete)."""
+    records = DecisionLog(source).records()
+    end = next((r for r in records if "end" in r), None)
+    if end is None:
+        return manifest if not records else {**manifest, "race": records}
+    stopped = set(end["stopped"])
+    return {**manifest, "jobs": [j for j in manifest["jobs"] if j["variant"] not in stopped], "race": records,
+            "race_runs": [j["run"] for j in manifest["jobs"]]}
 
 
 def _filled(df: pd.DataFrame) -> pd.DataFrame:

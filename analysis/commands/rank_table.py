@@ -104,6 +104,31 @@ def _fig4(sweep: Path, out: Path) -> dict:
         return {}
 
 
+def _race(src: Path, manifest: dict, table, conf, out: Path) -> None:
+    """A raced sweep (`analysis.race`): its censored rows and audit under Table 1 (table1.md, table1_censored.csv)
+    and its compute against the full grid's (race_compute.json)."""
+    import json
+
+    from analysis.race import censored, censored_markdown, compute_line, compute_report
+    from rfsweep.runfolder import read_config
+
+    records = manifest["race"]
+    places = conf.table()[["variant", "rank"]] if conf is not None else table.assign(rank=range(1, len(table) + 1))
+    with open(out / "table1.md", "a") as f:
+        f.write(censored_markdown(records, places))
+    censored(records).to_csv(out / "table1_censored.csv", index=False)
+    end = next((r for r in records if "end" in r), None)
+    if end is None:
+        print("note: the race has not ended (no end record in race.jsonl): its grid is incomplete", file=sys.stderr)
+        return
+    runs = manifest.get("race_runs", [])
+    batch = int((read_config(src / runs[0]) or {}).get("trainer", {}).get("batch_size", 0)) if runs else 0
+    report = compute_report(src, runs, end["max_steps"], batch)
+    (out / "race_compute.json").write_text(json.dumps(report, indent=1))
+    print(f"race: {len(end['finished'])} variants finished, {len(end['stopped'])} stopped (censored rows under "
+          f"Table 1); {compute_line(report)}", file=sys.stderr)
+
+
 def run(args) -> int:
     with ranking(rank_by(getattr(args, "rank_by", None))):  # --rank-by: Table 1, its intervals, Friedman, Fig. 3
         return _run(args)
@@ -129,6 +154,8 @@ def _run(args) -> int:
     table = rank_table(df)
     conf = _confidence(df, miss, args, out)
     write_table1(table, out, miss, conf.table() if conf is not None else None)
+    if manifest and manifest.get("race"):
+        _race(src, manifest, table, conf, out)
     _friedman(df, miss, out)
     write_missing(out, miss)
     w = args.weights or "ema"

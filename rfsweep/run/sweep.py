@@ -52,6 +52,7 @@ def planned_jobs(config: DictConfig) -> list[list[str]]:
 # (tests/test_dry_run.py).
 DRY_RUN_VIA_LAUNCHER = "RFSWEEP_DRY_RUN_VIA_LAUNCHER"
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
+RACE_SWEEPER = "hydra_plugins.rfsweep_launcher.race_sweeper.RaceSweeper"  # expands its jobs as the basic one
 
 
 def _task_config(cfg: DictConfig) -> DictConfig:
@@ -74,7 +75,7 @@ def dry_run_configs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[s
     assert isinstance(loader, ConfigLoaderImpl)
     master = loader.load_configuration(config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
     sweeper = OmegaConf.select(master, "hydra.sweeper._target_", default=None)
-    if sweeper != BASIC_SWEEPER:
+    if sweeper not in (BASIC_SWEEPER, RACE_SWEEPER):
         raise ValueError(f"hydra.sweeper is {sweeper}: jobs expanded as {BASIC_SWEEPER} expands them only")
     with open_dict(master.hydra):
         master.hydra.mode = RunMode.MULTIRUN
@@ -121,6 +122,10 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
             print_expected_resolution(master, [cfg for _, cfg in jobs])
         for _, cfg in jobs:
             _print_job_line(cfg, dry_run_line)
+        if OmegaConf.select(master, "hydra.sweeper._target_") == RACE_SWEEPER:
+            from rfsweep.run.race_control import print_dry_run_plan, race_conf
+
+            return print_dry_run_plan(race_conf(master.hydra.sweeper), master, [job for job, _ in jobs])
     return 0
 
 

@@ -1,0 +1,214 @@
+"""A raced sweep (`hydra/sweeper=race`, `rfsweep.run.race_control`) read back: each rung's evaluations and their
+places with intervals, the stopping rule, the margin measured on a calibration sweep, the compute spent and the
+censored rows of Table 1 (the decision log: `analysis.race_log`).
+
+The rule at a rung: a variant stops when even its best plausible place (the lower end of its marginal 95% interval,
+`Confidence.places`) lies beyond the top group's size K plus the margin m of that rung, the largest shift by which a
+variant of the final top K sat beyond K at that rung of a calibration sweep (the same grid raced with nothing
+stopped); at least `keep` of the rung's variants go on (the best placed), and `audit` of the stopped ones, drawn
+with the race's seed, are carried to the end to check the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rfsweep.results import REAL, RESULTS_FILE, read_results
+from rfsweep.runfolder import RUNGS, last_checkpoint
+
+
+@dataclass(frozen=True)
+class Rule:
+    top: int  # K: the size of the top group the race keeps
+    margin: int  # m: places beyond K a variant's best plausible place may lie at this rung
+    keep: float  # the least fraction of the rung's variants that go on
+    audit: int  # stopped variants carried to the end as a check of the rule
+
+
+def rung_rows(sweep_dir: str | Path, runs: dict[str, list[str]], step: int):
+    """The rung's results rows of the variants `runs` names (variant -> run folders, relative to the sweep) and their
+    evidence banks, keyed by the rung folder (each row's run_dir). Raises ValueError naming a run whose rung results
+    are missing or damaged."""
+    from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank  # deferred: torch
+    frames, banks = [], {}
+    for _, folders in sorted(runs.items()):
+        for run in folders:
+            where = Path(sweep_dir) / run / RUNGS / str(int(step))
+            try:
+                df = read_results(where / RESULTS_FILE)
+                bank = EvidenceBank.load(where / BANK_FILE)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"race: {run} has no complete evaluation at step {step} ({e})") from None
+            if bank is None:
+                raise ValueError(f"race: {run} has no evidence bank at step {step} ({where})")
+            frames.append(df.assign(run_dir=str(where)))
+            banks[str(where)] = bank
+    return pd.concat(frames, ignore_index=True), banks
+
+
+def rung_places(df: pd.DataFrame, banks: dict, b: int, seed: int) -> pd.DataFrame:
+    """Each variant's place over the rung's settings and data sets (column `all`) with its marginal 95% interval:
+    variant, rank, rank_lo, rank_hi, sorted by place."""
+    from analysis.confidence import bootstrap  # deferred: scipy
+
+    conf = bootstrap(df, banks, b=b, seed=seed)
+    return conf.places("all")[["variant", "rank", "rank_lo", "rank_hi"]]
+
+
+def decide(places: pd.DataFrame, rule: Rule, seed: int) -> dict:
+    """Who stops at this rung: {"go_on": [...], "stopped": [...], "audit": [...]} (variant names, sorted), by the
+    rule of the module docstring; deterministic in `places` and `seed`."""
+    ordered = places.sort_values(["rank", "variant"])
+    least = max(rule.top, math.ceil(rule.keep * len(ordered)))
+    out = ordered["rank_lo"] > rule.top + rule.margin
+    out.iloc[:least] = False
+    stopped = sorted(ordered.loc[out, "variant"])
+    rng = np.random.default_rng(seed)
+    audit = sorted(rng.choice(stopped, size=min(rule.audit, len(stopped)), replace=False).tolist()) if stopped else []
+    return {"go_on": sorted(ordered.loc[~out, "variant"]), "stopped": stopped, "audit": audit}
+
+
+def margins(calibration: pd.DataFrame, final: pd.DataFrame, top: int) -> int:
+    """The rank shift m of one rung measured on a calibration sweep: the most places by which the best plausible
+    place at the rung (`calibration`'s rank_lo) of a variant of the final top `top` (`final`'s rank) lay beyond
+    `top`; 0 when every final top variant was already plausible there."""
+    best = set(final.loc[final["rank"] <= top, "variant"])
+    lo = calibration.set_index("variant")["rank_lo"]
+    return int(max([0, *(int(lo[v]) - top for v in best if v in lo.index)]))
+
+
+def evaluation_nfe(df: pd.DataFrame) -> int:
+    """Network evaluations of results rows: samples x sampling steps, twice where guidance needs the unconditional
+    prediction (cfg != 1)."""
+    rows = df[df["weights"] != REAL]
+    per = rows["steps"].astype(int) * np.where((rows["cfg"] - 1.0).abs() > 1e-9, 2, 1)
+    return int((rows["n_samples"].astype(int) * per).sum())
+
+
+def spent(sweep_dir: str | Path, runs: list[str]) -> dict:
+    """The compute the sweep's run folders hold: training steps (each run's last checkpoint) and the network
+    evaluations of every evaluation (the rungs' and the final ones)."""
+    from rfsweep.train.checkpoint_io import checkpoint_step  # deferred: torch
+
+    steps, nfe = 0, 0
+    for run in runs:
+        folder = Path(sweep_dir) / run
+        steps += checkpoint_step(last_checkpoint(folder))
+        for path in [folder / RESULTS_FILE, *sorted((folder / RUNGS).glob(f"*/{RESULTS_FILE}"))]:
+            if path.is_file():
+                nfe += evaluation_nfe(read_results(path))
+    return {"train_steps": steps, "eval_nfe": nfe}
+
+
+def censored(records: list[dict]) -> pd.DataFrame:
+    """Table 1's censored rows: each variant the race stopped (and did not audit), the rung and step it stopped at,
+    its place and interval there ("place at least" its best plausible place)."""
+    rows = []
+    for r in records:
+        if "rung" not in r:
+            continue
+        places = r["places"]
+        for v in r["stopped"]:
+            if v in r["audit"]:
+                continue
+            rank, lo, hi = places[v]
+            rows.append({"variant": v, "stopped_rung": r["rung"], "stopped_step": r["step"], "rung_rank": rank,
+                         "rung_lo": lo, "rung_hi": hi})
+    out = pd.DataFrame(rows, columns=["variant", "stopped_rung", "stopped_step", "rung_rank", "rung_lo", "rung_hi"])
+    return out.sort_values(["stopped_rung", "rung_rank", "variant"], ascending=[False, True, True], ignore_index=True)
+
+
+def full_grid(sweep_dir: str | Path, runs: list[str], max_steps: int) -> dict:
+    """What the same grid costs trained straight to the end: every run's `max_steps` training steps and, per run, the
+    final evaluation's network evaluations of a run that finished (the protocol is the sweep's)."""
+    finals = [read_results(p) for run in runs if (p := Path(sweep_dir) / run / RESULTS_FILE).is_file()]
+    per_run = int(np.median([evaluation_nfe(df) for df in finals])) if finals else 0
+    return {"train_steps": len(runs) * int(max_steps), "eval_nfe": len(runs) * per_run}
+
+
+def forward_equivalents(cost: dict, batch_size: int) -> float:
+    """Training and evaluation on one scale: a training step is `batch_size` samples through the network forward
+    and backward (about three forward passes each), an evaluation's network evaluation one sample forward."""
+    return 3.0 * batch_size * cost["train_steps"] + cost["eval_nfe"]
+
+
+def compute_report(sweep_dir: str | Path, runs: list[str], max_steps: int, batch_size: int) -> dict:
+    """The race's compute against the full grid's, counted from the run folders: training steps, evaluation network
+    evaluations, and both on one scale (`forward_equivalents`), each with the fraction spent."""
+    spent_now, full = spent(sweep_dir, runs), full_grid(sweep_dir, runs, max_steps)
+    both = {k: forward_equivalents(c, batch_size) for k, c in (("spent", spent_now), ("full", full))}
+    out = {"spent": spent_now, "full": full, "batch_size": int(batch_size)}
+    out["fraction"] = {"train_steps": spent_now["train_steps"] / max(full["train_steps"], 1),
+                       "eval_nfe": spent_now["eval_nfe"] / max(full["eval_nfe"], 1),
+                       "forward_equivalents": both["spent"] / max(both["full"], 1.0)}
+    return out
+
+
+def compute_line(report: dict) -> str:
+    s, f, fr = report["spent"], report["full"], report["fraction"]
+    return (f"compute: {s['train_steps']} of the full grid's {f['train_steps']} training steps "
+            f"({fr['train_steps']:.0%}), {s['eval_nfe']} of {f['eval_nfe']} evaluation network evaluations "
+            f"({fr['eval_nfe']:.0%}); together {fr['forward_equivalents']:.0%} (a training step counted as "
+            f"3 x {report['batch_size']} forward passes)")
+
+
+def censored_markdown(records: list[dict], finished_places: pd.DataFrame) -> str:
+    """Table 1's censored rows and the audit, in Markdown: each stopped variant with the rung it stopped at and its
+    place and interval there (its final place is at least its best plausible place there, among the variants of that
+    rung), and how many of the audited stopped variants reached the top group (`finished_places`: the finishers'
+    variant and rank)."""
+    rule = next((r["rule"] for r in records if "rung" in r), None)
+    if rule is None:
+        return ""
+    rows = censored(records)
+    end = next((r for r in records if "end" in r), {})
+    lines = ["", "**Stopped by the race** (censored rows: not trained to the end, never ranked as if complete; "
+                 "their place and 95% interval at the rung where they stopped, among that rung's variants):", "",
+             "| variant | stopped at | place there [95%] | final place |", "|---|---|---|---|"]
+    of = end.get("max_steps", "?")
+    lines += [f"| {r.variant} | rung {r.stopped_rung} (step {r.stopped_step} of {of}) | {r.rung_rank} "
+              f"[{r.rung_lo}-{r.rung_hi}] | at least {r.rung_lo} |" for r in rows.itertuples()]
+    audit = sorted(end.get("audit", []))
+    if audit:
+        final = finished_places.set_index("variant")["rank"]
+        reached = [v for v in audit if v in final.index and final[v] <= rule["top"]]
+        lines += ["", f"Audit: {len(audit)} stopped variants carried to the end ({', '.join(audit)}); "
+                      f"{len(reached)} of them reached the top {rule['top']} (false stops"
+                      + (f": {', '.join(reached)}" if reached else "") + ")."]
+    return "\n".join(lines) + "\n"
+
+
+def planned(variants: int, jobs_per_variant: float, steps: list[int], max_steps: int, rung_nfe: int, final_nfe: int,
+            stops: list[int]) -> dict:
+    """The compute of a race whose rungs stop `stops[i]` variants each for good (all zero: the most it can cost,
+    every variant to the end plus the rungs' evaluations): training steps and evaluation network evaluations."""
+    alive, train, nfe, before = variants, 0.0, 0.0, 0
+    for step, out in zip(steps, stops):
+        train += alive * jobs_per_variant * (step - before)
+        nfe += alive * jobs_per_variant * rung_nfe
+        alive, before = alive - out, step
+    train += alive * jobs_per_variant * (max_steps - before)
+    nfe += alive * jobs_per_variant * final_nfe
+    return {"train_steps": int(round(train)), "eval_nfe": int(round(nfe))}
+
+
+def replayed_stops(records: list[dict], rules: list[Rule], seed: int) -> list[int]:
+    """How many variants each rung would stop for good (stopped, not audited) with `rules`, replayed on a reference
+    sweep's decision log (its places at each rung, restricted to the variants still alive): the expected saving a
+    dry run prints."""
+    rungs = [r for r in records if "rung" in r]
+    alive, out = None, []
+    for i, (rec, rule) in enumerate(zip(rungs, rules)):
+        alive = set(rec["places"]) if alive is None else alive
+        at = pd.DataFrame([{"variant": v, "rank": p[0], "rank_lo": p[1], "rank_hi": p[2]}
+                           for v, p in rec["places"].items() if v in alive])
+        d = decide(at, rule, seed + i + 1)
+        gone = set(d["stopped"]) - set(d["audit"])
+        out.append(len(gone))
+        alive -= gone
+    return out

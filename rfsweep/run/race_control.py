@@ -1,0 +1,254 @@
+"""The race: a sweep that trains every job to the first rung, evaluates it there (`rfsweep.run.rung`), stops the
+variants that cannot reach the top group (`analysis.race`), and continues the others from their checkpoints to the
+next rung and to the end. Run by the Hydra sweeper `hydra/sweeper=race` (hydra_plugins/rfsweep_launcher), through
+whatever launcher is configured (local workers, SLURM).
+
+Deterministic and idempotent: each decided rung is a line of the sweep's decision log (race.jsonl, atomic appends);
+a rerun of the same command replays the decided rungs from the log, relaunches only what is unfinished (a finished
+rung or run is skipped by its job) and decides the next rung as the first launch would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rfsweep import runfolder
+from rfsweep.errors import ConfigError
+from rfsweep.run.job import LAUNCH_ENV
+
+CALIBRATED = "race_margins.json"
+
+
+@dataclass
+class RaceConf:
+    rungs: list  # fractions of trainer.max_steps where the race evaluates and decides (the end follows)
+    top: int  # K: the top group's size
+    margins: list | None  # m per rung; None: from `calibration`
+    calibration: str | None  # a calibration sweep (its race_margins.json)
+    calibrate: bool  # nothing stops: the sweep measures the margins
+    keep: float  # the least fraction of a rung's variants that go on
+    audit: int  # stopped variants carried to the end per rung
+    bootstrap: int  # replicates of the rank intervals at a rung
+    seed: int  # the bootstrap's and the audit draw's seed
+
+    def check(self, max_steps: int) -> list[int]:
+        """The rungs' steps; one line naming the key for a value out of range."""
+        fr = [float(f) for f in self.rungs]
+        if not fr or any(not 0 < f < 1 for f in fr) or fr != sorted(set(fr)):
+            raise ConfigError(f"config error: hydra.sweeper.rungs={list(self.rungs)} (allowed: increasing fractions "
+                              f"of trainer.max_steps in (0, 1), e.g. [0.25, 0.5])")
+        steps = [max(1, round(f * max_steps)) for f in fr]
+        if len(set(steps)) != len(steps):
+            raise ConfigError(f"config error: hydra.sweeper.rungs={fr} give equal steps {steps} at trainer.max_steps="
+                              f"{max_steps} (allowed: rungs at distinct steps)")
+        if self.top < 1 or not 0 <= self.keep <= 1 or self.audit < 0 or self.bootstrap < 100:
+            raise ConfigError(f"config error: hydra.sweeper top={self.top} keep={self.keep} audit={self.audit} "
+                              f"bootstrap={self.bootstrap} (allowed: top >= 1, keep in [0, 1], audit >= 0, "
+                              f"bootstrap >= 100)")
+        if not self.calibrate and self.margins is None and not self.calibration:
+            raise ConfigError("config error: hydra.sweeper.margins=null and hydra.sweeper.calibration=null (allowed: "
+                              "a margin per rung, a calibration sweep's folder, or calibrate=true to measure them)")
+        if self.margins is not None and (len(self.margins) != len(fr) or any(int(m) < 0 for m in self.margins)):
+            raise ConfigError(f"config error: hydra.sweeper.margins={list(self.margins)} (allowed: one integer >= 0 "
+                              f"per rung, {len(fr)})")
+        return steps
+
+    def margin_list(self, n: int) -> list[int]:
+        if self.calibrate:
+            return [0] * n
+        if self.margins is not None:
+            return [int(m) for m in self.margins]
+        path = Path(self.calibration) / CALIBRATED
+        try:
+            measured = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ConfigError(f"config error: hydra.sweeper.calibration={self.calibration}: no readable {CALIBRATED} "
+                              f"(allowed: a sweep raced with hydra.sweeper.calibrate=true, finished)") from None
+        if [float(f) for f in measured["rungs"]] != [float(f) for f in self.rungs] or measured["top"] != self.top:
+            raise ConfigError(f"config error: hydra.sweeper rungs={list(self.rungs)} top={self.top} but the "
+                              f"calibration measured rungs={measured['rungs']} top={measured['top']} (allowed: the "
+                              f"calibration's rungs and top)")
+        return [int(m) for m in measured["margins"]]
+
+
+@dataclass
+class Job:
+    overrides: list[str]
+    variant: str
+    run: str  # the run folder, relative to the sweep folder
+
+
+def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, jobs: list[Job], launch) -> int:
+    """The race over `jobs`; `launch(list of override lists)` runs a batch of jobs through the configured launcher.
+    Returns 0 when the race ended, 1 when a rung could not be decided (a job failed: rerun the same command)."""
+    from analysis.race import (  # deferred: pandas
+        Rule,
+        compute_line,
+        compute_report,
+        decide,
+        margins,
+        rung_places,
+        rung_rows,
+        spent,
+    )
+    from analysis.race_log import DecisionLog
+
+    steps = conf.check(max_steps)
+    margin = conf.margin_list(len(steps))
+    log = DecisionLog(sweep_dir)
+    records = log.records()
+    by_variant: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_variant.setdefault(j.variant, []).append(j)
+    alive, audited, stopped = sorted(by_variant), set(), set()
+    calibration_places = []
+    for i, step in enumerate(steps):
+        rec = records[i] if i < len(records) and "rung" in records[i] else None
+        if rec is not None and (rec["step"] != step or rec["alive"] != alive):
+            raise ConfigError(f"config error: {log.path} holds rung {i + 1} at step {rec['step']} over "
+                              f"{len(rec['alive'])} variants, this race has step {step} over {len(alive)} (allowed: "
+                              f"the command that wrote it; move the log aside to race afresh)")
+        if rec is None:
+            launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive for j in by_variant[v]])
+            try:
+                df, banks = rung_rows(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive}, step)
+            except ValueError as e:
+                print(f"race: rung {i + 1} (step {step}) not decided: {e}; rerun the same command (finished rungs "
+                      f"and runs are skipped)", file=sys.stderr, flush=True)
+                return 1
+            places = rung_places(df, banks, conf.bootstrap, conf.seed)
+            rule = Rule(conf.top, margin[i], 1.0 if conf.calibrate else conf.keep, 0 if conf.calibrate else conf.audit)
+            decision = decide(places, rule, conf.seed + i + 1)
+            rec = {"rung": i + 1, "step": step, "alive": alive, "rule": vars(rule), **decision,
+                   "places": {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in places.itertuples()}}
+            log.append(rec)
+            records = log.records()
+        print(f"race: rung {i + 1} (step {step} of {max_steps}): {len(rec['alive'])} variants, {len(rec['stopped'])} "
+              f"stopped ({len(rec['audit'])} carried on as an audit), margin {rec['rule']['margin']}", flush=True)
+        calibration_places.append(rec["places"])
+        stopped |= set(rec["stopped"]) - set(rec["audit"])
+        audited |= set(rec["audit"])
+        alive = sorted(set(rec["go_on"]) | set(rec["audit"]))
+    launch([list(j.overrides) for v in alive for j in by_variant[v]])
+    unfinished = [j.run for v in alive for j in by_variant[v]
+                  if runfolder.read_status(sweep_dir / j.run).get("state") != runfolder.FINISHED]
+    if unfinished:
+        print(f"race: {len(unfinished)} runs did not finish (e.g. {unfinished[0]}); rerun the same command",
+              file=sys.stderr, flush=True)
+        return 1
+    launch_id = os.environ.get(LAUNCH_ENV)
+    for v in sorted(stopped):
+        for j in by_variant[v]:
+            runfolder.write_outcome(sweep_dir / j.run, "stopped", "stopped by the race", launch=launch_id)
+    if not any("end" in r for r in records):
+        end = {"end": True, "finished": alive, "audit": sorted(audited), "stopped": sorted(stopped),
+               "spent": spent(sweep_dir, [j.run for j in jobs]), "jobs": len(jobs), "max_steps": max_steps}
+        if conf.calibrate:
+            end["margins"] = _measure(sweep_dir, conf, by_variant, calibration_places, margins)
+        log.append(end)
+        if conf.calibrate:
+            from rfsweep.atomic import atomic_write
+
+            with atomic_write(sweep_dir / CALIBRATED, "w") as f:
+                json.dump({"rungs": [float(x) for x in conf.rungs], "top": conf.top, "margins": end["margins"]}, f)
+    end = next(r for r in log.records() if "end" in r)
+    report = compute_report(sweep_dir, [j.run for j in jobs], max_steps, batch_size)
+    print(f"race: ended: {len(end['finished'])} variants finished ({len(end['audit'])} of them audited stopped ones), "
+          f"{len(end['stopped'])} stopped; {compute_line(report)}; `make rank-table RESULTS={sweep_dir}`: Table 1 "
+          f"with the censored rows", flush=True)
+    return 0
+
+
+def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, rung_places_seen: list, margins) -> list[int]:
+    """The margin per rung: the final places of the full protocol (every variant ran to the end) against each rung's
+    best plausible places."""
+    import pandas as pd
+
+    from analysis.commands.sweep_rows import required_banks  # deferred: pandas
+    from analysis.confidence import bootstrap
+    from rfsweep.results import RESULTS_FILE, read_results
+
+    df = pd.concat([read_results(sweep_dir / j.run / RESULTS_FILE).assign(results_dir=str(sweep_dir / j.run))
+                    for js in by_variant.values() for j in js], ignore_index=True)
+    final = bootstrap(df, required_banks(df), b=conf.bootstrap, seed=conf.seed).places("all")
+    out = []
+    for seen in rung_places_seen:
+        at = pd.DataFrame([{"variant": v, "rank": p[0], "rank_lo": p[1], "rank_hi": p[2]} for v, p in seen.items()])
+        out.append(margins(at, final, conf.top))
+    return [int(math.ceil(m)) for m in out]
+
+
+def nfe_per_run(n_samples: int, settings, weights) -> int:
+    """Network evaluations of one evaluation: samples x sampling steps, twice per step with guidance, per weights."""
+    return int(n_samples) * sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in settings) * len(weights)
+
+
+def dry_run_plan(conf: RaceConf, max_steps: int, batch_size: int, rung_nfe: int, final_nfe: int, variants: int,
+                 jobs: int) -> list[str]:
+    """What a dry run of the race prints: its rungs, the most it can cost against the full grid, and, with a
+    calibration sweep, the saving its decision log predicts for these rules."""
+    from analysis.race import Rule, forward_equivalents, planned, replayed_stops  # deferred: pandas
+    from analysis.race_log import DecisionLog
+
+    steps = conf.check(max_steps)
+    per = jobs / max(variants, 1)
+    full = planned(variants, per, [], max_steps, 0, final_nfe, [])
+    most = planned(variants, per, steps, max_steps, rung_nfe, final_nfe, [0] * len(steps))
+
+    def share(c: dict) -> str:
+        return (f"{c['train_steps']} training steps ({c['train_steps'] / max(full['train_steps'], 1):.0%}), "
+                f"{c['eval_nfe']} evaluation network evaluations ({c['eval_nfe'] / max(full['eval_nfe'], 1):.0%}); "
+                f"together {forward_equivalents(c, batch_size) / max(forward_equivalents(full, batch_size), 1):.0%} "
+                f"of the full grid")
+    lines = [f"race: {variants} variants, {jobs} jobs; rungs at steps {steps} of {max_steps}, top {conf.top}, keep "
+             f"{conf.keep}, audit {conf.audit}; the full grid: {full['train_steps']} training steps, "
+             f"{full['eval_nfe']} evaluation network evaluations",
+             f"race: nothing stopped (the most it costs): {share(most)}"]
+    if conf.calibrate or (conf.margins is None and not conf.calibration):
+        return lines
+    margin = conf.margin_list(len(steps))
+    reference = DecisionLog(conf.calibration).records() if conf.calibration else []
+    if not any("rung" in r for r in reference):
+        return [*lines, "race: no reference sweep (hydra.sweeper.calibration) to predict the saving from"]
+    rules = [Rule(conf.top, m, conf.keep, conf.audit) for m in margin]
+    stops = replayed_stops(reference, rules, conf.seed)
+    expected = planned(variants, per, steps, max_steps, rung_nfe, final_nfe, stops)
+    return [*lines, f"race: expected from {conf.calibration} (its rung places under margins {margin}: {stops} "
+                    f"variants stopped per rung): {share(expected)}"]
+
+
+RACE_KEYS = ("rungs", "top", "margins", "calibration", "calibrate", "keep", "audit", "bootstrap", "seed")
+
+
+def race_conf(sweeper) -> RaceConf:
+    """The RaceConf of a `hydra.sweeper` node (conf/hydra/sweeper/race.yaml) or of the sweeper's keyword arguments."""
+    get = sweeper.get
+    margins = get("margins")
+    return RaceConf(rungs=[float(f) for f in get("rungs")], top=int(get("top")),
+                    margins=None if margins is None else [int(m) for m in margins], calibration=get("calibration"),
+                    calibrate=bool(get("calibrate")), keep=float(get("keep")), audit=int(get("audit")),
+                    bootstrap=int(get("bootstrap")), seed=int(get("seed")))
+
+
+def print_dry_run_plan(conf: RaceConf, cfg, jobs: list[list[str]]) -> int:
+    """A race's dry run after its jobs' lines (`dry_run_plan` for the sweep's config `cfg` and its jobs' overrides);
+    0, or 2 after a one-line error for a bad race value."""
+    from rfsweep.errors import UserError
+
+    variants = {o for job in jobs for o in job if o.startswith("formulation.variant=")}
+    final = nfe_per_run(cfg.eval.n_samples, cfg.eval.settings, cfg.eval.weights) if cfg.eval.enabled else 0
+    try:
+        lines = dry_run_plan(conf, int(cfg.trainer.max_steps), int(cfg.trainer.batch_size),
+                             nfe_per_run(cfg.rung.samples, cfg.rung.settings, cfg.rung.weights), final,
+                             max(len(variants), 1), len(jobs))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    for line in lines:
+        print(line, flush=True)
+    return 0

@@ -1,0 +1,237 @@
+"""The race (hydra/sweeper=race): its rule, margin, decision log and config checks, then whole races of a tiny grid
+(tests marked long): stopped variants never trained past their rung, survivors bit-identical to straight runs, and a
+controller killed during a rung that reruns to the same decision log byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.race import Rule, censored, decide, evaluation_nfe, margins
+from analysis.race_log import DecisionLog
+from rfsweep import runfolder
+from rfsweep.errors import ConfigError
+from rfsweep.run.race_control import CALIBRATED, RaceConf
+from rfsweep.train.checkpoint_io import checkpoint_step
+from tests.helpers import ROOT, _env, run_cli
+
+
+def places(rows):
+    return pd.DataFrame(rows, columns=["variant", "rank", "rank_lo", "rank_hi"])
+
+
+TEN = places([(f"v{i}", i + 1, max(1, i - 1), i + 3) for i in range(10)])  # best plausible place = place - 2
+
+
+def conf(**kw):
+    base = dict(rungs=[0.25, 0.5], top=3, margins=[1, 0], calibration=None, calibrate=False, keep=0.0, audit=0,
+                bootstrap=1000, seed=0)
+    return RaceConf(**{**base, **kw})
+
+
+def test_a_variant_stops_only_when_its_best_plausible_place_lies_beyond_top_plus_margin():
+    out = decide(TEN, Rule(top=3, margin=1, keep=0.0, audit=0), seed=0)
+    # rank_lo of v_i is max(1, i - 1): beyond 3 + 1 from v6 on (v5's best plausible place 4 is not beyond)
+    assert out["go_on"] == ["v0", "v1", "v2", "v3", "v4", "v5"]
+    assert out["stopped"] == ["v6", "v7", "v8", "v9"] and out["audit"] == []
+    wider = decide(TEN, Rule(top=3, margin=4, keep=0.0, audit=0), seed=0)
+    assert wider["stopped"] == ["v9"]  # a larger margin stops fewer
+
+
+def test_keep_holds_the_best_placed_fraction_and_at_least_the_top_group():
+    out = decide(TEN, Rule(top=3, margin=0, keep=0.6, audit=0), seed=0)
+    assert out["go_on"] == [f"v{i}" for i in range(6)]
+    tight = places([(f"v{i}", i + 1, i + 1, i + 1) for i in range(5)])
+    assert decide(tight, Rule(top=3, margin=0, keep=0.0, audit=0), seed=0)["go_on"] == ["v0", "v1", "v2"]
+
+
+def test_audit_draws_stopped_variants_deterministically_with_the_seed():
+    rule = Rule(top=3, margin=0, keep=0.0, audit=2)
+    a, b = decide(TEN, rule, seed=5), decide(TEN, rule, seed=5)
+    assert a == b and len(a["audit"]) == 2 and set(a["audit"]) <= set(a["stopped"])
+    draws = {tuple(decide(TEN, rule, seed=s)["audit"]) for s in range(20)}
+    assert len(draws) > 1  # the seed draws them, not a fixed choice
+    none_stopped = decide(TEN, Rule(top=3, margin=20, keep=0.0, audit=2), seed=0)
+    assert none_stopped["stopped"] == [] and none_stopped["audit"] == []
+
+
+def test_margin_is_the_largest_shift_of_a_final_top_variant_beyond_top():
+    rung = places([("a", 1, 1, 3), ("b", 2, 1, 4), ("c", 6, 5, 9), ("d", 4, 2, 8), ("e", 9, 7, 10)])
+    final = places([("c", 1, 1, 2), ("a", 2, 1, 3), ("d", 3, 2, 4), ("b", 4, 3, 5), ("e", 5, 5, 5)])
+    assert margins(rung, final, top=3) == 2  # c: best plausible 5 at the rung, 3 beyond... 5 - 3 = 2
+    assert margins(rung, final, top=4) == 1
+    assert margins(rung.assign(rank_lo=1), final, top=3) == 0
+
+
+def test_decision_log_appends_whole_lines_and_refuses_a_damaged_one(tmp_path):
+    log = DecisionLog(tmp_path)
+    assert log.records() == []
+    log.append({"rung": 1, "b": [1, 2]})
+    log.append({"end": True})
+    assert log.records() == [{"b": [1, 2], "rung": 1}, {"end": True}]
+    assert log.path.read_text() == '{"b": [1, 2], "rung": 1}\n{"end": true}\n'
+    log.path.write_text(log.path.read_text() + '{"rung": 2, "al')
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        log.records()
+
+
+def test_censored_rows_are_the_stopped_variants_that_were_not_audited():
+    records = [{"rung": 1, "step": 100, "stopped": ["x", "y"], "audit": ["y"],
+                "places": {"x": [9, 7, 12], "y": [8, 6, 11], "z": [1, 1, 2]}}, {"end": True}]
+    rows = censored(records)
+    assert rows.to_dict("records") == [{"variant": "x", "stopped_rung": 1, "stopped_step": 100, "rung_rank": 9,
+                                        "rung_lo": 7, "rung_hi": 12}]
+
+
+def test_evaluation_counts_two_network_calls_per_step_under_guidance():
+    df = pd.DataFrame({"weights": ["ema", "ema", "real"], "steps": [10, 25, 0], "cfg": [1.0, 5.0, 0.0],
+                       "n_samples": [200, 200, 200]})
+    assert evaluation_nfe(df) == 200 * 10 + 200 * 25 * 2
+
+
+@pytest.mark.parametrize("kw, key", [
+    (dict(rungs=[0.5, 0.25]), "rungs"), (dict(rungs=[0.0, 0.5]), "rungs"), (dict(rungs=[1.0]), "rungs"),
+    (dict(rungs=[0.25, 0.26]), "equal steps"), (dict(top=0), "top=0"), (dict(keep=1.5), "keep=1.5"),
+    (dict(margins=[1]), "margins"), (dict(margins=None), "calibration=null"), (dict(bootstrap=10), "bootstrap=10"),
+])
+def test_race_config_errors_name_the_key_in_one_line(kw, key):
+    with pytest.raises(ConfigError) as e:
+        conf(**kw).check(max_steps=40)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_margins_come_from_a_calibration_that_measured_the_same_rungs(tmp_path):
+    assert conf().check(400) == [100, 200]
+    (tmp_path / CALIBRATED).write_text(json.dumps({"rungs": [0.25, 0.5], "top": 3, "margins": [4, 2]}))
+    assert conf(margins=None, calibration=str(tmp_path)).margin_list(2) == [4, 2]
+    assert conf(calibrate=True).margin_list(2) == [0, 0]
+    with pytest.raises(ConfigError, match="calibration measured rungs"):
+        conf(margins=None, calibration=str(tmp_path), top=2).margin_list(2)
+    with pytest.raises(ConfigError, match="no readable"):
+        conf(margins=None, calibration=str(tmp_path / "none")).margin_list(2)
+
+
+# -- whole races of a tiny grid (5 variants x 2 data sets, 160 steps, one rung at 80) ----------------------------
+
+VARIANTS = ["rf/lognorm(1.00, 1.40)", "rf/lognorm(1.00, 1.00)", "edm(-1.20, 0.60)", "rf/lognorm(-1.00, 0.20)",
+            "edm(-0.60, 0.60)"]
+COMMON = ["+experiment=demo", "trainer.max_steps=160", "trainer.val_every=20", "trainer.ckpt_every=20",
+          "trainer.n_val=16", "trainer.warmup_steps=10", "eval.n_samples=128", "eval.batch_size=128",
+          "eval.weights=[ema]", "eval.settings=[[5,5.0]]", "rung.samples=128", "rung.settings=[[5,5.0]]"]
+
+
+def _escaped(v: str) -> str:
+    return v.replace("(", r"\(").replace(")", r"\)").replace(",", r"\,").replace(" ", r"\ ")
+
+
+def race_args(tmp) -> list[str]:
+    return ["-m", *COMMON, "hydra/sweeper=race", "hydra/launcher=basic", "name=r",
+            "formulation.variant=" + ",".join(_escaped(v) for v in VARIANTS), "data=shapes,colour_digits",
+            f"paths.sweeps={tmp}/multirun", f"paths.cache={tmp}/cache", "hydra.sweeper.rungs=[0.5]",
+            "hydra.sweeper.margins=[0]", "hydra.sweeper.top=1", "hydra.sweeper.keep=0.2", "hydra.sweeper.audit=1",
+            "hydra.sweeper.bootstrap=200"]
+
+
+def checkpoints(sweep):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(sweep.rglob("last.ckpt"))}
+
+
+@pytest.mark.long
+def test_race_stops_at_the_rung_continues_survivors_bit_identically_and_reruns_to_the_same_log(tmp_path):
+    r = run_cli(race_args(tmp_path), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "r"
+    log = (sweep / "race.jsonl").read_bytes()
+    rung, end = DecisionLog(sweep).records()
+    assert rung["rung"] == 1 and rung["step"] == 80 and end["end"]
+    stopped, audit = set(end["stopped"]), set(end["audit"])
+    assert stopped and audit and not stopped & audit and len(audit) == 1
+    assert set(end["finished"]) == set(rung["go_on"]) | audit
+    runs = {p.parent.parent: checkpoint_step(p) for p in sweep.rglob("checkpoints/last.ckpt")}
+    assert len(runs) == 10
+    for run, step in runs.items():
+        variant = json.loads((run / "config.json").read_text())["formulation"]["variant"]
+        if variant in stopped:  # never trained past the rung; reported stopped, not failed or unfinished
+            assert step == 80 and runfolder.read_outcome(run)["outcome"] == "stopped", run
+            assert runfolder.read_status(run)["state"] == runfolder.PAUSED
+            assert not (run / "results.csv").exists() and (run / "rungs" / "80" / "results.csv").is_file()
+        else:
+            assert step == 160 and runfolder.read_status(run)["state"] == runfolder.FINISHED, run
+    assert end["spent"]["train_steps"] == sum(runs.values())
+    assert "race: rung 1 (step 80 of 160)" in r.stdout
+
+    # a survivor's final weights are those of the same run trained straight to the end
+    survivor = sorted(set(rung["go_on"]))[0]
+    straight = run_cli([*COMMON, f"formulation.variant={_escaped(survivor)}", "data=shapes", "eval=none",
+                        f"paths.runs={tmp_path}/straight", f"paths.cache={tmp_path}/cache"], timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    [a] = (tmp_path / "straight").rglob("last.ckpt")
+    [b] = [p for p in sweep.rglob("shapes/*/*/*/checkpoints/last.ckpt")
+           if json.loads((p.parent.parent / "config.json").read_text())["formulation"]["variant"] == survivor]
+    sa, sb = (torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    # the same command again: nothing retrained, nothing re-decided
+    before = checkpoints(sweep)
+    again = run_cli(race_args(tmp_path), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (sweep / "race.jsonl").read_bytes() == log and checkpoints(sweep) == before
+
+    # the controller killed during the rung's launch, then the same command: the same decision log byte for byte
+    killed = tmp_path / "killed"
+    proc = popen_group(race_args(killed))
+    deadline = time.monotonic() + 600
+    while len(list((killed / "multirun" / "r").rglob("rungs/80/results.csv"))) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "the race ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "multirun" / "r" / "race.jsonl").exists()  # killed before the rung was decided
+    rerun = run_cli(race_args(killed), timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (killed / "multirun" / "r" / "race.jsonl").read_bytes() == log
+
+
+def popen_group(args):
+    """The race's controller in its own process group (killed with everything it started)."""
+    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_planned_compute_counts_each_rung_and_the_finishers():
+    from analysis.race import planned
+
+    # 4 variants x 2 jobs, rungs at 25 and 50 of 100 steps, rung eval 10 NFE, final 100 NFE; 2 stop at the first rung
+    c = planned(4, 2, [25, 50], 100, 10, 100, [2, 0])
+    assert c == {"train_steps": 4 * 2 * 25 + 2 * 2 * 25 + 2 * 2 * 50, "eval_nfe": 4 * 2 * 10 + 2 * 2 * 10 + 2 * 2 * 100}
+    assert planned(4, 2, [], 100, 10, 100, []) == {"train_steps": 800, "eval_nfe": 800}
+
+
+def test_replayed_stops_apply_the_rules_to_a_reference_log():
+    from analysis.race import replayed_stops
+
+    ref = [{"rung": 1, "places": {r.variant: [r.rank, r.rank_lo, r.rank_hi] for r in TEN.itertuples()}},
+           {"rung": 2, "places": {r.variant: [r.rank, r.rank_lo - 1 if r.rank_lo > 1 else 1, r.rank_hi]
+                                  for r in TEN.itertuples()}}]
+    rules = [Rule(top=3, margin=2, keep=0.0, audit=0), Rule(top=3, margin=0, keep=0.0, audit=0)]
+    # rung 1: rank_lo > 5 for v7..v9 (3); rung 2, among v0..v6: rank_lo - 1 > 3 for v6 (rank_lo 5 - 1 = 4)
+    assert replayed_stops(ref, rules, seed=0) == [3, 1]
+
+
+@pytest.mark.long
+def test_a_race_dry_run_prints_its_rungs_and_planned_compute_and_writes_nothing(tmp_path):
+    r = run_cli(["+experiment=demo", "hydra/sweeper=race", "hydra.sweeper.margins=[5,3]", "dry_run=true", "-m",
+                 f"paths.sweeps={tmp_path}/multirun"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "race: 61 variants, 122 jobs; rungs at steps [100, 200] of 400" in r.stdout
+    assert "the full grid: 48800 training steps, 16104000 evaluation network evaluations" in r.stdout
+    assert "nothing stopped (the most it costs): 48800 training steps (100%)" in r.stdout
+    assert not (tmp_path / "multirun").exists()

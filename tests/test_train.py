@@ -24,7 +24,8 @@ def _fit(tmp_path, extra=(), steps=8):
 
 
 STEP_NAMES = ["LeaseCheck", "EMAUpdate", "PostHocSnapshots", "BestWeights", "BestValidation", "PeriodicCheckpoint",
-              "Preemption", "FailureRecorder", "Progress", "Throughput", "StepProgressBar", "LearningRateMonitor"]
+              "Preemption", "RungStop", "FailureRecorder", "Progress", "Throughput", "StepProgressBar",
+              "LearningRateMonitor"]
 
 
 def test_the_callbacks_run_in_their_documented_order(tmp_path, monkeypatch):
@@ -47,9 +48,15 @@ def test_the_callbacks_run_in_their_documented_order(tmp_path, monkeypatch):
     with pytest.raises(Built):
         fit(cfg, module, data, tmp_path / "run", PreemptionGuard())
     names = [type(c).__name__ for c in built["callbacks"]]
-    # no W&B run (BestValidation) and no terminal (StepProgressBar) here; the rest in the table's order
-    assert names == [n for n in STEP_NAMES if n not in ("BestValidation", "StepProgressBar")]
+    # no W&B run (BestValidation), no terminal (StepProgressBar) and no race's rung (RungStop) here; the rest in the
+    # table's order
+    assert names == [n for n in STEP_NAMES if n not in ("BestValidation", "StepProgressBar", "RungStop")]
     assert [type(c).__name__ for c in in_step_order(reversed(built["callbacks"]))] == names
+    with pytest.raises(Built):  # a launch that stops at a rung: RungStop in its place
+        fit(compose_cfg([*tiny(tmp_path), "ema=posthoc", "rung.stop_at=4"], run_dir=str(tmp_path / "run")), module,
+            data, tmp_path / "run", PreemptionGuard())
+    rung = [type(c).__name__ for c in built["callbacks"]]
+    assert rung == [n for n in STEP_NAMES if n not in ("BestValidation", "StepProgressBar")]
     with pytest.raises(ValueError, match="no place in"):
         in_step_order([*built["callbacks"], lightning.Callback()])
 

@@ -212,3 +212,18 @@ def replayed_stops(records: list[dict], rules: list[Rule], seed: int) -> list[in
         out.append(len(gone))
         alive -= gone
     return out
+
+
+def decisions(records: list[dict]) -> pd.DataFrame:
+    """The race rung by rung, one row per variant alive at a rung: rung, step, variant, place, rank_lo, rank_hi and
+    the decision (go on, stopped, audit: stopped but carried to the end), for the W&B analysis run."""
+    rows = []
+    for r in records:
+        if "rung" not in r:
+            continue
+        stopped, audit = set(r["stopped"]), set(r["audit"])
+        for v, (rank, lo, hi) in sorted(r["places"].items(), key=lambda kv: (kv[1][0], kv[0])):
+            what = "audit" if v in audit else "stopped" if v in stopped else "go on"
+            rows.append({"rung": r["rung"], "step": r["step"], "variant": v, "place": rank, "rank_lo": lo,
+                         "rank_hi": hi, "decision": what})
+    return pd.DataFrame(rows, columns=["rung", "step", "variant", "place", "rank_lo", "rank_hi", "decision"])

@@ -52,8 +52,9 @@ def _close(run) -> Path:
 
 def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, table2: pd.DataFrame | None,
               results: pd.DataFrame, missing: list[str], figures: dict[str, Path], project: str = "rfsweep",
-              entity: str | None = None) -> Path:
-    """Log the analysis run; returns its local folder."""
+              entity: str | None = None, race: dict | None = None) -> Path:
+    """Log the analysis run; returns its local folder. A raced sweep's `race` (`rank-table`): its decisions rung by
+    rung (study/race: variants per rung, places, who went on, stopped, was audited) and its compute fractions."""
     import wandb  # deferred: wandb (~0.6 s), only for a W&B run
 
     config = {"runs": int(results["run_dir"].nunique()), "complete": not missing}
@@ -64,8 +65,16 @@ def log_study(sweep: Path, out: Path, experiment: str, table1: pd.DataFrame, tab
         values["study/table2"] = _table(table2)
     for name, path in figures.items():
         values[f"study/{name}"] = wandb.Image(str(path), caption=name)
+    summary = {"study/missing_count": len(missing), "study/variants": int(len(table1))}
+    if race is not None:
+        values["study/race"] = _table(race["decisions"])
+        per_rung = race["decisions"].groupby("rung")["decision"]
+        summary["study/race_alive_per_rung"] = [int(n) for n in per_rung.size()]
+        summary["study/race_stopped_per_rung"] = [int((d == "stopped").sum()) for _, d in per_rung]
+        if "compute" in race:
+            summary.update({f"study/race_fraction_{k}": v for k, v in race["compute"]["fraction"].items()})
     run.log(values)
-    run.summary.update({"study/missing_count": len(missing), "study/variants": int(len(table1))})
+    run.summary.update(summary)
     return _close(run)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.__main__ import main as analysis_main
 from analysis.race import Rule, censored, decide, evaluation_nfe, margins
 from analysis.race_log import DecisionLog
 from rfsweep import runfolder
@@ -22,6 +23,7 @@ from rfsweep.errors import ConfigError
 from rfsweep.run.race_control import CALIBRATED, RaceConf
 from rfsweep.train.checkpoint_io import checkpoint_step
 from tests.helpers import ROOT, _env, run_cli
+from tests.wandb_files import offline_runs, read_run
 
 
 def places(rows):
@@ -166,7 +168,23 @@ def test_race_stops_at_the_rung_continues_survivors_bit_identically_and_reruns_t
         else:
             assert step == 160 and runfolder.read_status(run)["state"] == runfolder.FINISHED, run
     assert end["spent"]["train_steps"] == sum(runs.values())
-    assert "race: rung 1 (step 80 of 160)" in r.stdout
+    assert "race: rung 1 (step 80 of 160)" in r.stdout and "race: ended:" in r.stdout
+
+    # Table 1 ranks the finishers and lists the stopped variants as censored rows; W&B shows the race
+    out = tmp_path / "tables"
+    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out), "--wandb"]) == 0
+    table = (out / "table1.md").read_text()
+    ranked = table.split("**Stopped by the race**")[0]
+    assert all(f"| {v} |" in ranked for v in end["finished"]) and not any(f"| {v} |" in ranked for v in stopped)
+    assert all(f"| {v} | rung 1 (step 80 of 160)" in table for v in stopped)
+    assert f"Audit: 1 stopped variants carried to the end ({next(iter(audit))})" in table
+    compute = json.loads((out / "race_compute.json").read_text())
+    assert compute["spent"] == end["spent"] and compute["full"]["train_steps"] == 10 * 160
+    (folder,) = offline_runs(out)
+    summary = read_run(folder).summary
+    shown = json.loads((folder / "files" / summary["study/race/path"]).read_text())
+    assert shown["columns"][-1] == "decision" and len(shown["data"]) == len(VARIANTS)
+    assert summary["study/race_stopped_per_rung"] == [len(stopped)]
 
     # a survivor's final weights are those of the same run trained straight to the end
     survivor = sorted(set(rung["go_on"]))[0]
@@ -235,3 +253,30 @@ def test_a_race_dry_run_prints_its_rungs_and_planned_compute_and_writes_nothing(
     assert "the full grid: 48800 training steps, 16104000 evaluation network evaluations" in r.stdout
     assert "nothing stopped (the most it costs): 48800 training steps (100%)" in r.stdout
     assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.long
+def test_margins_measured_on_a_calibration_keep_its_final_top_group_in_a_race_of_the_same_seed(tmp_path):
+    """A calibration (calibrate=true: nothing stops, every rung evaluated) measures the margin per rung as the race
+    will use it; the same grid and seed raced with those margins keeps the calibration's final top K to the end."""
+    base = [a for a in race_args(tmp_path) if not a.startswith(("hydra.sweeper.margins", "name=", "paths.sweeps"))]
+    cal = run_cli([*base, "hydra.sweeper.calibrate=true", "name=cal", f"paths.sweeps={tmp_path}/multirun"], timeout=900)
+    assert cal.returncode == 0, cal.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "cal"
+    measured = json.loads((sweep / CALIBRATED).read_text())
+    assert measured["rungs"] == [0.5] and measured["top"] == 1 and len(measured["margins"]) == 1
+    end = DecisionLog(sweep).records()[-1]
+    assert end["stopped"] == [] and end["margins"] == measured["margins"] and len(end["finished"]) == len(VARIANTS)
+    out = tmp_path / "caltables"
+    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
+    first = pd.read_csv(out / "table1.csv")["variant"].iloc[0]
+
+    raced = run_cli([*base, f"hydra.sweeper.calibration={sweep}", "name=raced", f"paths.sweeps={tmp_path}/multirun"],
+                    timeout=900)
+    assert raced.returncode == 0, raced.stderr[-3000:]
+    records = DecisionLog(tmp_path / "multirun" / "raced").records()
+    assert records[0]["rule"]["margin"] == measured["margins"][0] and first in records[-1]["finished"]
+    # the same log with other margins is refused in one line, nothing launched
+    other = run_cli([*base, "hydra.sweeper.margins=[9]", "name=raced", f"paths.sweeps={tmp_path}/multirun"],
+                    timeout=600)
+    assert other.returncode == 2 and "with margin 9" in other.stderr and "Traceback" not in other.stderr

@@ -104,12 +104,12 @@ def _fig4(sweep: Path, out: Path) -> dict:
         return {}
 
 
-def _race(src: Path, manifest: dict, table, conf, out: Path) -> None:
+def _race(src: Path, manifest: dict, table, conf, out: Path) -> dict:
     """A raced sweep (`analysis.race`): its censored rows and audit under Table 1 (table1.md, table1_censored.csv)
-    and its compute against the full grid's (race_compute.json)."""
+    and its compute against the full grid's (race_compute.json); returns what the W&B analysis run shows of it."""
     import json
 
-    from analysis.race import censored, censored_markdown, compute_line, compute_report
+    from analysis.race import censored, censored_markdown, compute_line, compute_report, decisions
     from rfsweep.runfolder import read_config
 
     records = manifest["race"]
@@ -118,15 +118,17 @@ def _race(src: Path, manifest: dict, table, conf, out: Path) -> None:
         f.write(censored_markdown(records, places))
     censored(records).to_csv(out / "table1_censored.csv", index=False)
     end = next((r for r in records if "end" in r), None)
+    shown = {"decisions": decisions(records)}
     if end is None:
         print("note: the race has not ended (no end record in race.jsonl): its grid is incomplete", file=sys.stderr)
-        return
+        return shown
     runs = manifest.get("race_runs", [])
     batch = int((read_config(src / runs[0]) or {}).get("trainer", {}).get("batch_size", 0)) if runs else 0
     report = compute_report(src, runs, end["max_steps"], batch)
     (out / "race_compute.json").write_text(json.dumps(report, indent=1))
     print(f"race: {len(end['finished'])} variants finished, {len(end['stopped'])} stopped (censored rows under "
           f"Table 1); {compute_line(report)}", file=sys.stderr)
+    return {**shown, "compute": report}
 
 
 def run(args) -> int:
@@ -154,8 +156,7 @@ def _run(args) -> int:
     table = rank_table(df)
     conf = _confidence(df, miss, args, out)
     write_table1(table, out, miss, conf.table() if conf is not None else None)
-    if manifest and manifest.get("race"):
-        _race(src, manifest, table, conf, out)
+    race = _race(src, manifest, table, conf, out) if manifest and manifest.get("race") else None
     _friedman(df, miss, out)
     write_missing(out, miss)
     w = args.weights or "ema"
@@ -183,7 +184,7 @@ def _run(args) -> int:
             figures["cd"] = out / "cd.png"
         shown = with_confidence(table, conf)
         folder = log_study(src, out, experiment, shown, t2 if len(t2) else None, df, miss, figures,
-                           project=args.project, entity=args.entity)
+                           project=args.project, entity=args.entity, race=race)
         print(f"logged the analysis run to W&B ({folder})", file=sys.stderr)
     print(f"wrote {out}/" + (f" ({len(miss)} runs/settings missing, see missing.txt)" if miss else ""),
           file=sys.stderr)

@@ -91,7 +91,6 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         compute_line,
         compute_report,
         decide,
-        margins,
         rung_places,
         rung_rows,
         spent,
@@ -106,13 +105,13 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
     for j in jobs:
         by_variant.setdefault(j.variant, []).append(j)
     alive, audited, stopped = sorted(by_variant), set(), set()
-    calibration_places = []
     for i, step in enumerate(steps):
         rec = records[i] if i < len(records) and "rung" in records[i] else None
-        if rec is not None and (rec["step"] != step or rec["alive"] != alive):
+        if rec is not None and (rec["step"] != step or rec["alive"] != alive or rec["rule"]["margin"] != margin[i]):
             raise ConfigError(f"config error: {log.path} holds rung {i + 1} at step {rec['step']} over "
-                              f"{len(rec['alive'])} variants, this race has step {step} over {len(alive)} (allowed: "
-                              f"the command that wrote it; move the log aside to race afresh)")
+                              f"{len(rec['alive'])} variants with margin {rec['rule']['margin']}, this race has step "
+                              f"{step} over {len(alive)} with margin {margin[i]} (allowed: the command and margins "
+                              f"that wrote it; move the log aside to race afresh)")
         if rec is None:
             launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive for j in by_variant[v]])
             try:
@@ -130,7 +129,6 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
             records = log.records()
         print(f"race: rung {i + 1} (step {step} of {max_steps}): {len(rec['alive'])} variants, {len(rec['stopped'])} "
               f"stopped ({len(rec['audit'])} carried on as an audit), margin {rec['rule']['margin']}", flush=True)
-        calibration_places.append(rec["places"])
         stopped |= set(rec["stopped"]) - set(rec["audit"])
         audited |= set(rec["audit"])
         alive = sorted(set(rec["go_on"]) | set(rec["audit"]))
@@ -149,7 +147,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         end = {"end": True, "finished": alive, "audit": sorted(audited), "stopped": sorted(stopped),
                "spent": spent(sweep_dir, [j.run for j in jobs]), "jobs": len(jobs), "max_steps": max_steps}
         if conf.calibrate:
-            end["margins"] = _measure(sweep_dir, conf, by_variant, calibration_places, margins)
+            end["margins"] = _measure(sweep_dir, conf, by_variant, steps)
         log.append(end)
         if conf.calibrate:
             from rfsweep.atomic import atomic_write
@@ -164,23 +162,31 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
     return 0
 
 
-def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, rung_places_seen: list, margins) -> list[int]:
-    """The margin per rung: the final places of the full protocol (every variant ran to the end) against each rung's
-    best plausible places."""
+def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, steps: list[int]) -> list[int]:
+    """The margin per rung, measured on a calibration sweep (every variant ran to the end) the way the race will use
+    it: the full protocol's final top K (`conf.top`, point places); at each rung the places of the variants a race
+    with the margins so far would still have alive (its rule, keep, audit and seeds: at later rungs the places are
+    among fewer variants, and places do not move monotonically when variants leave), and the most places by which a
+    final top variant's best plausible place lay beyond K there (`analysis.race.margins`). A race of the same grid
+    and seed with these margins thus keeps the final top K to the end."""
     import pandas as pd
 
     from analysis.commands.sweep_rows import required_banks  # deferred: pandas
     from analysis.confidence import bootstrap
+    from analysis.race import Rule, decide, margins, rung_places, rung_rows
     from rfsweep.results import RESULTS_FILE, read_results
 
     df = pd.concat([read_results(sweep_dir / j.run / RESULTS_FILE).assign(results_dir=str(sweep_dir / j.run))
                     for js in by_variant.values() for j in js], ignore_index=True)
     final = bootstrap(df, required_banks(df), b=conf.bootstrap, seed=conf.seed).places("all")
-    out = []
-    for seen in rung_places_seen:
-        at = pd.DataFrame([{"variant": v, "rank": p[0], "rank_lo": p[1], "rank_hi": p[2]} for v, p in seen.items()])
-        out.append(margins(at, final, conf.top))
-    return [int(math.ceil(m)) for m in out]
+    alive, out = sorted(by_variant), []
+    for i, step in enumerate(steps):
+        rows, banks = rung_rows(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive}, step)
+        places = rung_places(rows, banks, conf.bootstrap, conf.seed)
+        out.append(int(math.ceil(margins(places, final, conf.top))))
+        d = decide(places, Rule(conf.top, out[-1], conf.keep, conf.audit), conf.seed + i + 1)
+        alive = sorted(set(d["go_on"]) | set(d["audit"]))
+    return out
 
 
 def nfe_per_run(n_samples: int, settings, weights) -> int:

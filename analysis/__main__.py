@@ -1,5 +1,6 @@
 """Command line: ``python -m analysis rank-table`` (behind ``make rank-table``), ``correlate``, ``fig4``, ``scaling``,
-``status``, ``formulations``, ``compare``, ``power``, ``held-out``, ``wandb-dashboard``, ``wandb-sync``."""
+``status``, ``formulations``, ``compare``, ``power``, ``held-out``, ``race-margins``, ``wandb-dashboard``,
+``wandb-sync``."""
 
 # The parser only: each command's code lives in `analysis.commands.<module>` and is imported when that command runs,
 # so `--help` and a mistyped option answer at once (no pandas, torch or matplotlib). Shared options: `options`.
@@ -142,6 +143,10 @@ def _compare_power(sub) -> None:
     add_weights(ho)
     add_bootstrap(ho)
     add_out(ho, "folder for held_out.csv")
+    rm = _command(sub, "race-margins", "race_margins:race_margins_cmd",
+                  help="the race's margin per rung, measured jointly on calibration sweeps (e.g. one per seed)")
+    rm.add_argument("sweeps", nargs="+", help="calibration sweeps (hydra/sweeper=race hydra.sweeper.calibrate=true)")
+    rm.add_argument("--out", required=True, help="folder for race_margins.json (a race's hydra.sweeper.calibration)")
 
 
 def build_parser() -> argparse.ArgumentParser:

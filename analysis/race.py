@@ -11,6 +11,7 @@ with the race's seed, are carried to the end to check the rule.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,3 +228,45 @@ def decisions(records: list[dict]) -> pd.DataFrame:
             rows.append({"rung": r["rung"], "step": r["step"], "variant": v, "place": rank, "rank_lo": lo,
                          "rank_hi": hi, "decision": what})
     return pd.DataFrame(rows, columns=["rung", "step", "variant", "place", "rank_lo", "rank_hi", "decision"])
+
+
+def final_places(sweep_dir: str | Path, runs: dict[str, list[str]], b: int, seed: int) -> pd.DataFrame:
+    """The full protocol's places (column `all`) of a sweep whose `runs` (variant -> run folders) all finished."""
+    from analysis.commands.sweep_rows import required_banks  # deferred: scipy
+    from analysis.confidence import bootstrap
+
+    df = pd.concat([read_results(Path(sweep_dir) / r / RESULTS_FILE).assign(results_dir=str(Path(sweep_dir) / r))
+                    for rs in runs.values() for r in rs], ignore_index=True)
+    return bootstrap(df, required_banks(df), b=b, seed=seed).places("all")
+
+
+def calibrated_margins(sweeps: list[tuple[Path, dict[str, list[str]]]], steps: list[int], top: int, keep: float,
+                       audit: int, b: int, seed: int) -> list[int]:
+    """The margin per rung measured on calibration sweeps (every variant of each ran to the end and was evaluated at
+    every rung; e.g. the demo with each of its seeds) the way a race uses it: rung by rung, the margin is the most
+    places by which a variant of a sweep's final top `top` had its best plausible place beyond `top`, over the
+    sweeps, among the variants a race with the margins so far (and this keep, audit and seed) would still have alive
+    in that sweep (places do not move monotonically when variants leave). A race of one of these sweeps' grid and
+    seed with these margins keeps its final top group to the end."""
+    finals = [final_places(s, runs, b, seed) for s, runs in sweeps]
+    alive = [sorted(runs) for _, runs in sweeps]
+    out = []
+    for i, step in enumerate(steps):
+        places = []
+        for (sweep, runs), now in zip(sweeps, alive):
+            rows, banks = rung_rows(sweep, {v: runs[v] for v in now}, step)
+            places.append(rung_places(rows, banks, b, seed))
+        out.append(max(margins(p, f, top) for p, f in zip(places, finals)))
+        for k, p in enumerate(places):
+            d = decide(p, Rule(top, out[-1], keep, audit), seed + i + 1)
+            alive[k] = sorted(set(d["go_on"]) | set(d["audit"]))
+    return out
+
+
+def sweep_runs(sweep_dir: str | Path) -> dict[str, list[str]]:
+    """variant -> run folders (relative to the sweep) from its manifest."""
+    manifest = json.loads((Path(sweep_dir) / "manifest.json").read_text())
+    out: dict[str, list[str]] = {}
+    for j in manifest["jobs"]:
+        out.setdefault(j["variant"], []).append(j["run"])
+    return out

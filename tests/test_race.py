@@ -267,6 +267,9 @@ def test_margins_measured_on_a_calibration_keep_its_final_top_group_in_a_race_of
     assert measured["rungs"] == [0.5] and measured["top"] == 1 and len(measured["margins"]) == 1
     end = DecisionLog(sweep).records()[-1]
     assert end["stopped"] == [] and end["margins"] == measured["margins"] and len(end["finished"]) == len(VARIANTS)
+    # the same margins measured by the command that joins several seeds' calibrations (here the one)
+    assert analysis_main(["race-margins", str(sweep), "--out", str(tmp_path / "joint")]) == 0
+    assert json.loads((tmp_path / "joint" / CALIBRATED).read_text())["margins"] == measured["margins"]
     out = tmp_path / "caltables"
     assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
     first = pd.read_csv(out / "table1.csv")["variant"].iloc[0]
@@ -280,3 +283,5 @@ def test_margins_measured_on_a_calibration_keep_its_final_top_group_in_a_race_of
     other = run_cli([*base, "hydra.sweeper.margins=[9]", "name=raced", f"paths.sweeps={tmp_path}/multirun"],
                     timeout=600)
     assert other.returncode == 2 and "with margin 9" in other.stderr and "Traceback" not in other.stderr
+    # a race stops variants: it cannot calibrate
+    assert analysis_main(["race-margins", str(tmp_path / "multirun" / "raced"), "--out", str(tmp_path / "x")]) == 2

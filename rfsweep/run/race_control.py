@@ -11,7 +11,6 @@ rung or run is skipped by its job) and decides the next rung as the first launch
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -69,11 +68,21 @@ class RaceConf:
         except (OSError, json.JSONDecodeError):
             raise ConfigError(f"config error: hydra.sweeper.calibration={self.calibration}: no readable {CALIBRATED} "
                               f"(allowed: a sweep raced with hydra.sweeper.calibrate=true, finished)") from None
-        if [float(f) for f in measured["rungs"]] != [float(f) for f in self.rungs] or measured["top"] != self.top:
-            raise ConfigError(f"config error: hydra.sweeper rungs={list(self.rungs)} top={self.top} but the "
-                              f"calibration measured rungs={measured['rungs']} top={measured['top']} (allowed: the "
-                              f"calibration's rungs and top)")
+        ours = {"rungs": [float(f) for f in self.rungs], "top": self.top, "keep": self.keep, "audit": self.audit,
+                "seed": self.seed}
+        theirs = {k: measured.get(k, v) for k, v in ours.items()}  # older files: rungs and top only
+        theirs["rungs"] = [float(f) for f in theirs["rungs"]]
+        if theirs != ours:
+            raise ConfigError(f"config error: hydra.sweeper {' '.join(f'{k}={v}' for k, v in ours.items())} but the "
+                              f"calibration measured {' '.join(f'{k}={v}' for k, v in theirs.items())} (allowed: "
+                              f"the calibration's values)")
         return [int(m) for m in measured["margins"]]
+
+
+def calibration_record(conf: RaceConf, measured: list[int], sweeps: list[str]) -> dict:
+    """What race_margins.json holds: the margins and everything they depend on (a race must share it)."""
+    return {"rungs": [float(x) for x in conf.rungs], "top": conf.top, "keep": conf.keep, "audit": conf.audit,
+            "seed": conf.seed, "margins": [int(m) for m in measured], "calibrations": sweeps}
 
 
 @dataclass
@@ -153,7 +162,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
             from rfsweep.atomic import atomic_write
 
             with atomic_write(sweep_dir / CALIBRATED, "w") as f:
-                json.dump({"rungs": [float(x) for x in conf.rungs], "top": conf.top, "margins": end["margins"]}, f)
+                json.dump(calibration_record(conf, end["margins"], [str(sweep_dir)]), f)
     end = next(r for r in log.records() if "end" in r)
     report = compute_report(sweep_dir, [j.run for j in jobs], max_steps, batch_size)
     print(f"race: ended: {len(end['finished'])} variants finished ({len(end['audit'])} of them audited stopped ones), "
@@ -163,30 +172,12 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
 
 
 def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, steps: list[int]) -> list[int]:
-    """The margin per rung, measured on a calibration sweep (every variant ran to the end) the way the race will use
-    it: the full protocol's final top K (`conf.top`, point places); at each rung the places of the variants a race
-    with the margins so far would still have alive (its rule, keep, audit and seeds: at later rungs the places are
-    among fewer variants, and places do not move monotonically when variants leave), and the most places by which a
-    final top variant's best plausible place lay beyond K there (`analysis.race.margins`). A race of the same grid
-    and seed with these margins thus keeps the final top K to the end."""
-    import pandas as pd
+    """The margin per rung of this calibration sweep (`analysis.race.calibrated_margins`; several seeds' calibrations
+    together: `python -m analysis race-margins`)."""
+    from analysis.race import calibrated_margins  # deferred: pandas
 
-    from analysis.commands.sweep_rows import required_banks  # deferred: pandas
-    from analysis.confidence import bootstrap
-    from analysis.race import Rule, decide, margins, rung_places, rung_rows
-    from rfsweep.results import RESULTS_FILE, read_results
-
-    df = pd.concat([read_results(sweep_dir / j.run / RESULTS_FILE).assign(results_dir=str(sweep_dir / j.run))
-                    for js in by_variant.values() for j in js], ignore_index=True)
-    final = bootstrap(df, required_banks(df), b=conf.bootstrap, seed=conf.seed).places("all")
-    alive, out = sorted(by_variant), []
-    for i, step in enumerate(steps):
-        rows, banks = rung_rows(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive}, step)
-        places = rung_places(rows, banks, conf.bootstrap, conf.seed)
-        out.append(int(math.ceil(margins(places, final, conf.top))))
-        d = decide(places, Rule(conf.top, out[-1], conf.keep, conf.audit), conf.seed + i + 1)
-        alive = sorted(set(d["go_on"]) | set(d["audit"]))
-    return out
+    runs = {v: [j.run for j in js] for v, js in by_variant.items()}
+    return calibrated_margins([(sweep_dir, runs)], steps, conf.top, conf.keep, conf.audit, conf.bootstrap, conf.seed)
 
 
 def nfe_per_run(n_samples: int, settings, weights) -> int:

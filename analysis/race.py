@@ -270,3 +270,11 @@ def sweep_runs(sweep_dir: str | Path) -> dict[str, list[str]]:
     for j in manifest["jobs"]:
         out.setdefault(j["variant"], []).append(j["run"])
     return out
+
+
+def calibration_record(rungs: list, top: int, keep: float, audit: int, seed: int, measured: list[int],
+                       sweeps: list[str]) -> dict:
+    """What a calibration's race_margins.json holds: the margins and everything they depend on (a race must share
+    it: `rfsweep.run.race_control.RaceConf.margin_list` refuses other values)."""
+    return {"rungs": [float(x) for x in rungs], "top": int(top), "keep": float(keep), "audit": int(audit),
+            "seed": int(seed), "margins": [int(m) for m in measured], "calibrations": sweeps}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
-from analysis.race import calibrated_margins, sweep_runs
+from analysis.race import calibrated_margins, calibration_record, sweep_runs
 from analysis.race_log import DecisionLog
 from rfsweep.atomic import atomic_write
-from rfsweep.run.race_control import CALIBRATED, calibration_record, race_conf
 
+CALIBRATED = "race_margins.json"  # what a race's hydra.sweeper.calibration names
 SHARED = ("rungs", "top", "keep", "audit", "bootstrap", "seed")
 
 
@@ -24,24 +24,26 @@ def race_margins_cmd(args) -> int:
         if not path.is_file() or not any("end" in r for r in DecisionLog(sweep).records()):
             raise ValueError(f"{sweep}: not a finished calibration race (allowed: a sweep run with hydra/sweeper=race "
                              f"hydra.sweeper.calibrate=true, ended)")
-        cfg = OmegaConf.load(path)
-        conf = race_conf(cfg.hydra.sweeper)
-        if not conf.calibrate:
+        cfg = yaml.safe_load(path.read_text())  # what the race sweeper saved of its composed config
+        conf = {k: cfg["hydra"]["sweeper"][k] for k in (*SHARED, "calibrate")}
+        if not conf["calibrate"]:
             raise ValueError(f"{sweep}: hydra.sweeper.calibrate=false: a race stops variants, so it cannot measure "
                              f"their margins (allowed: calibration sweeps)")
         confs.append(conf)
-        steps.append(conf.check(int(cfg.trainer.max_steps)))
+        steps.append([max(1, round(float(f) * int(cfg["trainer"]["max_steps"]))) for f in conf["rungs"]])
     first = confs[0]
     for sweep, conf, s in zip(args.sweeps[1:], confs[1:], steps[1:]):
-        if any(getattr(conf, k) != getattr(first, k) for k in SHARED) or s != steps[0]:
+        if any(conf[k] != first[k] for k in SHARED) or s != steps[0]:
             raise ValueError(f"{sweep}: its race values differ from {args.sweeps[0]}'s (allowed: calibrations of the "
                              f"same rungs, top, keep, audit, bootstrap, seed and trainer.max_steps)")
-    measured = calibrated_margins([(Path(s), sweep_runs(s)) for s in args.sweeps], steps[0], first.top, first.keep,
-                                  first.audit, first.bootstrap, first.seed)
+    measured = calibrated_margins([(Path(s), sweep_runs(s)) for s in args.sweeps], steps[0], int(first["top"]),
+                                  float(first["keep"]), int(first["audit"]), int(first["bootstrap"]),
+                                  int(first["seed"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / CALIBRATED, "w") as f:
-        json.dump(calibration_record(first, measured, [str(s) for s in args.sweeps]), f)
+        json.dump(calibration_record(first["rungs"], first["top"], first["keep"], first["audit"], first["seed"],
+                                     measured, [str(s) for s in args.sweeps]), f)
     print(f"margins per rung (steps {steps[0]}): {measured}, measured on {len(args.sweeps)} calibration sweeps; "
           f"wrote {out / CALIBRATED} (a race: hydra.sweeper.calibration={out})")
     return 0

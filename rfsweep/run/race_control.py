@@ -20,7 +20,7 @@ from rfsweep import runfolder
 from rfsweep.errors import ConfigError
 from rfsweep.run.job import LAUNCH_ENV
 
-CALIBRATED = "race_margins.json"
+CALIBRATED = "race_margins.json"  # analysis.race.calibration_record
 
 
 @dataclass
@@ -79,12 +79,6 @@ class RaceConf:
         return [int(m) for m in measured["margins"]]
 
 
-def calibration_record(conf: RaceConf, measured: list[int], sweeps: list[str]) -> dict:
-    """What race_margins.json holds: the margins and everything they depend on (a race must share it)."""
-    return {"rungs": [float(x) for x in conf.rungs], "top": conf.top, "keep": conf.keep, "audit": conf.audit,
-            "seed": conf.seed, "margins": [int(m) for m in measured], "calibrations": sweeps}
-
-
 @dataclass
 class Job:
     overrides: list[str]
@@ -97,6 +91,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
     Returns 0 when the race ended, 1 when a rung could not be decided (a job failed: rerun the same command)."""
     from analysis.race import (  # deferred: pandas
         Rule,
+        calibration_record,
         compute_line,
         compute_report,
         decide,
@@ -162,7 +157,8 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
             from rfsweep.atomic import atomic_write
 
             with atomic_write(sweep_dir / CALIBRATED, "w") as f:
-                json.dump(calibration_record(conf, end["margins"], [str(sweep_dir)]), f)
+                json.dump(calibration_record(conf.rungs, conf.top, conf.keep, conf.audit, conf.seed, end["margins"],
+                                             [str(sweep_dir)]), f)
     end = next(r for r in log.records() if "end" in r)
     report = compute_report(sweep_dir, [j.run for j in jobs], max_steps, batch_size)
     print(f"race: ended: {len(end['finished'])} variants finished ({len(end['audit'])} of them audited stopped ones), "

@@ -61,13 +61,15 @@ def rung_places(df: pd.DataFrame, banks: dict, b: int, seed: int) -> pd.DataFram
     return conf.places("all")[["variant", "rank", "rank_lo", "rank_hi"]]
 
 
-def decide(places: pd.DataFrame, rule: Rule, seed: int) -> dict:
+def decide(places: pd.DataFrame, rule: Rule, seed: int, carried=()) -> dict:
     """Who stops at this rung: {"go_on": [...], "stopped": [...], "audit": [...]} (variant names, sorted), by the
-    rule of the module docstring; deterministic in `places` and `seed`."""
+    rule of the module docstring; `carried`: variants audited at an earlier rung, which go on to the end whatever
+    their place. Deterministic in `places`, `seed` and `carried`."""
     ordered = places.sort_values(["rank", "variant"])
     least = max(rule.top, math.ceil(rule.keep * len(ordered)))
     out = ordered["rank_lo"] > rule.top + rule.margin
     out.iloc[:least] = False
+    out &= ~ordered["variant"].isin(set(carried))
     stopped = sorted(ordered.loc[out, "variant"])
     rng = np.random.default_rng(seed)
     audit = sorted(rng.choice(stopped, size=min(rule.audit, len(stopped)), replace=False).tolist()) if stopped else []
@@ -174,7 +176,7 @@ def censored_markdown(records: list[dict], finished_places: pd.DataFrame) -> str
     of = end.get("max_steps", "?")
     lines += [f"| {r.variant} | rung {r.stopped_rung} (step {r.stopped_step} of {of}) | {r.rung_rank} "
               f"[{r.rung_lo}-{r.rung_hi}] | at least {r.rung_lo} |" for r in rows.itertuples()]
-    audit = sorted(end.get("audit", []))
+    audit = sorted(set(end.get("audit", [])) & set(end.get("finished", [])))  # older logs: audited, then stopped
     if audit:
         final = finished_places.set_index("variant")["rank"]
         reached = [v for v in audit if v in final.index and final[v] <= rule["top"]]
@@ -250,6 +252,7 @@ def calibrated_margins(sweeps: list[tuple[Path, dict[str, list[str]]]], steps: l
     seed with these margins keeps its final top group to the end."""
     finals = [final_places(s, runs, b, seed) for s, runs in sweeps]
     alive = [sorted(runs) for _, runs in sweeps]
+    carried: list[set] = [set() for _ in sweeps]
     out = []
     for i, step in enumerate(steps):
         places = []
@@ -258,8 +261,9 @@ def calibrated_margins(sweeps: list[tuple[Path, dict[str, list[str]]]], steps: l
             places.append(rung_places(rows, banks, b, seed))
         out.append(max(margins(p, f, top) for p, f in zip(places, finals)))
         for k, p in enumerate(places):
-            d = decide(p, Rule(top, out[-1], keep, audit), seed + i + 1)
+            d = decide(p, Rule(top, out[-1], keep, audit), seed + i + 1, carried[k])
             alive[k] = sorted(set(d["go_on"]) | set(d["audit"]))
+            carried[k] |= set(d["audit"])
     return out
 
 

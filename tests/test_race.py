@@ -285,3 +285,10 @@ def test_margins_measured_on_a_calibration_keep_its_final_top_group_in_a_race_of
     assert other.returncode == 2 and "with margin 9" in other.stderr and "Traceback" not in other.stderr
     # a race stops variants: it cannot calibrate
     assert analysis_main(["race-margins", str(tmp_path / "multirun" / "raced"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_variant_audited_at_an_earlier_rung_goes_on_to_the_end():
+    rule = Rule(top=3, margin=0, keep=0.0, audit=0)
+    assert "v9" in decide(TEN, rule, seed=0)["stopped"]
+    carried = decide(TEN, rule, seed=0, carried={"v9"})
+    assert "v9" in carried["go_on"] and "v9" not in carried["stopped"] + carried["audit"]

@@ -58,7 +58,7 @@ class RaceSweeper(BasicSweeper):
         try:
             code = run_race(race_conf(self.race), sweep_dir, int(self.config.trainer.max_steps),
                             int(self.config.trainer.batch_size), jobs, launch)
-        except UserError as e:
+        except (UserError, ValueError) as e:  # a bad value, a damaged decision log or rung results: one line
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
         if code:

@@ -126,7 +126,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
                 return 1
             places = rung_places(df, banks, conf.bootstrap, conf.seed)
             rule = Rule(conf.top, margin[i], 1.0 if conf.calibrate else conf.keep, 0 if conf.calibrate else conf.audit)
-            decision = decide(places, rule, conf.seed + i + 1)
+            decision = decide(places, rule, conf.seed + i + 1, audited)
             rec = {"rung": i + 1, "step": step, "alive": alive, "rule": vars(rule), **decision,
                    "places": {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in places.itertuples()}}
             log.append(rec)
@@ -161,7 +161,8 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
                                              [str(sweep_dir)]), f)
     end = next(r for r in log.records() if "end" in r)
     report = compute_report(sweep_dir, [j.run for j in jobs], max_steps, batch_size)
-    print(f"race: ended: {len(end['finished'])} variants finished ({len(end['audit'])} of them audited stopped ones), "
+    carried = len(set(end["audit"]) & set(end["finished"]))
+    print(f"race: ended: {len(end['finished'])} variants finished ({carried} of them audited stopped ones), "
           f"{len(end['stopped'])} stopped; {compute_line(report)}; `make rank-table RESULTS={sweep_dir}`: Table 1 "
           f"with the censored rows", flush=True)
     return 0

@@ -24,10 +24,15 @@ def job_flops(cfg: DictConfig) -> dict:
     params, per_sample = _backbone_flops(json.dumps(backbone, sort_keys=True), tuple(latent_shape(cfg)),
                                          context_len(cfg), cfg.conditioning.context_dim, cfg.conditioning.pooled_dim)
     tr, e = cfg.trainer, cfg.eval
-    evals = sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in e.settings) * len(e.weights) if e.enabled else 0
+    evals = nfe_per_run(1, e.settings, e.weights) if e.enabled else 0
     return {"params": params, "train_flops_per_sample": per_sample,
             "train_flops": per_sample * int(tr.batch_size) * int(tr.max_steps),
             "eval_flops": per_sample / 3 * int(e.n_samples) * evals}
+
+
+def nfe_per_run(n_samples: int, settings, weights) -> int:
+    """Network evaluations of one evaluation: samples x sampling steps, twice per step with guidance, per weights."""
+    return int(n_samples) * sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in settings) * len(weights)
 
 
 @lru_cache(maxsize=64)

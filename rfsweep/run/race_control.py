@@ -19,6 +19,7 @@ from pathlib import Path
 from rfsweep import runfolder
 from rfsweep.errors import ConfigError
 from rfsweep.run.job import LAUNCH_ENV
+from rfsweep.run.plan import nfe_per_run
 
 CALIBRATED = "race_margins.json"  # analysis.race.calibration_record
 
@@ -175,11 +176,6 @@ def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, steps: list[int]
 
     runs = {v: [j.run for j in js] for v, js in by_variant.items()}
     return calibrated_margins([(sweep_dir, runs)], steps, conf.top, conf.keep, conf.audit, conf.bootstrap, conf.seed)
-
-
-def nfe_per_run(n_samples: int, settings, weights) -> int:
-    """Network evaluations of one evaluation: samples x sampling steps, twice per step with guidance, per weights."""
-    return int(n_samples) * sum(int(s) * (2 if float(c) != 1.0 else 1) for s, c in settings) * len(weights)
 
 
 def dry_run_plan(conf: RaceConf, max_steps: int, batch_size: int, rung_nfe: int, final_nfe: int, variants: int,

@@ -62,16 +62,60 @@ def test_a_config_that_cannot_fit_is_refused_in_one_line():
 
 
 def test_the_host_plan_counts_what_each_rank_holds_on_the_cpu():
-    from rfsweep.run.memory import GB, host_plan
+    from rfsweep.run.memory import GB, PREFETCH, WORKER_GB, host_plan
 
     depth24 = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8"]
     ddp, fsdp = host_plan(compose_cfg(depth24)), host_plan(compose_cfg([*depth24, "trainer.strategy=fsdp"]))
     p = memory_plan(compose_cfg(depth24)).params
-    assert ddp.ranks == fsdp.ranks == 8
-    assert ddp.other == pytest.approx(4 * GB + 8 * p)  # every DDP rank builds the backbone and its EMA copy
-    assert fsdp.other == pytest.approx(4 * GB + 8 * p / 8)  # FSDP: shards only, received from rank 0
-    assert fsdp.rank0 == pytest.approx(4 * GB + 8 * p)  # rank 0: the whole backbone, then the best weights gathered
-    assert fsdp.total < ddp.total / 2
+    # trainer=gpu's 8 loader workers per rank, each with two micro-batches (8 samples) of 256^2 fp32 images ready
+    workers = 8 * (WORKER_GB * GB + PREFETCH * 8 * 4 * 3 * 256**2)
+    assert ddp.ranks == fsdp.ranks == 8 and ddp.workers == fsdp.workers == pytest.approx(workers)
+    assert ddp.other == pytest.approx(4 * GB + workers + 8 * p)  # every DDP rank builds the backbone and its EMA copy
+    # FSDP: no whole copy on another rank; at each checkpoint Lightning copies the rank's shards of the weights, the
+    # EMA and AdamW's two moments to the CPU: 16 bytes per parameter / 8 ranks
+    assert fsdp.checkpoint == pytest.approx(16 * p / 8) and ddp.checkpoint == 0
+    assert fsdp.other == pytest.approx(4 * GB + workers + 16 * p / 8)
+    assert fsdp.rank0 == pytest.approx(4 * GB + workers + 8 * p)  # rank 0: the whole backbone, the best weights
+    assert fsdp.total < 0.55 * ddp.total
+
+
+def test_loader_workers_add_their_private_pages_and_their_ready_batches(monkeypatch):
+    import multiprocessing
+
+    import rfsweep.data.precomputed
+    from rfsweep.run.builders import context_len, latent_shape
+    from rfsweep.run.memory import GB, PREFETCH, WORKER_GB, host_plan, sample_bytes
+
+    grid = ["+experiment=formulation_grid", "data=imagenet", "data.path=/tmp"]  # pre-encoded SD3 latents and text
+    cfg = compose_cfg([*grid, "trainer.num_workers=0"])
+    c, h, w = latent_shape(cfg)
+    per_sample = 2 * (c * h * w + context_len(cfg) * 4096 + 2048)  # fp16 latents, SD3's context and pooled vector
+    assert sample_bytes(cfg) == per_sample and context_len(cfg) * 4096 > 500_000  # ~1.3 MB a sample
+    none, eight = host_plan(cfg), host_plan(compose_cfg([*grid, "trainer.num_workers=8"]))
+    micro = memory_plan(cfg).micro_batch  # 1024 over 8 GPUs
+    worker = WORKER_GB * GB + PREFETCH * micro * per_sample
+    assert none.workers == 0 and eight.workers == pytest.approx(8 * worker)
+    assert eight.rank0 - none.rank0 == pytest.approx(8 * worker)
+    assert eight.other - none.other == pytest.approx(8 * worker)
+    assert eight.total - none.total == pytest.approx(8 * 8 * worker)  # 64 workers on the node: 34 GB
+    # fork shares the reader's tables with a rank's workers; forkserver or spawn unpickle a copy in each
+    monkeypatch.setattr(rfsweep.data.precomputed, "table_bytes", lambda root, split: 10**9)
+    fork = host_plan(compose_cfg([*grid, "trainer.num_workers=8"]))
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
+    server = host_plan(compose_cfg([*grid, "trainer.num_workers=8"]))
+    assert fork.tables == server.tables == 10**9 and server.workers - fork.workers == pytest.approx(8 * 10**9)
+
+
+def test_the_checkpoint_copy_counts_every_ema_and_adamws_moments_under_fsdp_on_gpus():
+    from rfsweep.run.memory import host_plan
+
+    fsdp = [*PAPER, "backbone.depth=24", "trainer.batch_size=64", "trainer.devices=8", "trainer.strategy=fsdp"]
+    p = memory_plan(compose_cfg(fsdp)).params
+    posthoc = host_plan(compose_cfg([*fsdp, "ema=posthoc"]))  # two post-hoc EMAs
+    assert posthoc.checkpoint == pytest.approx((4 * p * 4 + 8 * p) / 8)  # weights, EMA, 2 post-hoc EMAs; 2 moments
+    cpu = host_plan(compose_cfg([*fsdp, "trainer.accelerator=cpu", "trainer.precision=32-true"]))
+    assert cpu.checkpoint == 0  # on CPUs the shards are on the host already: Lightning's copy is no copy
+    assert "checkpoint copy 6.1" in posthoc.describe() and "8 loader workers" in posthoc.describe()
 
 
 def test_a_job_that_cannot_fit_its_nodes_memory_is_refused_in_one_line():
@@ -82,7 +126,10 @@ def test_a_job_that_cannot_fit_its_nodes_memory_is_refused_in_one_line():
         check_host_fits(compose_cfg(depth24), 64)
     msg = str(e.value)
     assert "host memory plan" in msg and "hydra.launcher.mem_gb=64" in msg and "\n" not in msg
-    check_host_fits(compose_cfg([*depth24, "trainer.strategy=fsdp"]), 64)  # sharded: fits
+    fsdp = compose_cfg([*depth24, "trainer.strategy=fsdp"])  # 62.5 GB before the loader workers and checkpoint copy
+    with pytest.raises(ConfigError, match=r"8 loader workers 1\.70, checkpoint copy 4\.1\), more than "):
+        check_host_fits(fsdp, 64)  # 90 GB with them
+    check_host_fits(fsdp, 96)  # sharded: fits
 
 
 def test_a_sweep_whose_jobs_exceed_the_launchers_memory_stops_before_any_job(tmp_path):

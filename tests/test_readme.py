@@ -77,13 +77,14 @@ def test_rfsweep_commands_compose_and_pass_preflight(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for argv in lines:
             overrides, multirun = _overrides(argv)
-            jobs = [overrides]
+            jobs, launcher = [overrides], None
             if multirun:
                 hcfg = compose("config", overrides=overrides, return_hydra_config=True)  # launcher keys compose
-                jobs = planned_jobs(hcfg)
+                jobs, launcher = planned_jobs(hcfg), hcfg.hydra.launcher  # its tasks and node memory, as a sweep's
                 jobs = [jobs[0], jobs[-1]]
             for job in jobs:
-                preflight(compose("config", overrides=[*job, f"run_dir={tmp_path}/run"]), data=not multirun)
+                preflight(compose("config", overrides=[*job, f"run_dir={tmp_path}/run"]), data=not multirun,
+                          mem_gb=launcher.get("mem_gb") if launcher else None, launcher=launcher)
 
 
 @pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""rfsweep's SLURM launcher (`hydra/launcher=slurm`): hydra-submitit-launcher's SlurmLauncher with three changes
+"""rfsweep's SLURM launcher (`hydra/launcher=slurm`): hydra-submitit-launcher's SlurmLauncher with four changes
 a sweep on a real cluster needs.
 
 1. Runs that are finished, or trained right now by a live process (a fresh lease), are left out before
@@ -8,12 +8,15 @@ a sweep on a real cluster needs.
    outcome (and in its status if the job could not), and the sweep's summary lists it.
 3. The job array is submitted with submitit's own `map_array`, so SLURM's pre-emption signal reaches submitit's
    handler, which rfsweep's job calls after its checkpoint (`rfsweep.cluster.signals`).
+4. A job whose tasks (`tasks_per_node` x `nodes`) are not its ranks (`trainer.devices` x `trainer.num_nodes`) stops
+   the sweep before any submission (`rfsweep.run.preflight.check_launcher_tasks`): one task per rank.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +55,20 @@ def skip_reason(cfg) -> tuple[str, str] | None:
     return None
 
 
+def refuse_tasks(cfg, overrides) -> None:
+    """A job whose SLURM tasks (hydra.launcher.tasks_per_node x nodes) are not its ranks stops the sweep before any
+    submission: one line, exit status 2 (the sweep's callback refuses it earlier; a dry run through the launcher and
+    a relaunch of some jobs come here only)."""
+    from rfsweep.errors import UserError
+    from rfsweep.run.preflight import check_launcher_tasks
+
+    try:
+        check_launcher_tasks(cfg, cfg.hydra.launcher)
+    except UserError as e:
+        print(f"error: sweep job [{' '.join(overrides)}]: {e} (no job submitted)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 class RfsweepSlurmLauncher(SlurmLauncher):
     def __call__(self, *args, **kwargs) -> JobReturn:
         """In the SLURM job: rfsweep's pre-emption guard first (submitit's handler stands in until then), then
@@ -70,8 +87,10 @@ class RfsweepSlurmLauncher(SlurmLauncher):
         loader = self.hydra_context.config_loader
         returns: dict[int, JobReturn] = {}
         todo: list[tuple[int, list[str], object]] = []
-        for i, overrides in enumerate(job_overrides):
-            cfg = loader.load_sweep_config(self.config, list(overrides))
+        cfgs = [loader.load_sweep_config(self.config, list(overrides)) for overrides in job_overrides]
+        for overrides, cfg in zip(job_overrides, cfgs):  # every job's tasks, before anything is written or submitted
+            refuse_tasks(cfg, overrides)
+        for i, (overrides, cfg) in enumerate(zip(job_overrides, cfgs)):
             with open_dict(cfg):  # the job's folder as run_job will make it (no HydraConfig in the launcher)
                 cfg.run_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
             why = None if cfg.get("dry_run") else skip_reason(cfg)

@@ -1,10 +1,12 @@
-"""The LightningDataModule: a resumable training stream and a fixed validation set."""
+"""The LightningDataModule: a resumable training stream and a fixed validation set, split over the ranks."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rfsweep.data import build_dataset
 from rfsweep.data.stream import SampleStream, StreamSampler
@@ -19,6 +21,30 @@ def collate(items: list[dict]) -> dict:
     else:
         out["image"] = torch.stack([it["image"] for it in items])
     return out
+
+
+class ValShard(Dataset):
+    """Rank `rank`'s share of a validation set cut into batches of `batch` samples: its i-th item is the set's batch
+    b = i x world + rank, collated, with "val_batch": b (which fixes the batch's noise, as on one process) and
+    "val_weight": 1. Every rank has ceil(batches / world) items: a rank past the last batch gets a copy of rank 0's
+    batch i x world with "val_weight": 0 (counted nowhere), because every rank must run as many validation steps (under
+    FSDP each forward is a collective). The weighted mean over every rank's batches is then the one-process mean: the
+    module logs each batch's mean loss with batch size samples x weight, and Lightning's mean over ranks sums the
+    ranks' weighted sums and their sample counts (`DiffusionModule.validation_step`)."""
+
+    def __init__(self, base: Dataset, batch: int, rank: int = 0, world: int = 1):
+        self.base, self.batch, self.rank, self.world = base, int(batch), int(rank), int(world)
+        self.batches = math.ceil(len(base) / self.batch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.batches / self.world)
+
+    def __getitem__(self, i: int) -> dict:
+        b = i * self.world + self.rank
+        weight = int(b < self.batches)
+        b = b if weight else i * self.world
+        items = [self.base[j] for j in range(b * self.batch, min((b + 1) * self.batch, len(self.base)))]
+        return {**collate(items), "val_batch": b, "val_weight": weight}
 
 
 class DataModule(L.LightningDataModule):
@@ -47,8 +73,9 @@ class DataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        # Every rank validates on the whole set (same batches, same fixed noise): the validation loss is the
-        # single-device one exactly, whatever the number of devices (validation is a few % of training time).
+        # Each rank validates its share of the set's batches (ValShard), each batch with its own fixed noise: the
+        # logged losses are the one-device ones, up to the summation order, whatever the number of devices.
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         val = Subset(self.val, range(min(self.n_val, len(self.val))))
-        return DataLoader(val, batch_size=min(self.batch_size, 256), shuffle=False, collate_fn=collate,
-                          num_workers=0)
+        return DataLoader(ValShard(val, min(self.batch_size, 256), rank, world), batch_size=None, num_workers=0)

@@ -16,6 +16,7 @@ plan exceeds `cluster.gpu_memory_gb`.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -140,8 +141,33 @@ def check_fits(cfg: DictConfig) -> None:
 # (best.safetensors: raw and EMA weights, fp32), and the pre-encoded reader's caption tables (one byte buffer and
 # two arrays, which the rank's forked loader workers share: nothing writes to their pages). Under FSDP rank 0 alone
 # builds the whole backbone (the other ranks build it on the meta device and receive their shards from rank 0), and
-# every EMA is made from the shards.
+# every EMA is made from the shards. Two more terms per rank:
+# - Its training loader's workers (`trainer.num_workers` forked processes; the validation loader has none). A forked
+#   worker shares its rank's pages until it writes to them, and SLURM's cgroup charges a shared page once. A worker
+#   writes the headers of the Python objects it touches (reference counts), and of every object at a full garbage
+#   collection: measured on this project's CPU machine with a CPU job on the shapes set, 24 MB private per worker
+#   after 3000 steps, and 135 MB in a forked copy of a job's process (torch, Lightning, transformers, rfsweep loaded)
+#   after a full collection: WORKER_GB allows 0.2 GB. Plus the batches a worker has ready (PREFETCH, torch's default
+#   prefetch_factor), handed over in shared memory, which the cgroup charges too (`sample_bytes`). Under a start
+#   method other than fork (Python 3.14's default is forkserver) each worker unpickles its own copy of the dataset,
+#   the reader's tables included.
+# - Under FSDP on GPUs, Lightning copies the rank's shards of the module's state (the weights, the EMA, each post-hoc
+#   EMA) and of AdamW's moments to the CPU at each checkpoint before writing them (ModelParallelStrategy asks torch's
+#   state dicts for `cpu_offload`): every rank at once, (4 (2 + post-hoc EMAs) + 8) bytes per parameter / ranks, for
+#   the checkpoint's duration. On CPUs those tensors are there already; under DDP `torch.save` copies one at a time.
 PROCESS_GB = {"cpu": 2.0, "gpu": 4.0}
+WORKER_GB = 0.2
+PREFETCH = 2  # batches each loader worker has ready (torch's prefetch_factor, which rfsweep.data.datamodule keeps)
+
+
+def sample_bytes(cfg: DictConfig) -> float:
+    """Bytes of one training sample as a loader worker hands it over: pre-encoded, fp16 latents and text embeddings (at
+    most the assembled context's tokens x context_dim, and the pooled vector); read raw, its fp32 image."""
+    if cfg.data.name == "precomputed":
+        c, h, w = latent_shape(cfg)
+        tokens = context_len(cfg) * int(cfg.conditioning.context_dim) + int(cfg.conditioning.pooled_dim)
+        return 2.0 * (c * h * w + tokens)
+    return 4.0 * 3 * int(cfg.data.resolution) ** 2
 
 
 @dataclass(frozen=True)
@@ -149,7 +175,10 @@ class HostPlan:
     ranks: int  # ranks on one node (trainer.devices)
     rank0: float  # bytes at rank 0's peak
     other: float  # bytes at another rank's peak
-    tables: float  # the reader's tables, per rank (included above)
+    tables: float  # the reader's tables, per rank (included above, as are the two below)
+    num_workers: int  # loader workers per rank (trainer.num_workers)
+    workers: float  # the rank's loader workers together
+    checkpoint: float  # the CPU copy of the rank's shards at a checkpoint (FSDP on GPUs)
 
     @property
     def total(self) -> float:
@@ -157,15 +186,17 @@ class HostPlan:
 
     def describe(self) -> str:
         return (f"{self.total / GB:.1f} GB of host memory per node ({self.ranks} rank(s): rank 0 "
-                f"{self.rank0 / GB:.1f}, the others {self.other / GB:.1f} each; reader tables "
-                f"{self.tables / GB:.2f} per rank)")
+                f"{self.rank0 / GB:.1f}, the others {self.other / GB:.1f} each; per rank: reader tables "
+                f"{self.tables / GB:.2f}, {self.num_workers} loader workers {self.workers / GB:.2f}, checkpoint copy "
+                f"{self.checkpoint / GB:.1f})")
 
 
 def host_plan(cfg: DictConfig, plan: MemoryPlan | None = None) -> HostPlan:
     """The host memory a node needs for this job's ranks (see PROCESS_GB's comment); `plan`: the job's
     `memory_plan(cfg)` where the caller has it already."""
     tr = cfg.trainer
-    p = (plan or memory_plan(cfg)).params
+    plan = plan or memory_plan(cfg)
+    p = plan.params
     world = int(tr.devices) * int(tr.num_nodes)
     tables = 0.0
     if cfg.data.name == "precomputed" and cfg.data.path:
@@ -175,18 +206,26 @@ def host_plan(cfg: DictConfig, plan: MemoryPlan | None = None) -> HostPlan:
             tables = float(table_bytes(cfg.data.path, "train"))
         except (DataError, OSError):
             tables = 0.0  # no folder yet: the data check refuses the job itself
-    base = PROCESS_GB[str(tr.accelerator)] * GB + tables
+    start = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    per_worker = (WORKER_GB * GB + PREFETCH * plan.micro_batch * sample_bytes(cfg)
+                  + (tables if start != "fork" else 0.0))  # the dataset's own copy, unpickled
+    workers = int(tr.num_workers) * per_worker
+    base = PROCESS_GB[str(tr.accelerator)] * GB + tables + workers
     best = 8.0 * p  # rank 0 gathers the raw and EMA weights to write best.safetensors (the post-hoc EMAs stay out)
     copies = 4.0 * p * (2 + len(cfg.ema.sigma_rels or []))  # the weights, the EMA and each post-hoc EMA
+    checkpoint = 0.0
     if tr.strategy == "fsdp" and world > 1:
         shards = copies / world
-        rank0, other = base + max(4.0 * p + shards, best), base + shards
+        if tr.accelerator == "gpu":  # a checkpoint's CPU copy of the rank's shards (on a GPU, their only host copy)
+            checkpoint = (copies + 8.0 * p) / world
+        rank0, other = base + max(4.0 * p + shards, best, checkpoint), base + max(shards, checkpoint)
     else:
         rank0, other = base + max(copies, best), base + copies
     if tr.accelerator != "gpu":  # training on the CPU: gradients and AdamW's moments live there too
         state = 12.0 * p / (world if tr.strategy == "fsdp" else 1)
         rank0, other = rank0 + state, other + state
-    return HostPlan(int(tr.devices), rank0, other if tr.devices > 1 else 0.0, tables)
+    return HostPlan(int(tr.devices), rank0, other if tr.devices > 1 else 0.0, tables, int(tr.num_workers), workers,
+                    checkpoint)
 
 
 def launcher_mem_gb() -> float | None:
@@ -205,4 +244,5 @@ def check_host_fits(cfg: DictConfig, mem_gb: float | None) -> None:
     if plan.total > float(mem_gb) * GB:
         raise ConfigError(f"config error: the host memory plan needs {plan.describe()}, more than "
                           f"hydra.launcher.mem_gb={mem_gb:g} (allowed: a plan that fits: a larger "
-                          f"hydra.launcher.mem_gb, trainer.strategy=fsdp, or fewer ranks per node)")
+                          f"hydra.launcher.mem_gb, trainer.strategy=fsdp, fewer trainer.num_workers, or fewer ranks "
+                          f"per node)")

@@ -68,7 +68,9 @@ def dry_run_line(cfg: DictConfig) -> str:
         plan = memory_plan(cfg)
         memory = plan.describe()
         mem_gb = launcher_mem_gb()
-        host = host_plan(cfg, plan).describe() + (f" of hydra.launcher.mem_gb={mem_gb:g}" if mem_gb else "")
+        node = host_plan(cfg, plan)
+        host = node.describe() + (f" = {node.total / (float(mem_gb) * 1e9):.0%} of hydra.launcher.mem_gb={mem_gb:g}"
+                                  if mem_gb else "")
     except Exception as e:
         memory = host = f"? ({type(e).__name__})"
     return (f"{head} params={f['params'] / 1e6:.1f}M train_flops={f['train_flops']:.2e} "

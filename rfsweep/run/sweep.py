@@ -29,7 +29,7 @@ from rfsweep.atomic import atomic_write
 from rfsweep.errors import UserError
 from rfsweep.results import MANIFEST_FILE
 from rfsweep.run.builders import variant_name
-from rfsweep.run.preflight import preflight
+from rfsweep.run.preflight import check_launcher_tasks, preflight
 
 
 def _raw(node) -> list[str]:
@@ -106,8 +106,9 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
     dry_run_line`, the function each job of the launcher prints), in the sweep's job order, and with a reference sweep
     the resolution block first (as `ManifestCallback` prints it). Nothing is written: no sweep folder, no
     multirun.yaml, no run folders. The exit status is the launcher path's: 0 (a job's bad value is its own one-line
-    error), 2 when the reference sweep is refused. None when the sweep cannot be composed here (a bad override, a
-    sweeper other than the basic one): the caller hands the command to Hydra, which reports it as before."""
+    error), 2 when the reference sweep is refused or a SLURM launcher's tasks are not a job's ranks. None when the
+    sweep cannot be composed here (a bad override, a sweeper other than the basic one): the caller hands the command
+    to Hydra, which reports it as before."""
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="__main__"):
@@ -116,6 +117,12 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
         except Exception:
             return None
         HydraConfig.instance().set_config(master)  # the launcher's node memory (launcher_mem_gb), as a job reads it
+        for job, cfg in jobs:  # SLURM tasks that are not the job's ranks stop the sweep, as its launcher stops it
+            try:
+                check_launcher_tasks(cfg, master.hydra.launcher)
+            except UserError as e:
+                print(f"error: sweep job [{' '.join(job)}]: {e} (no job submitted)", file=sys.stderr, flush=True)
+                return 2
         from rfsweep.run.plan import dry_run_line  # deferred: torch, not needed by --help
 
         if master.get("reference_sweep"):
@@ -182,7 +189,8 @@ class ManifestCallback(Callback):
         for overrides in planned_jobs(config):
             cfg = compose(config_name="config", overrides=overrides)
             try:
-                preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False)
+                preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
+                          launcher=OmegaConf.select(config, "hydra.launcher", default=None))
                 variant = variant_name(cfg.formulation)
             except UserError as e:
                 _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")

@@ -179,24 +179,27 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         b = self.to_batch(batch)
-        g = torch.Generator(device="cpu").manual_seed(VAL_NOISE_SEED + batch_idx)
+        # the batch's place in the whole set (`rfsweep.data.datamodule.ValShard`) fixes its noise, on any rank
+        g = torch.Generator(device="cpu").manual_seed(VAL_NOISE_SEED + int(batch.get("val_batch", batch_idx)))
         eps = torch.randn(b.latents.shape, generator=g).to(self.device, b.latents.dtype)
+        # each mean below is logged with its samples as batch size (0 for a rank's padding batch): Lightning's epoch
+        # mean over ranks sums the ranks' weighted sums and sample counts, so every rank logs the whole set's mean
         n = b.latents.shape[0]
+        counted = n * int(batch.get("val_weight", 1))
         for name, net in (("raw", self.net), ("ema", self.ema_net)):
             losses = []
             for i, t in enumerate(VALIDATION_T):
                 tt = torch.full((n,), float(t), device=self.device, dtype=b.latents.dtype)
                 li = self.formulation.loss(net, b.latents, b.cond, t=tt, eps=eps).mean()
-                self.log(f"val_t/{name}_t{i}", li, on_epoch=True, batch_size=n, sync_dist=True)
+                self.log(f"val_t/{name}_t{i}", li, on_epoch=True, batch_size=counted, sync_dist=True)
                 losses.append(li)
-            # every rank validates on the whole set (DataModule): sync_dist averages identical values
             self.log(f"val/loss_{name}", torch.stack(losses).mean(), on_epoch=True, prog_bar=name == "ema",
-                     batch_size=n, sync_dist=True)
+                     batch_size=counted, sync_dist=True)
             # the common validation loss: the rf-frame velocity error at the same eight t_rf, comparable across
             # formulations (their own losses are not; the race's and the pilot's early signal)
             common = torch.stack([self.formulation.rf_velocity_error(net, b.latents, b.cond, float(t), eps).mean()
                                   for t in VALIDATION_T]).mean()
-            self.log(f"val/rf_velocity_{name}", common, on_epoch=True, batch_size=n, sync_dist=True)
+            self.log(f"val/rf_velocity_{name}", common, on_epoch=True, batch_size=counted, sync_dist=True)
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()

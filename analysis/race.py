@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from rfsweep.results import REAL, RESULTS_FILE, read_results
-from rfsweep.runfolder import RUNGS, last_checkpoint
+from rfsweep.runfolder import RUNGS
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,15 @@ def evaluation_nfe(df: pd.DataFrame) -> int:
 
 
 def spent(sweep_dir: str | Path, runs: list[str]) -> dict:
-    """The compute the sweep's run folders hold: training steps (each run's last checkpoint) and the network
-    evaluations of every evaluation (the rungs' and the final ones)."""
-    from rfsweep.train.checkpoint_io import checkpoint_step  # deferred: torch
+    """The compute the sweep's run folders hold: training steps (each run's last complete checkpoint; a run whose
+    checkpoints are all damaged is a CheckpointError naming them) and the network evaluations of every evaluation
+    (the rungs' and the final ones)."""
+    from rfsweep.train.checkpoint_io import resume_checkpoint  # deferred: torch
 
     steps, nfe = 0, 0
     for run in runs:
         folder = Path(sweep_dir) / run
-        steps += checkpoint_step(last_checkpoint(folder))
+        steps += resume_checkpoint(folder)[1]
         for path in [folder / RESULTS_FILE, *sorted((folder / RUNGS).glob(f"*/{RESULTS_FILE}"))]:
             if path.is_file():
                 nfe += evaluation_nfe(read_results(path))

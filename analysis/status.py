@@ -4,7 +4,7 @@ that relaunches what is left.
 A run's state is its `status.json` (`running` with its progress, `trained`, `preempted`, `cancelled`, `failed`
 with the reason, `done`); a planned job of the manifest without a folder is `not started`. A run whose status
 says `running` but whose lease has no live holder (the process or its node died) is `lost`: relaunching resumes
-it from `last.ckpt`.
+it from its last complete checkpoint (`checkpoints/step-<N>.ckpt`).
 """
 
 from __future__ import annotations

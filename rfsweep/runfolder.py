@@ -6,8 +6,9 @@
     <run>/lease.json         who trains the run now (host, pid, SLURM job, heartbeat): one trainer per folder
     <run>/config.json        the resolved config the run was started with (written once); a resume must match it
     <run>/model.json         parameters and training FLOPs per sample (the scaling study's compute axis)
-    <run>/checkpoints/       last.ckpt (resume: weights, EMA, optimizer, loops), best.safetensors (the raw and EMA
-                             weights of the step with the lowest EMA validation loss: what evaluation reads)
+    <run>/checkpoints/       step-<NNNNNNNN>.ckpt (resume: weights, EMA, optimizer, loops; the newest
+                             `trainer.keep_checkpoints`, a file or FSDP's folder of shards), best.safetensors (the raw
+                             and EMA weights of the step with the lowest EMA validation loss: what evaluation reads)
     <run>/metrics.csv        this launch's metrics; earlier launches' rows in metrics-part<k>.csv
     <run>/results.csv        the evaluation (rfsweep.results)
 
@@ -30,7 +31,9 @@ from rfsweep.errors import ConfigError
 
 RUNGS = "rungs"  # a race's rung evaluations: <run>/rungs/<step>/ (rfsweep.run.rung), apart from the run's results
 STATUS, OUTCOME, LEASE, CONFIG, MODEL_INFO = "status.json", "outcome.json", "lease.json", "config.json", "model.json"
-CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.safetensors"
+CHECKPOINTS, BEST = "checkpoints", "best.safetensors"
+CHECKPOINT, PARTIAL = "step-{:08d}.ckpt", ".partial"  # a resumable checkpoint; a folder being written (FSDP)
+LEGACY = ("last.ckpt", "last.ckpt.old")  # the one checkpoint of runs written before step-numbered ones, resumed
 METRICS, METRICS_PART = "metrics.csv", "metrics-part{}.csv"
 
 # States of status.json. `running` is what a live job writes (a dead one leaves it behind: its lease and heartbeat
@@ -46,32 +49,46 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
-def last_checkpoint(run_dir: str | Path, recover: bool = False) -> Path:
-    """`last.ckpt` (a file, or FSDP's sharded folder). `recover`: finish a folder swap a kill interrupted."""
-    last = checkpoint_dir(run_dir) / LAST
-    old = last.with_name(LAST + ".old")
-    if recover and not last.exists() and old.is_dir():
-        os.replace(old, last)
-    return last
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The resumable checkpoint of `step`: <run>/checkpoints/step-<NNNNNNNN>.ckpt (a file, or FSDP's folder)."""
+    return checkpoint_dir(run_dir) / CHECKPOINT.format(int(step))
 
 
-def evaluated_checkpoint(run_dir: str | Path) -> Path:
-    """The weights evaluation uses: best.safetensors (lowest EMA validation loss), else last.ckpt."""
-    ckpt_dir = checkpoint_dir(run_dir)
-    return ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+def named_step(path: Path) -> int | None:
+    """The step a checkpoint's name says (None: a legacy name, or not a checkpoint's name)."""
+    stem, dot, ext = path.name.partition(".")
+    head, _, digits = stem.partition("-")
+    ok = head == "step" and dot + ext == ".ckpt" and digits.isdigit()
+    return int(digits) if ok else None
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Replace the folder `target` by `new` (FSDP's sharded checkpoint): `target` moves aside, `new` takes its
-    name, the old one goes. A kill in between leaves `target.old`, which `last_checkpoint(recover=True)` restores."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    if old.exists():
-        shutil.rmtree(old)
+def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
+    """The run's resumable checkpoints, newest first by the step in their names, then a legacy `last.ckpt` and
+    `last.ckpt.old`. Names only: `rfsweep.train.checkpoint_io.resume_checkpoint` reads which one is complete."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    numbered = sorted((p for p in folder.iterdir() if named_step(p) is not None), key=named_step, reverse=True)
+    return [*numbered, *(p for p in (folder / name for name in LEGACY) if p.exists())]
+
+
+def remove_checkpoint_leftovers(run_dir: str | Path) -> None:
+    """What a writer killed mid-write left (an FSDP `.partial` folder, an atomic write's temporary file): removed by
+    the next writer before it writes. Never a complete checkpoint."""
+    folder = checkpoint_dir(run_dir)
+    for p in [*folder.glob(f"*.ckpt{PARTIAL}"), *folder.glob(".step-*.ckpt.*.tmp")]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def prune_checkpoints(run_dir: str | Path, newest: Path, keep: int) -> list[Path]:
+    """After `newest` is written and synced: every other checkpoint goes but the `keep` - 1 newest before it (legacy
+    ones count as the oldest; one of a later step is one a resume skipped as damaged). Returns the removed ones."""
+    others = [p for p in checkpoint_candidates(run_dir) if p != newest]
+    older = [p for p in others if named_step(p) is None or named_step(p) < named_step(newest)]
+    gone = [p for p in others if p not in older[:keep - 1]]
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return gone
 
 
 def job_context() -> dict:
@@ -145,14 +162,14 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 
 
 # Config keys that may differ when a run is resumed: they do not change the trained weights (where the run's files
-# go, how they are logged, how many loader workers or threads, how often a checkpoint is written, how many devices
-# share the global batch, how the job behaves on a cluster, how the finished weights are sampled and evaluated:
-# results rows carry their settings; a race's rung: where a launch pauses) or only extend them (max_steps: neither
-# the data stream nor the learning-rate schedule depends on it, so a longer run continues exactly as if it had been
-# started longer).
+# go, how they are logged, how many loader workers or threads, how often a checkpoint is written and how many are
+# kept, how many devices share the global batch, how the job behaves on a cluster, how the finished weights are
+# sampled and evaluated: results rows carry their settings; a race's rung: where a launch pauses) or only extend them
+# (max_steps: neither the data stream nor the learning-rate schedule depends on it, so a longer run continues exactly
+# as if it had been started longer).
 RESUMABLE_KEYS = ("paths", "logger", "run_dir", "job_name", "dry_run", "reference_sweep", "stage", "cluster", "eval",
-                  "sampler", "grid", "trainer.num_workers", "trainer.threads", "trainer.ckpt_every", "trainer.devices",
-                  "trainer.max_steps", "rung")
+                  "sampler", "grid", "trainer.num_workers", "trainer.threads", "trainer.ckpt_every",
+                  "trainer.keep_checkpoints", "trainer.devices", "trainer.max_steps", "rung")
 
 
 def flatten(d, prefix: str = "") -> dict:

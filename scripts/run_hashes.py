@@ -2,8 +2,8 @@
 every line this prints unchanged. `python scripts/run_hashes.py [OUT_DIR]` (about 2 minutes on 2 CPU cores).
 
 Five runs of different families, backbones, data and conditioning, each trained briefly and evaluated on two sampler
-settings; per run: the sha256 of last.ckpt's weights (raw and EMA, in key order), of best.safetensors' tensors, and
-of results.csv's metric columns (rounded to 1e-6, real images included).
+settings; per run: the sha256 of the last checkpoint's weights (raw and EMA, in key order), of best.safetensors'
+tensors, and of results.csv's metric columns (rounded to 1e-6, real images included).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def hashes(run: Path) -> dict:
     import torch
     from safetensors import safe_open
 
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    from rfsweep.train.checkpoint_io import resume_checkpoint
+
+    ckpt = torch.load(resume_checkpoint(run)[0], map_location="cpu", weights_only=True)
     weights = _sha(k.encode() + v.contiguous().numpy().tobytes() for k, v in sorted(ckpt["state_dict"].items()))
     with safe_open(str(run / "checkpoints" / "best.safetensors"), framework="pt") as f:
         best = _sha(k.encode() + f.get_tensor(k).contiguous().numpy().tobytes() for k in sorted(f.keys()))

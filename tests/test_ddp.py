@@ -49,7 +49,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
     assert snapshots == ["step0000004.safetensors", "step0000008.safetensors"]
     run_one, run_two = (_last(x).parent.parent for x in (one, two))
     logs = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (run_one, run_two)]
-    for col in ("train/loss", "val/loss_ema"):  # the global batch's loss; the whole validation set on each rank
+    for col in ("train/loss", "val/loss_ema"):  # the global batch's loss; the validation set split over the ranks
         va, vb = ([float(r[col]) for r in log if r.get(col)] for log in logs)
         assert len(va) == len(vb) > 0 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-4, col
     assert read_status(run_two)["state"] == "done" and (run_two / "samples.png").is_file()
@@ -77,7 +77,7 @@ def test_preemption_of_one_rank_stops_both_and_resumes(tmp_path):
 
 @pytest.mark.long
 def test_a_lease_taken_over_stops_both_ranks_at_the_next_write(tmp_path):
-    """Rank 0 reads the lease before the step's checkpoint and the ranks agree (LeaseCheck): both end at once, long
+    """Rank 0 reads the lease before the step's checkpoint and the ranks agree (StepAgreement): both end at once, long
     before the heartbeat's next beat (300 s), without another checkpoint."""
     import json
     import os

@@ -75,13 +75,16 @@ def test_a_stop_between_batches_drops_the_setting_under_way(tmp_path):
 
 
 def test_a_folder_taken_over_while_evaluating_gets_no_more_writes(tmp_path):
-    """`owns()` is asked before each write: once it says no, the setting just computed is neither banked nor kept."""
+    """The run folder's write fence is asked before each write: once the lease says no, the setting just computed is
+    neither banked nor kept."""
+    from rfsweep.fence import Fence, LeaseLost, fenced
+
     cfg, module, info, settings = _trained(tmp_path / "c")
     run = tmp_path / "c" / "run"
     asked = []
-    with pytest.raises(EvaluationStopped, match="another process's now"):
-        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg),
-                     owns=lambda: asked.append(1) or False)  # ours at no write: the first asks
+    lease = type("TakenLease", (), {"confirm": lambda self: asked.append(1) or False})()
+    with pytest.raises(LeaseLost, match="taken over"), fenced(Fence(run, lease)):
+        evaluate_run(cfg, module, run, info, settings, configured_evaluator(cfg))
     assert len(asked) == 1 and not (run / "results.csv").exists() and not (run / "evidence.safetensors").exists()
 
 

@@ -5,15 +5,15 @@ accumulation keeps the global batch and its random draws, so k micro-batches giv
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 import torch
 
 from rfsweep.runfolder import read_status
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.helpers import popen_cli, run_cli, tiny
 from tests.test_ddp import _same_weights
-from tests.test_resume import _last
+from tests.test_resume import _wait_for_step
 
 
 def _args(root, steps=8, extra=()):
@@ -25,9 +25,9 @@ def _run(root):
 
 
 def _final(root) -> dict:
-    """The final weights: last.ckpt, a file (one process) or FSDP's sharded folder (read with torch's own
+    """The final weights: the last checkpoint, a file (one process) or FSDP's sharded folder (read with torch's own
     converter from a distributed checkpoint to one file)."""
-    last = _run(root) / "checkpoints" / "last.ckpt"
+    last, _ = resume_checkpoint(_run(root))
     if last.is_dir():
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -51,7 +51,7 @@ def test_fsdp_on_two_processes_trains_the_weights_of_one(tmp_path):
     # turns that rounding into ~3e-5 relative on near-zero biases: within 1e-4, not DDP's 1e-5
     _same_weights(a, b, tol=1e-4)
     run = _run(two)
-    assert (run / "checkpoints" / "last.ckpt").is_dir() and read_status(run)["state"] == "done"
+    assert resume_checkpoint(run)[0].is_dir() and read_status(run)["state"] == "done"
     from safetensors import safe_open
 
     with safe_open(str(run / "checkpoints" / "best.safetensors"), framework="pt") as f:  # whole tensors, gathered
@@ -76,12 +76,7 @@ def test_fsdp_resumes_a_preempted_run_exactly(tmp_path):
     assert run_cli(_args(ref, steps=40, extra=extra)).returncode == 0
     fsdp = [*extra, "trainer.devices=2", "trainer.strategy=fsdp"]
     proc = popen_cli(_args(run, steps=40, extra=fsdp))
-    for _ in range(2400):  # FSDP's last.ckpt is a folder: wait until its meta.pt shows step >= 10
-        meta = _last(run) / "meta.pt"
-        if meta.is_file() and torch.load(meta, weights_only=True)["global_step"] >= 10:
-            break
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
+    _wait_for_step(proc, run, 10)  # a complete folder (its meta.pt and DCP's .metadata) of step >= 10
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 3, err[-3000:]

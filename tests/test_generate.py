@@ -6,6 +6,8 @@ import torch
 from PIL import Image
 
 from rfsweep.cli.generate import main
+from rfsweep.runfolder import checkpoint_path
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.helpers import run_cli, tiny
 
 
@@ -34,9 +36,9 @@ def test_bad_run_folder_or_checkpoint_is_one_line(run_dir, tmp_path, capsys):
     assert main([str(tmp_path / "nothing"), "x"]) == 2
     assert "no checkpoints/best.safetensors" in capsys.readouterr().err
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(resume_checkpoint(run_dir)[0], weights_only=True)
     del ckpt["rfsweep"]  # and no config.json beside it
-    torch.save(ckpt, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    torch.save(ckpt, checkpoint_path(tmp_path / "run", ckpt["global_step"]))
     assert main([str(tmp_path / "run"), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "holds no run config" in err and err.count("\n") == 1

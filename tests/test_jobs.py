@@ -109,7 +109,7 @@ def test_second_process_on_a_running_folder_refuses_with_one_line(tmp_path):
     first = popen_cli(args)
     run = None
     for _ in range(600):
-        hits = list((tmp_path / "runs").rglob("last.ckpt"))
+        hits = list((tmp_path / "runs").rglob("checkpoints/step-*.ckpt"))
         if hits:
             run = hits[0].parent.parent
             break

@@ -176,17 +176,19 @@ def test_a_failure_after_the_lease_was_lost_records_nothing(tmp_path, capfd):
     assert read_status(tmp_path)["state"] == "running"
 
 
-def test_a_job_whose_lease_is_lost_ends_its_wandb_run_without_an_outcome(monkeypatch):
-    """Any exception once the folder is another process's (`owns()` says no): the W&B run, which the new holder
-    resumes, is finished as lost (no outcome of ours), not as failed."""
+def test_a_job_whose_lease_is_lost_ends_its_wandb_run_without_an_outcome(monkeypatch, tmp_path):
+    """Any exception once the folder is another process's (its write fence says no): the W&B run, which the new
+    holder resumes, is finished as lost (no outcome of ours), not as failed."""
+    from rfsweep.fence import Fence, fenced
     from rfsweep.run import tracking
 
     calls = []
     monkeypatch.setattr(tracking.JobRun, "__init__", lambda self, *a, **k: None)
     monkeypatch.setattr(tracking.JobRun, "finish", lambda self, outcome, reason="": calls.append(outcome))
-    for owns, first in ((lambda: False, "lost"), (lambda: True, "failed")):
+    for ours, first in ((False, "lost"), (True, "failed")):
         calls.clear()
-        with pytest.raises(RuntimeError):
-            with tracking.job_run(None, None, None, "train", owns=owns):
+        lease = type("Lease", (), {"confirm": lambda self, ours=ours: ours})()
+        with pytest.raises(RuntimeError), fenced(Fence(tmp_path, lease)):
+            with tracking.job_run(None, tmp_path, None, "train"):
                 raise RuntimeError("a bug")
         assert calls[0] == first

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from rfsweep.runfolder import checkpoint_path
 from rfsweep.train.ema import update_ema
 from rfsweep.train.posthoc_ema import (
     PostHocError,
@@ -179,7 +180,7 @@ def _posthoc_args(root: Path, extra=()) -> list[str]:
 
 
 def test_a_training_run_snapshots_its_emas_and_the_command_rebuilds_any_length(tmp_path):
-    """ema=posthoc through Lightning: snapshots every 10 steps, the EMAs in last.ckpt; the 0.08 EMA rebuilt by the
+    """ema=posthoc through Lightning: snapshots every 10 steps, the EMAs in the checkpoint; the 0.08 EMA rebuilt by the
     command from the 0.05 and 0.10 snapshots is within 2% of the 0.05-0.10 distance of the one trained alongside
     (measured 1.3%: 12 snapshots of 120 steps)."""
     from rfsweep.cli.posthoc import main
@@ -189,7 +190,7 @@ def test_a_training_run_snapshots_its_emas_and_the_command_rebuilds_any_length(t
     run = next((tmp_path / "runs").rglob("status.json")).parent
     folder = run / "checkpoints" / "posthoc"
     assert sorted(snapshot_steps(folder)) == list(range(10, 121, 10))
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    state = torch.load(checkpoint_path(run, 120), weights_only=True)["state_dict"]
     tracked = {i: {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"phema.{i}.")} for i in range(3)}
     _, last = read_snapshot(snapshot_steps(folder)[120])
     assert all(torch.equal(last[TARGET][k], v) for k, v in tracked[1].items())  # the snapshot is the EMA itself

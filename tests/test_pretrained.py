@@ -45,7 +45,7 @@ def test_fine_tunes_from_an_sd3_folder(tmp_path):
     _, folder = sd3_folder(tmp_path)
     r = run_cli(overrides(tmp_path, folder))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert list((tmp_path / "runs").rglob("sd3_medium/seed0/checkpoints/last.ckpt"))
+    assert list((tmp_path / "runs").rglob("sd3_medium/seed0/checkpoints/step-*.ckpt"))
 
 
 @pytest.mark.parametrize("case", ["not downloaded", "wrong widths"])

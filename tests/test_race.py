@@ -21,7 +21,7 @@ from analysis.race_log import DecisionLog
 from rfsweep import runfolder
 from rfsweep.errors import ConfigError
 from rfsweep.run.race_control import CALIBRATED, RaceConf
-from rfsweep.train.checkpoint_io import checkpoint_step
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.helpers import ROOT, _env, run_cli
 from tests.wandb_files import offline_runs, read_run
 
@@ -143,7 +143,7 @@ def race_args(tmp) -> list[str]:
 
 
 def checkpoints(sweep):
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(sweep.rglob("last.ckpt"))}
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(sweep.rglob("checkpoints/step-*.ckpt"))}
 
 
 @pytest.mark.long
@@ -157,7 +157,7 @@ def test_race_stops_at_the_rung_continues_survivors_bit_identically_and_reruns_t
     stopped, audit = set(end["stopped"]), set(end["audit"])
     assert stopped and audit and not stopped & audit and len(audit) == 1
     assert set(end["finished"]) == set(rung["go_on"]) | audit
-    runs = {p.parent.parent: checkpoint_step(p) for p in sweep.rglob("checkpoints/last.ckpt")}
+    runs = {p.parent: resume_checkpoint(p.parent)[1] for p in sweep.rglob(runfolder.CHECKPOINTS)}
     assert len(runs) == 10
     for run, step in runs.items():
         variant = json.loads((run / "config.json").read_text())["formulation"]["variant"]
@@ -191,9 +191,9 @@ def test_race_stops_at_the_rung_continues_survivors_bit_identically_and_reruns_t
     straight = run_cli([*COMMON, f"formulation.variant={_escaped(survivor)}", "data=shapes", "eval=none",
                         f"paths.runs={tmp_path}/straight", f"paths.cache={tmp_path}/cache"], timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    [a] = (tmp_path / "straight").rglob("last.ckpt")
-    [b] = [p for p in sweep.rglob("shapes/*/*/*/checkpoints/last.ckpt")
-           if json.loads((p.parent.parent / "config.json").read_text())["formulation"]["variant"] == survivor]
+    [a] = [resume_checkpoint(p.parent)[0] for p in (tmp_path / "straight").rglob(runfolder.CHECKPOINTS)]
+    [b] = [resume_checkpoint(p.parent)[0] for p in sweep.rglob(f"shapes/*/*/*/{runfolder.CHECKPOINTS}")
+           if json.loads((p.parent / "config.json").read_text())["formulation"]["variant"] == survivor]
     sa, sb = (torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in (a, b))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 

@@ -109,17 +109,23 @@ def test_a_signal_to_rank_1_stops_both_and_rank_0_hands_it_back_with_one_wandb_r
 
 
 def test_a_trained_runs_other_ranks_leave_at_once_and_rank_0_evaluates_alone(tmp_path):
+    """Rank 0 decides that the run is trained and tells rank 1 at the agreement: rank 1 leaves without building
+    anything or writing anything; rank 0 evaluates alone."""
     args = [*tiny(tmp_path, 4), "eval=embedded", "eval.n_samples=8", "eval.batch_size=8", "eval.weights=[ema]",
             "eval.settings=[[2,1.0]]", "trainer.devices=2"]
     r = run_cli([*args, "trainer.devices=1", "stage=train"])
     assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path / "runs").rglob("status.json")).parent
-    before = sorted(p.name for p in run.iterdir())
-    env = {**_env(), **_slurm(1, job="99")}  # rank 1 of a requeued two-rank SLURM job, evaluating
-    rank1 = subprocess.run([sys.executable, "-m", "rfsweep", *args, "stage=evaluate"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert rank1.returncode == 0, rank1.stderr[-3000:]
-    assert sorted(p.name for p in run.iterdir()) == before and read_status(run)["state"] == "trained"
+    procs = {rank: subprocess.Popen([sys.executable, "-m", "rfsweep", *args, "stage=evaluate"], cwd=ROOT,
+                                    env={**_env(), **_slurm(rank, job="99")}, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for rank in (1, 0)}  # a requeued two-rank SLURM job, evaluating
+    out1, err1 = procs[1].communicate(timeout=300)
+    out0, err0 = procs[0].communicate(timeout=300)
+    assert procs[1].returncode == 0 and procs[0].returncode == 0, (err1[-3000:], err0[-3000:])
+    assert read_status(run)["state"] == "done"
+    assert "done:" not in out1 and "done:" in out0 and "Initializing distributed" not in err1 + err0  # no group
+    assert "1.done" in {p.name for p in (run / ".ranks").rglob("*")}  # rank 1 took rank 0's decision and left
 
 
 def test_a_run_that_failed_while_evaluating_stays_trained(tmp_path, monkeypatch):
@@ -210,12 +216,110 @@ def test_under_fsdp_rank_0_alone_builds_the_whole_backbone(tmp_path, monkeypatch
 
 
 def test_a_stop_code_names_its_signal_for_the_other_ranks():
-    from rfsweep.cluster.signals import LOST, signal_name
+    from rfsweep.cluster.signals import signal_name
 
     guard = __import__("rfsweep.cluster.signals", fromlist=["PreemptionGuard"]).PreemptionGuard()
     assert guard.code() == 0
     guard.note(signal_name(int(signal.SIGUSR2)))
     assert guard.received == "SIGUSR2" and guard.code() == int(signal.SIGUSR2)
-    guard.lose_lease("taken over")
-    assert guard.code() == LOST and guard.stop_requested()
+    assert guard.stop_requested()
     assert guard.hand_back().requeue.startswith("not requeued")  # no KeyError for any name
+
+
+def test_a_rank_that_gave_up_waiting_takes_back_its_ready(tmp_path):
+    """Rank 0 said ready, then gave up (its start timeout): rank 1, arriving later, must not enter the process group
+    alone (it would wait there for the group's timeout)."""
+    from rfsweep.cluster.ranks import Launch, RanksDisagree
+
+    rank0 = Launch(tmp_path, 2, 0.2, env=_slurm(0), poll_s=0.02)
+    with pytest.raises(RanksDisagree, match="did not answer"):
+        rank0.agree({"train": True, "resume": None})
+    rank0.fail("ranks [1] of this launch did not answer")  # what run_job does with the error
+    with pytest.raises(RanksDisagree, match="rank 0 of this launch did not start"):
+        Launch(tmp_path, 2, 30, env=_slurm(1), poll_s=0.02).agree()
+
+
+def test_rank_0_decides_and_every_rank_follows(tmp_path):
+    from rfsweep.cluster.ranks import Launch
+
+    ranks = [Launch(tmp_path, 2, 30, env=_slurm(r), poll_s=0.02) for r in range(2)]
+    got = []
+    t = threading.Thread(target=lambda: got.append(ranks[1].agree({"resume": "rank 1's own view"})))
+    t.start()
+    decided = ranks[0].agree({"train": True, "resume": "checkpoints/step-00000040.ckpt"})
+    t.join(5)
+    assert got == [decided] == [{"train": True, "resume": "checkpoints/step-00000040.ckpt"}]
+    for r in ranks:
+        r.done()
+
+
+def test_a_peer_on_another_host_is_dead_once_its_heartbeat_stops_changing_for_peer_timeout_s(tmp_path):
+    """Across hosts no pid can be asked: a rank's heartbeat is a count in its `.alive` file, and a peer is dead once
+    this rank has seen it unchanged for peer_timeout_s by its own clock (no other machine's clock, no cached mtime)."""
+    from rfsweep.cluster.ranks import Launch
+
+    ranks = [Launch(tmp_path, 2, 30, env=_slurm(r), poll_s=0.02, peer_timeout_s=0.5) for r in range(2)]
+    t = threading.Thread(target=ranks[1].agree)
+    t.start()
+    ranks[0].agree()
+    t.join(5)
+    for r in ranks:
+        r.close()  # their watchdogs stop beating: rank 1's heartbeat is driven by hand below
+    time.sleep(1.2)
+    ranks[0].peers[1]["host"] = "node-b"  # as if rank 1 ran on another node
+    alive = ranks[0].folder / "1.alive"
+    os.utime(alive, (0, 0))  # an mtime from another clock says nothing
+    assert ranks[0].dead_peers() == {}  # first seen now
+    ranks[1]._touch()
+    time.sleep(0.4)
+    assert ranks[0].dead_peers() == {}  # it changed: alive
+    time.sleep(0.7)
+    assert "gave no sign of life for" in ranks[0].dead_peers()[1]
+    ranks[1].done()
+    assert ranks[0].dead_peers() == {}  # a rank that said it is done is not dead
+
+
+_WATCHED = """
+import os, signal, subprocess, sys, time, json
+sys.path.insert(0, {root!r})
+from rfsweep.cluster.ranks import Launch
+run, mode = {run!r}, {mode!r}
+peer = subprocess.Popen(["sleep", "60"])
+folder = os.path.join(run, ".ranks", "slurm-7.0.0")
+os.makedirs(folder, exist_ok=True)
+with open(os.path.join(folder, "1.json"), "w") as f:
+    json.dump({{"rank": 1, "ok": True, "reason": "", "host": os.uname().nodename, "pid": peer.pid,
+               "time": time.time()}}, f)
+env = {{"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"}}
+lost = lambda reason, requeue: print("recorded:", reason, "requeue" if requeue else "no requeue", flush=True)
+launch = Launch(run, 2, 30, env=env, poll_s=0.05, on_peer_lost=lost)
+launch.agree()
+print("agreed", flush=True)
+if mode == "kill":
+    peer.kill(); peer.wait()
+else:
+    launch.recording()  # this rank records a failure every rank raised
+    with open(os.path.join(folder, "1.failed"), "w") as f:
+        json.dump({{"rank": 1, "ok": False, "reason": "NonFiniteLossError", "host": "x", "pid": 1, "time": 0}}, f)
+    peer.kill(); peer.wait()
+t0 = time.time()
+time.sleep(20)
+print("not ended", flush=True)
+"""
+
+
+def test_a_rank_killed_without_a_word_ends_the_others_within_seconds(tmp_path):
+    """SIGKILL, the OOM killer, a segfault: the dead rank writes nothing; its pid is gone. The watchdog of rank 0
+    (here its only peer is a `sleep` killed with SIGKILL) records it, asks for a requeue, and ends the process."""
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", _WATCHED.format(root=str(ROOT), run=str(tmp_path), mode="kill")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "recorded: rank 1 (pid" in r.stdout and "died without a word requeue" in r.stdout, \
+        (r.stdout, r.stderr[-2000:])
+    assert "not ended" not in r.stdout and time.time() - t0 < 15
+
+
+def test_a_rank_recording_a_failure_every_rank_raised_is_not_ended_by_its_watchdog(tmp_path):
+    r = subprocess.run([sys.executable, "-c", _WATCHED.format(root=str(ROOT), run=str(tmp_path), mode="record")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "not ended" in r.stdout and "recorded" not in r.stdout, (r.stdout, r.stderr[-2000:])

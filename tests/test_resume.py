@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rfsweep import runfolder
 from rfsweep.runfolder import read_status
+from rfsweep.train.checkpoint_io import checkpoint_step, resume_checkpoint
 from tests.helpers import popen_cli, run_cli, tiny
 
 STEPS = 150
@@ -19,19 +21,21 @@ def _args(root: Path, extra=()) -> list[str]:
 
 
 def _last(root: Path) -> Path:
-    hits = list((root / "runs").rglob("last.ckpt"))
-    return hits[0] if hits else root / "missing"
+    """The newest complete checkpoint of the one run below `root` (`resume_checkpoint`); root/missing: none yet."""
+    runs = [p.parent for p in (root / "runs").rglob(runfolder.CHECKPOINTS)]
+    path = resume_checkpoint(runs[0])[0] if runs else None
+    return path or root / "missing"
 
 
 def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
+    """Wait for a complete checkpoint (a file or FSDP's folder) of `step` or later; returns its step."""
     end = time.time() + timeout
     while time.time() < end:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         path = _last(root)
-        if path.is_file():
-            s = torch.load(path, weights_only=True)["global_step"]
-            if s >= step:
-                return s
+        s = checkpoint_step(path) if path.exists() else -1
+        if s >= step:
+            return s
         time.sleep(0.05)
     raise AssertionError("no checkpoint in time")
 

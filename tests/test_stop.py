@@ -1,6 +1,6 @@
 """A stop at a step boundary costs nothing the schedule did not ask for, and changes nothing that is evaluated.
 
-A stop (a pre-emption signal) at step s writes `last.ckpt` once, at s, and ends training: no validation Lightning
+A stop (a pre-emption signal) at step s writes its checkpoint once, at s, and ends training: no validation Lightning
 would add for the stop, no second checkpoint when training ends, no best weights of an unscheduled step. When s is a
 validation step, its scheduled validation runs first and the checkpoint holds it, so the resumed run neither repeats
 nor skips it. Either way the resumed run ends with the weights, validation rows and best weights of an uninterrupted
@@ -20,6 +20,7 @@ from rfsweep.run.builders import build_module
 from rfsweep.run.fit import fit
 from rfsweep.runfolder import metrics_files
 from rfsweep.train import callbacks
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.helpers import compose_cfg, tiny
 
 STEPS = 12
@@ -31,7 +32,7 @@ def _fit(root, steps: int = STEPS, stop_at: int | None = None, extra=(), counts:
                       run_dir=str(root / "run"))
     module, data = build_module(cfg, train=True)
     guard = PreemptionGuard()
-    original = callbacks.Preemption.on_train_batch_end
+    original = callbacks.StepAgreement.on_train_batch_end
     save = callbacks.PeriodicCheckpoint.save
 
     def preempt(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -45,10 +46,10 @@ def _fit(root, steps: int = STEPS, stop_at: int | None = None, extra=(), counts:
         save(self, trainer)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(callbacks.Preemption, "on_train_batch_end", preempt)
+    mp.setattr(callbacks.StepAgreement, "on_train_batch_end", preempt)
     mp.setattr(callbacks.PeriodicCheckpoint, "save", counted)
     try:
-        step = fit(cfg, module, data, root / "run", guard)
+        step = fit(cfg, module, data, root / "run", guard, resume=resume_checkpoint(root / "run")[0])
     finally:
         mp.undo()
     assert step == (stop_at if stop_at is not None else steps)
@@ -62,7 +63,7 @@ def _val_rows(run) -> pd.DataFrame:
 
 
 def _last(run) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    return torch.load(resume_checkpoint(run)[0], weights_only=True)
 
 
 def _best(run):
@@ -130,15 +131,16 @@ def test_under_ddp_only_the_writer_gathers_the_best_weights(tmp_path, monkeypatc
 
 
 def test_a_takeover_during_a_validation_writes_neither_its_best_weights_nor_its_checkpoint(tmp_path, monkeypatch):
-    """The lease is read before the validation step (LeaseCheck) and again before what the validation writes: taken
-    over during the validation of step 8, the run keeps step 4's best weights and checkpoint and training ends."""
-    from rfsweep.cluster.lease import LeaseLost
+    """The lease is read before the validation step (StepAgreement) and again by the write fence right before what
+    the validation writes: taken over during the validation of step 8, the run keeps step 4's best weights and
+    checkpoint and training ends."""
+    from rfsweep.fence import Fence, LeaseLost, fenced
 
     cfg = compose_cfg([*tiny(tmp_path, STEPS), "trainer.val_every=4", "trainer.ckpt_every=4"],
                       run_dir=str(tmp_path / "run"))
     module, data = build_module(cfg, train=True)
     guard, ours = PreemptionGuard(), {"now": True}
-    guard.confirm = lambda: ours["now"]
+    lease = type("Lease", (), {"confirm": lambda self: ours["now"]})()
     validate = type(module).on_validation_epoch_end
 
     def taken_at_8(self):
@@ -147,7 +149,34 @@ def test_a_takeover_during_a_validation_writes_neither_its_best_weights_nor_its_
         return validate(self)
 
     monkeypatch.setattr(type(module), "on_validation_epoch_end", taken_at_8)
-    with pytest.raises(LeaseLost, match="during the validation"):
+    with pytest.raises(LeaseLost, match="taken over"), fenced(Fence(tmp_path / "run", lease)):
         fit(cfg, module, data, tmp_path / "run", guard)
     run = tmp_path / "run"
     assert _last(run)["global_step"] == 4 and _best(run)[1]["step"] == "4"
+
+
+def test_a_sigterm_before_training_starts_is_a_stop_like_any_other(tmp_path, monkeypatch):
+    """Lightning 2.5-2.6 install their own SIGTERM handler right before training (live until on_train_start): it
+    would broadcast inside the handler and end the run with SIGTERMException (a SystemExit) and no checkpoint. `fit`
+    keeps it from being installed: a SIGTERM while the training data loader is built is noted by the job's guard,
+    and training stops after its first step with a checkpoint, as at any other step."""
+    import os
+    import signal
+
+    cfg = compose_cfg([*tiny(tmp_path, STEPS), "trainer.val_every=4", "trainer.ckpt_every=4"],
+                      run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg, train=True)
+    loader = type(data).train_dataloader
+
+    def sigterm_then_loader(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # between strategy.setup and on_train_start
+        return loader(self)
+
+    monkeypatch.setattr(type(data), "train_dataloader", sigterm_then_loader)
+    with PreemptionGuard() as guard:
+        step = fit(cfg, module, data, tmp_path / "run", guard)
+    assert guard.received == "SIGTERM" and step == 1
+    from rfsweep.train.checkpoint_io import resume_checkpoint
+
+    path, at = resume_checkpoint(tmp_path / "run")
+    assert at == 1 and path is not None

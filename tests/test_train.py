@@ -9,7 +9,7 @@ import torch
 from rfsweep.cluster.signals import PreemptionGuard
 from rfsweep.run.builders import build_module
 from rfsweep.run.fit import fit
-from rfsweep.runfolder import read_status
+from rfsweep.runfolder import checkpoint_path, read_status
 from rfsweep.train.callbacks import STEP_ORDER, in_step_order
 from rfsweep.train.diffusion_module import NonFiniteLossError
 from rfsweep.train.ema import make_ema, update_ema
@@ -23,7 +23,7 @@ def _fit(tmp_path, extra=(), steps=8):
     return module, tmp_path / "run"
 
 
-STEP_NAMES = ["LeaseCheck", "EMAUpdate", "PostHocSnapshots", "BestWeights", "BestValidation", "PeriodicCheckpoint",
+STEP_NAMES = ["StepAgreement", "EMAUpdate", "PostHocSnapshots", "BestWeights", "BestValidation", "PeriodicCheckpoint",
               "Preemption", "RungStop", "FailureRecorder", "Progress", "Throughput", "StepProgressBar",
               "LearningRateMonitor"]
 
@@ -84,7 +84,7 @@ def test_ema_every_k_batches(tmp_path):
 
 def test_checkpoint_contents_load_weights_only(tmp_path):
     module, run = _fit(tmp_path)
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(checkpoint_path(run, 8), weights_only=True)
     assert ckpt["global_step"] == 8
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("net.") for k in keys) and any(k.startswith("ema_net.") for k in keys)
@@ -142,7 +142,7 @@ def test_cli_trains_validates_samples_and_skips_when_done(tmp_path):
     r = run_cli(tiny(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path / "runs").rglob("status.json")).parent
-    for f in ("samples.png", "samples.txt", "metrics.csv", "config.json", "checkpoints/last.ckpt",
+    for f in ("samples.png", "samples.txt", "metrics.csv", "config.json", "checkpoints/step-00000008.ckpt",
               "checkpoints/best.safetensors"):
         assert (run / f).is_file(), f
     assert read_status(run)["state"] == "done"
@@ -165,7 +165,7 @@ def _pre_encode(tmp_path, splits=("train", "val", "test"), keep_images=None):
 
 def test_trains_on_pre_encoded_data(tmp_path):
     module, run = _fit(tmp_path, _pre_encode(tmp_path, ("train", "val")), steps=4)
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load(checkpoint_path(run, 4), weights_only=True)["global_step"] == 4
 
 
 def test_evaluates_on_pre_encoded_data(tmp_path):
@@ -197,20 +197,28 @@ def test_pre_encoded_data_without_reference_images_is_refused_before_training(tm
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def test_corrupt_checkpoint_fails_with_one_line_and_keeps_files(tmp_path):
+def test_corrupt_checkpoints_fail_with_one_line_and_keep_files_or_fall_back_to_the_previous(tmp_path):
     r = run_cli([*tiny(tmp_path, steps=4), "trainer.ckpt_every=2"])
     assert r.returncode == 0, r.stderr[-2000:]
     run = next((tmp_path / "runs").rglob("status.json")).parent
-    (run / "status.json").unlink()  # not finished: the rerun resumes from last.ckpt
-    last = run / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    (run / "status.json").unlink()  # not finished: the rerun resumes from its last complete checkpoint
+    newest, previous = checkpoint_path(run, 4), checkpoint_path(run, 2)
+    kept = previous.read_bytes()
+    for path in (newest, previous):
+        path.write_bytes(path.read_bytes()[:1000])  # truncated
     before = sorted(p.name for p in run.rglob("*"))
     r = run_cli([*tiny(tmp_path, steps=8), "trainer.ckpt_every=2"])
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "last.ckpt" in lines[0] and "corrupt" in lines[0], r.stderr[-2000:]
+    assert len(lines) == 1 and newest.name in lines[0] and "corrupt" in lines[0], r.stderr[-2000:]
     after = {p.name for p in run.rglob("*")}
-    assert set(before) - {"metrics.csv"} <= after and "metrics-part0.csv" in after  # nothing lost
+    assert set(before) - {"metrics.csv"} <= after  # nothing lost
+    previous.write_bytes(kept)  # only the newest damaged: the rerun resumes from the one before, with one line
+    r = run_cli([*tiny(tmp_path, steps=8), "trainer.ckpt_every=2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if "damaged checkpoint" in ln]
+    assert len(lines) == 1 and str(newest) in lines[0] and str(previous) in lines[0], r.stderr[-2000:]
+    assert torch.load(checkpoint_path(run, 8), weights_only=True)["global_step"] == 8
 
 
 def test_only_frozen_modules_are_in_eval_mode_while_training(tmp_path):

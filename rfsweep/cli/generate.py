@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 import rfsweep.run.preflight  # noqa: F401 (registers the configs' resolvers and schema)
 from rfsweep.errors import UserError
 from rfsweep.run.builders import build_model
-from rfsweep.runfolder import BEST, LAST, evaluated_checkpoint, last_checkpoint, read_config
+from rfsweep.runfolder import BEST, read_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,19 +53,25 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     from rfsweep.evaluation.grids import save_captioned_grid  # deferred: torchvision, once the arguments are read
     from rfsweep.run.eval_stage import PostHocNets  # deferred: torchmetrics, open_clip, once the arguments are read
-    from rfsweep.train.checkpoint_io import CheckpointError, load_checkpoint, load_weights  # deferred: lightning, too
+    from rfsweep.train.checkpoint_io import (  # deferred: lightning, too
+        CheckpointError,
+        evaluated_checkpoint,
+        load_checkpoint,
+        load_weights,
+        resume_checkpoint,
+    )
 
-    path = evaluated_checkpoint(a.run_dir)
     try:
-        if not path.is_file():
-            raise CheckpointError(f"{a.run_dir}: no checkpoints/{BEST} or checkpoints/{LAST} (allowed: a run folder "
-                                  f"written by python -m rfsweep)")
+        if evaluated_checkpoint(a.run_dir) is None:
+            raise CheckpointError(f"{a.run_dir}: no checkpoints/{BEST} or checkpoints/step-<N>.ckpt (allowed: a run "
+                                  f"folder written by python -m rfsweep)")
         config = read_config(a.run_dir)  # the run's config.json, else the one its last checkpoint carries
-        if config is None and last_checkpoint(a.run_dir).is_file():
-            config = (load_checkpoint(last_checkpoint(a.run_dir)).get("rfsweep") or {}).get("config")
+        last = resume_checkpoint(a.run_dir)[0] if config is None else None
+        if last is not None and last.is_file():
+            config = (load_checkpoint(last).get("rfsweep") or {}).get("config")
         if config is None:
             raise CheckpointError(f"{a.run_dir}: holds no run config (allowed: a run folder written by python -m "
-                                  f"rfsweep, with config.json or checkpoints/{LAST})")
+                                  f"rfsweep, with config.json or a checkpoints/step-<N>.ckpt)")
         cfg = OmegaConf.create(config)
         module = build_model(cfg)
         info = load_weights(module, a.run_dir)  # the post-hoc EMAs are not in best.safetensors: their snapshots are

@@ -12,13 +12,16 @@ A live holder of the same SLURM job and the same restart (a second `srun ... &`,
 not stale.
 
 A thread renews the heartbeat every `timeout_s / 10` seconds (0.5 s at least) while the lease is held. A read it
-cannot parse is retried at the next beat, a removed lease file is re-created; a readable lease with another token
-means another process took the run over (we were presumed dead): the thread sets `lease.lost`, records the new
-holder in `lease.taken_by`, calls `on_lost(taken_by)` once and stops renewing. `lease.confirm()` makes the same read
-at once: the job asks it before every write to the run folder, so a takeover between two beats writes nothing.
+cannot parse (a lease another host is renaming in reads torn on NFS) is never written over: the next beat reads it
+again. A removed lease file is re-created by an exclusive link; a readable lease with another token means another
+process took the run over (we were presumed dead): the thread sets `lease.lost`, records the new holder in
+`lease.taken_by`, calls `on_lost(taken_by)` once and stops renewing. `lease.confirm()` makes the same read at once:
+the run folder's write fence (`rfsweep.fence`) asks it before every write.
 
-Taking a lease is atomic on a local or NFS file system: a hard link of a complete file for a free folder; a stale
-lease is replaced by a rename and then read back, so of two processes taking over at once only one keeps it.
+Taking a lease is exclusive on a local or NFS file system: a hard link of a complete file (a link that succeeded but
+whose reply was lost fails with EEXIST; the lease then carries our token, and is ours). A stale lease is first renamed
+aside under a name of our own (of two takers only one rename finds it), read back (a fresh lease renamed aside by
+mistake is linked back and we refuse), and then our record is linked in: the link, not a read-back, decides.
 """
 
 from __future__ import annotations
@@ -34,17 +37,14 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from rfsweep.atomic import atomic_write
 from rfsweep.cluster.slurm import restart_count, slurm_job_id
 from rfsweep.errors import LeaseHeld  # noqa: F401 (raised here, defined in the one home of user errors)
+from rfsweep.fence import LeaseLost  # noqa: F401 (what a process that lost its lease raises: the fence's)
 from rfsweep.runfolder import LEASE
 
 
-class LeaseLost(RuntimeError):
-    """Another process took over the run folder's lease: this one stops at once and writes nothing more there."""
-
-
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether the process `pid` of this host is alive (a zombie, dead and not yet reaped, is not)."""
     if pid <= 0:  # no pid recorded (0 and -1 would ask about a process group or every process)
         return False
     try:
@@ -53,7 +53,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc: alive as far as we can tell
 
 
 def describe(lease: dict, now: float | None = None) -> str:
@@ -84,12 +88,15 @@ def is_stale(lease: dict, timeout_s: float, now: float | None = None) -> bool:
     try:
         if now - float(lease.get("heartbeat", 0)) > timeout_s:
             return True
-        if lease.get("host") == socket.gethostname() and not _alive(int(lease.get("pid", -1))):
+        if lease.get("host") == socket.gethostname() and not alive(int(lease.get("pid", -1))):
             return True
         job = slurm_job_id()
         return bool(job and lease.get("slurm_job") == job and int(lease.get("slurm_restarts", 0)) < restart_count())
     except (TypeError, ValueError):
         return True  # corrupt fields
+
+
+UNREADABLE_READS = 4  # a lease that reads torn is read again this many times, 0.5 s apart, before it counts as corrupt
 
 
 class Lease:
@@ -120,8 +127,13 @@ class Lease:
         return rec
 
     def _write(self) -> None:
-        with atomic_write(self.path, "w") as f:
+        """Renew our lease: a complete file renamed over it (not through the write fence, which reads this file)."""
+        tmp = self.path.with_name(f".{LEASE}.{self.token}.beat")
+        with open(tmp, "w") as f:
             f.write(json.dumps(self._record()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def _link(self) -> bool:
         """Our record as the lease if there is none (atomic, complete); False if a lease is there."""
@@ -137,20 +149,50 @@ class Lease:
 
     def acquire(self) -> Lease:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._link():
+        for _ in range(3):  # a stale lease taken aside, or one that vanished between our link and our read: again
+            if self._link():
+                break
             held = read_lease(self.path.parent)
+            for _ in range(UNREADABLE_READS):  # torn for a moment while another host renames its lease in (NFS)
+                if held != {}:
+                    break
+                time.sleep(0.5)
+                held = read_lease(self.path.parent)
+            if held and held.get("token") == self.token:
+                break  # our link landed; its reply was lost (NFS): the lease is ours
             if held is not None and not is_stale(held, self.timeout_s):
                 raise LeaseHeld(f"{self.path.parent} is being trained by {describe(held)} (allowed: one process per "
                                 f"run folder; the lease is taken over once its holder is gone or its heartbeat is "
                                 f"older than cluster.lease_timeout_s={self.timeout_s:g})")
-            self._write()
-            time.sleep(0.05)  # another taker's rename lands in this window; whoever reads its own token keeps it
-            mine = read_lease(self.path.parent) or {}
-            if mine.get("token") != self.token:
-                raise LeaseHeld(f"{self.path.parent} was just taken over by {describe(mine)}")
+            if held is not None:
+                self._take_aside(held)
+        else:
+            raise LeaseHeld(f"{self.path.parent}: its lease changed hands three times while we tried to take it")
         self._thread = threading.Thread(target=self._beat, name="rfsweep-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _take_aside(self, stale: dict) -> None:
+        """Rename the stale lease `stale` aside; if what we renamed is not it (another taker linked a fresh lease in
+        meanwhile), put that one back and refuse."""
+        aside = self.path.with_name(f".{LEASE}.{self.token}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another taker renamed it first: our next link decides
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = {}
+        moved = moved if isinstance(moved, dict) else {}
+        if moved.get("token") != stale.get("token"):  # a fresh lease (or one unreadable now): not what we judged
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            raise LeaseHeld(f"{self.path.parent} was just taken over by {describe(moved)}")
+        aside.unlink(missing_ok=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.timeout_s / 10, 0.5)):
@@ -164,7 +206,7 @@ class Lease:
                 try:
                     if held is None:  # removed while we hold it: re-create, unless a new holder linked one meanwhile
                         self._link()
-                    else:  # ours, or unreadable (retried at the next beat)
+                    elif held:  # ours (an unreadable lease is never written over: read again at the next beat)
                         self._write()
                 except OSError:
                     pass  # a full or flaky disk: the next beat retries; the lease only goes stale after timeout_s

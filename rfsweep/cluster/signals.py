@@ -6,9 +6,10 @@ SLURM (or submitit, or a person) stops a job with a signal:
   goes back in the queue;
 - SIGTERM: `scancel`, the time limit itself, a node pre-emption: the job checkpoints and stops, never requeues.
 
-From the job's start to its end the guard only notes the signal; training stops after the current step, writes
-`last.ckpt` and records the stop; evaluation stops after the current sampler setting. Then `hand_back` puts the
-job back in the queue, exactly once: through submitit's own handler when submitit runs the job (it counts the
+From the job's start to its end the guard only notes the signal (Lightning's own SIGTERM handler is never
+installed: `rfsweep.run.fit`); training stops after the current step, writes the step's checkpoint and records the
+stop; evaluation stops after the current sampler setting. Then `hand_back` puts the job back in the queue, exactly
+once: through submitit's own handler when submitit runs the job (it counts the
 timeouts against `max_num_timeout`, requeues and exits), else with `scontrol requeue` for a plain sbatch job,
 up to `cluster.max_requeues` restarts.
 """
@@ -21,10 +22,8 @@ import time
 from dataclasses import dataclass
 
 from rfsweep.cluster import slurm
-from rfsweep.cluster.lease import LeaseLost
 
 TERM = "SIGTERM"
-LOST = 255  # the code of a lost lease among the ranks' stop codes (signal numbers are smaller)
 
 
 def signal_name(code: int) -> str:
@@ -68,8 +67,6 @@ class PreemptionGuard:
     """Install once per job (`with job_guard() as guard:`); `received` is the first signal's name."""
 
     def __init__(self):
-        self.lost: str | None = None  # why the run folder's lease was lost (another process took it over)
-        self.confirm = None  # while a lease is held: its synchronous check (`Lease.confirm`), see `confirm_lease`
         self.received: str | None = None
         self.received_at: float | None = None  # when this process first learnt of the stop (time.time())
         self.previous: dict[signal.Signals, object] = {}
@@ -105,29 +102,11 @@ class PreemptionGuard:
         if self.received is None:
             self.received, self.received_at = name, time.time()
 
-    def lose_lease(self, reason: str) -> None:
-        """The lease's heartbeat found another holder: stop at once, write nothing more (`Lease(on_lost=...)`)."""
-        self.lost = self.lost or reason
-
-    def confirm_lease(self) -> bool:
-        """Whether this process still holds its run folder, read from the lease file now where a lease is held (the
-        heartbeat notices a takeover only at its next beat): asked before each write. False once the lease is lost."""
-        if self.confirm is not None and self.lost is None and not self.confirm():  # on_lost has called lose_lease
-            self.lost = self.lost or "the run folder's lease was taken over by another process"
-        return self.lost is None
-
-    def require_lease(self) -> None:
-        """LeaseLost unless the run folder is still this process's (`confirm_lease`): asked right before a write."""
-        if not self.confirm_lease():
-            raise LeaseLost(self.lost)
-
     def stop_requested(self) -> bool:
-        return self.received is not None or self.lost is not None
+        return self.received is not None
 
     def code(self) -> int:
-        """This process's stop as a number the ranks exchange: LOST, the signal's number, or 0."""
-        if self.lost:
-            return LOST
+        """This process's stop as a number the ranks exchange: the signal's number, or 0."""
         sig = getattr(signal, self.received, None) if self.received else None
         return int(sig) if isinstance(sig, signal.Signals) else (int(signal.SIGTERM) if self.received else 0)
 

@@ -10,6 +10,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from rfsweep.atomic import atomic_write
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
@@ -22,7 +24,8 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images.detach().float().cpu().add(1).div(2).clamp(0, 1), nrow=nrow, padding=1)
-    Image.fromarray(grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
+    with atomic_write(path) as f:  # atomic, and asks the run folder's write fence
+        Image.fromarray(grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(f, format="PNG")
     return path
 
 
@@ -48,5 +51,6 @@ def save_captioned_grid(images: torch.Tensor, captions: list[str], path: str | P
         sheet.paste(tile_img, (x0 + (cell_w - w * scale) // 2, y0))
         for j, line in enumerate(lines[i]):
             draw.text((x0, y0 + h * scale + 2 + 12 * j), line, fill="black", font=font)
-    sheet.save(path)
+    with atomic_write(path) as f:  # atomic, and asks the run folder's write fence
+        sheet.save(f, format="PNG")
     return path

@@ -16,13 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rfsweep import runfolder
+from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset
 from rfsweep.errors import ResultsError
 from rfsweep.evaluation.bank import BANK_FILE, EvidenceBank
 from rfsweep.evaluation.evaluators import build_evaluator
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.progress import EvalProgress
-from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts, evaluate
+from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts, evaluate  # noqa: F401 (the job catches it)
 from rfsweep.evaluation.reference import real_reference_row, reference_stats
 from rfsweep.results import (
     EVALUATOR,
@@ -75,18 +76,16 @@ def configured_evaluator(cfg: DictConfig):
     return build_evaluator(cfg.eval.evaluator, device="cpu", **evaluator_kwargs(cfg))
 
 
-def write_samples(cfg: DictConfig, module, run_dir: Path, before_write=None) -> tuple[Path, list[str]]:
+def write_samples(cfg: DictConfig, module, run_dir: Path) -> tuple[Path, list[str]]:
     """`samples.png` (EMA weights, the sampler config): the first held-out captions, each under its sample, and
-    `samples.txt` with the captions; `before_write()` is called once they are sampled (it raises LeaseLost when the
-    folder is another process's now: `PreemptionGuard.require_lease`)."""
+    `samples.txt` with the captions (atomic writes: a folder another process took over is not written, LeaseLost)."""
     s = cfg.sampler
     captions = held_out_captions(cfg, s.n_grid)
     with sampling_precision(cfg, module.device):
         images = module.generate(captions, steps=s.steps, guidance=s.guidance, shift=s.shift,
                                  seed=cfg.eval.seed).float()
-    if before_write is not None:
-        before_write()
-    (run_dir / "samples.txt").write_text("\n".join(captions) + "\n")
+    with atomic_write(run_dir / "samples.txt", "w") as f:
+        f.write("\n".join(captions) + "\n")
     return save_captioned_grid(images, captions, run_dir / "samples.png", nrow=8), captions
 
 
@@ -144,10 +143,10 @@ class PostHocNets:
 
 
 def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, evaluator, stop=None,
-                 tracker=None, owns=None, out_dir: Path | None = None) -> list[dict]:
+                 tracker=None, out_dir: Path | None = None) -> list[dict]:
     """Evaluate and write results.csv after every setting (a pre-emption keeps the finished settings, and a rerun
-    evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early); `owns()` before each
-    write to the run folder (False: another process holds it now, EvaluationStopped without writing). `out_dir`:
+    evaluates only the rest); `stop()` is asked between settings (EvaluationStopped ends early); every write asks the
+    run folder's write fence (another process holds it now: LeaseLost, nothing written). `out_dir`:
     where results, evidence and sample grids go (default the run folder; a race's rung: rungs/<step>/)."""
     e, meta = cfg.eval, module.meta
     out = Path(out_dir) if out_dir is not None else run_dir
@@ -182,18 +181,12 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
             if (w, int(s), round(float(c), 6)) not in skip]
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
 
-    def ours() -> None:
-        if owns is not None and not owns():
-            raise EvaluationStopped(f"{run_dir} is another process's now: nothing more written")
-
     def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row
         bank.add(weights, steps, guidance, evidence)
-        ours()
         bank.save(out / BANK_FILE)
 
     def keep(row: dict) -> None:
         rows.append({**common, **row})
-        ours()
         write_results(out / RESULTS_FILE, rows)
         progress.finish()
 
@@ -201,7 +194,6 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
              batch_size=e.batch_size, seed=e.seed, grid_dir=out / "eval_samples", grid_size=GRID_SIZE, stop=stop,
              done=done, on_row=keep, on_setting=progress.start, on_evidence=bank_it)
     rows = [r for r in rows if r["weights"] != REAL] + [r for r in rows if r["weights"] == REAL]  # real images last
-    ours()
     write_results(out / RESULTS_FILE, rows)
     if tracker is not None:
         shown = eval_prompts(prompts, e.n_samples)[:GRID_SIZE]

@@ -1,6 +1,6 @@
-"""Fitting one run with Lightning (resuming from `last.ckpt`): the Trainer, its loggers, strategy and plugins, and
-the run's callbacks in their per-step order (`rfsweep.train.callbacks.STEP_ORDER`). Reading the weights back is
-`rfsweep.train.checkpoint_io`'s (`load_weights`)."""
+"""Fitting one run with Lightning (resuming from the checkpoint rank 0 chose): the Trainer, its loggers, strategy and
+plugins, and the run's callbacks in their per-step order (`rfsweep.train.callbacks.STEP_ORDER`). Reading the weights
+back is `rfsweep.train.checkpoint_io`'s (`load_weights`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig
 
 from rfsweep import runfolder
@@ -23,24 +24,25 @@ from rfsweep.backbones.flops import parameter_count, train_flops_per_sample
 from rfsweep.cluster.ranks import process_rank
 from rfsweep.cluster.signals import PreemptionGuard
 from rfsweep.console import interactive, tidy_logging
+from rfsweep.fence import permits
 from rfsweep.run.memory import memory_plan
 from rfsweep.train.callbacks import (
     BestValidation,
     BestWeights,
     EMAUpdate,
     FailureRecorder,
-    LeaseCheck,
     PeriodicCheckpoint,
     PostHocSnapshots,
     Preemption,
     Progress,
     RunCSVLogger,
     RungStop,
+    StepAgreement,
     StepProgressBar,
     Throughput,
     in_step_order,
 )
-from rfsweep.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
+from rfsweep.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step, resume_checkpoint
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
 
 # Lightning warnings that do not apply to rfsweep's runs, silenced during `fit`: the stream resumes exactly (its
@@ -54,16 +56,14 @@ LIGHTNING_FALSE_ALARMS = (
 )
 
 
-def loggers(cfg: DictConfig, run_dir: Path, tracker=None, guard: PreemptionGuard | None = None) -> list:
-    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured; with a
-    `guard`, the lease is asked before the CSV file is written (a folder another process took over gets no rows)."""
+def loggers(cfg: DictConfig, run_dir: Path, tracker=None) -> list:
+    """CSV metrics in the run folder and the job's W&B run (`rfsweep.run.tracking.JobRun`), as configured (the CSV
+    file asks the run folder's write fence: a folder another process took over gets no rows)."""
     out = []
     if cfg.logger.csv:
-        if process_rank() == 0:
-            if guard is not None:
-                guard.require_lease()
+        if process_rank() == 0 and permits(run_dir):
             runfolder.keep_previous_metrics(run_dir)
-        out.append(RunCSVLogger(str(run_dir), name="", version="", owns=guard.confirm_lease if guard else None))
+        out.append(RunCSVLogger(str(run_dir), name="", version=""))
     wandb_logger = tracker.lightning_logger() if tracker is not None else None
     if wandb_logger is not None:
         out.append(wandb_logger)
@@ -96,32 +96,39 @@ def record_peak_memory(cfg: DictConfig, run_dir: Path) -> None:
         json.dump(info, f, indent=1)
 
 
-def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tracker=None) -> int:
-    """Fit, resuming from last.ckpt when present; returns the global step reached. Training stops early, with
-    `last.ckpt` written, when `guard` got a stop signal, or at a race's rung (`rung.stop_at`: status paused). With
-    several devices every rank runs this; only rank 0 writes the run's files."""
+def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tracker=None,
+        resume: Path | None | str = "latest") -> int:
+    """Fit, resuming from the checkpoint `resume` (a job's rank 0 chose it, `checkpoint_io.resume_checkpoint`, and
+    every rank was told: the ranks never choose on their own; "latest": this process reads it, for one process
+    only); returns the global step reached. Training stops early, with
+    a checkpoint written, when `guard` got a stop signal, or at a race's rung (`rung.stop_at`: status paused). With
+    several devices every rank runs this; only rank 0 writes the run's files (and every rank its FSDP shards)."""
+    if resume == "latest":
+        resume = resume_checkpoint(run_dir)[0]
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
     stop_at = cfg.rung.stop_at if cfg.rung.stop_at is not None and cfg.rung.stop_at < tr.max_steps else None
-    periodic = PeriodicCheckpoint(ckpt_dir, tr.ckpt_every, owns=guard.confirm_lease)
-    best = BestWeights(ckpt_dir / runfolder.BEST, owns=guard.confirm_lease)
+    periodic = PeriodicCheckpoint(run_dir, tr.ckpt_every, tr.keep_checkpoints)
+    best = BestWeights(ckpt_dir / runfolder.BEST)
     if tr.compile:
         module.net.compile()
     tidy_logging()
     log_every = max(1, min(50, tr.val_every, tr.max_steps))
     flops = train_flops_per_sample(module.net, module.meta.latent_shape, module.conditioner.context_len)
-    logs, bar = loggers(cfg, run_dir, tracker, guard), interactive()
-    progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar, owns=guard.confirm_lease)
+    logs, bar = loggers(cfg, run_dir, tracker), interactive()
+    progress = Progress(run_dir, tr.max_steps, tr.batch_size, echo=not bar)
+    agreement = StepAgreement(guard, [tr.ckpt_every, *([cfg.ema.snapshot_every] if cfg.ema.sigma_rels else []),
+                                      *([stop_at] if stop_at else [])])
     callbacks = in_step_order([  # STEP_ORDER says why each sits where it does; None: not in this run
-        LeaseCheck(guard, tr.ckpt_every, cfg.ema.snapshot_every if cfg.ema.sigma_rels else None),
+        agreement,
         EMAUpdate(),
         PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype or "float32")
         if cfg.ema.sigma_rels else None,
         best,
         BestValidation(tracker) if tracker is not None and tracker.run is not None else None,
         periodic,
-        Preemption(periodic, guard),
-        RungStop(periodic, stop_at, guard) if stop_at else None,
-        FailureRecorder(run_dir, guard.confirm_lease),
+        Preemption(periodic, agreement),
+        RungStop(periodic, stop_at) if stop_at else None,
+        FailureRecorder(run_dir),
         progress,
         Throughput(tr.batch_size, flops, log_every),
         StepProgressBar() if bar else None,
@@ -134,22 +141,24 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
             val_check_interval=tr.val_every * tr.accumulate_grad_batches, check_val_every_n_epoch=None,
             gradient_clip_val=tr.grad_clip,
             callbacks=callbacks, logger=logs or False, plugins=_plugins(tr.strategy), enable_progress_bar=bar,
-            strategy=_strategy(tr), num_nodes=tr.num_nodes, accumulate_grad_batches=tr.accumulate_grad_batches,
+            strategy=_strategy(tr, cfg.cluster.collective_timeout_s), num_nodes=tr.num_nodes,
+            accumulate_grad_batches=tr.accumulate_grad_batches,
             default_root_dir=str(run_dir), deterministic=tr.deterministic,
             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=log_every,
-            enable_checkpointing=False,  # rfsweep's own: last.ckpt (PeriodicCheckpoint), best.safetensors (BestWeights)
+            enable_checkpointing=False,  # rfsweep's own: step checkpoints (PeriodicCheckpoint), best.safetensors
             use_distributed_sampler=False,  # the data module shards the training stream itself, by rank
         )
-    last = runfolder.last_checkpoint(run_dir, recover=process_rank() == 0)
+    # Lightning's own SIGTERM handler (installed right before training, live until on_train_start) would broadcast
+    # inside the handler and end the run with SIGTERMException: the job's guard notes every signal instead
+    trainer._signal_connector.register_signal_handlers = guard.install
     if process_rank() == 0:
-        runfolder.write_status(run_dir, "running", step=checkpoint_step(last), max_steps=int(tr.max_steps))
+        runfolder.write_status(run_dir, "running", step=resume_step(resume), max_steps=int(tr.max_steps))
         write_model_info(module, run_dir, tr.batch_size)
     with _quiet():
-        trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(module, data, ckpt_path=str(resume) if resume else None)
+    _end_process_group()  # rank 0 evaluates alone (hours): the other ranks leave now, no group waits on them
     if trainer.is_global_zero and tr.accelerator == "gpu":
         record_peak_memory(cfg, run_dir)
-    if trainer.is_global_zero:  # the folder may be another process's since the last write
-        guard.require_lease()
     if not guard.stop_requested() and trainer.is_global_zero and stop_at and trainer.global_step == stop_at:
         runfolder.write_status(run_dir, runfolder.PAUSED, step=trainer.global_step, max_steps=int(tr.max_steps))
     elif not guard.stop_requested() and trainer.is_global_zero:
@@ -158,6 +167,15 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
                                best_val_loss_ema=best.best_score,
                                **({"steps_per_s": round(rate, 4)} if rate is not None else {}))
     return trainer.global_step
+
+
+def resume_step(resume: Path | None) -> int:
+    return checkpoint_step(resume) if resume else 0
+
+
+def _end_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @contextmanager
@@ -172,14 +190,17 @@ def _quiet():
         yield
 
 
-def _strategy(tr: DictConfig):
+def _strategy(tr: DictConfig, timeout_s: float = 600.0):
     """ddp: replicas (one process or DDP over devices x nodes); fsdp: FSDP2 (`fully_shard`) through Lightning's
-    ModelParallelStrategy, data-parallel only, sharded checkpoints (a folder `last.ckpt/`, swapped in whole). FSDP
-    runs on CPUs too (gloo), where the tests check it."""
+    ModelParallelStrategy, data-parallel only, sharded checkpoints (a folder per step). FSDP runs on CPUs too (gloo),
+    where the tests check it. A collective that waits longer than `timeout_s` (cluster.collective_timeout_s: longer
+    than the slowest gap between two collectives, a checkpoint write) ends the process group (Lightning's default,
+    30 minutes, would hold every GPU that long); a dead rank is noticed sooner by the ranks' watchdog."""
+    timeout = timedelta(seconds=float(timeout_s))
     if tr.strategy == "fsdp":
         return ModelParallelStrategy(data_parallel_size=tr.devices * tr.num_nodes, tensor_parallel_size=1,
-                                     save_distributed_checkpoint=True)
-    return "ddp" if tr.devices * tr.num_nodes > 1 else "auto"
+                                     save_distributed_checkpoint=True, timeout=timeout)
+    return DDPStrategy(timeout=timeout) if tr.devices * tr.num_nodes > 1 else "auto"
 
 
 def _plugins(strategy: str = "ddp") -> list:

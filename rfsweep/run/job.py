@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rfsweep import runfolder
 from rfsweep.backbones.flops import parameter_count
+from rfsweep.cluster import slurm
 from rfsweep.cluster.lease import Lease, LeaseHeld, LeaseLost, describe
 from rfsweep.cluster.ranks import Launch, RanksDisagree, process_rank
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.console import tidy_logging
 from rfsweep.errors import ConfigError, UserError
+from rfsweep.fence import Fence, fenced
 from rfsweep.run import rung
 from rfsweep.run.builders import build_model, build_module
 from rfsweep.run.plan import dry_run_line, expected_resolution
@@ -41,6 +42,7 @@ from rfsweep.run.preflight import preflight
 from rfsweep.run.tracking import job_run
 
 LAUNCH_ENV = "RFSWEEP_LAUNCH"  # the id of the sweep launch a job belongs to (set by the sweep's summary callback)
+RESUME_ENV = "RFSWEEP_RESUME"  # rank 0's resume decision, inherited by the ranks Lightning's own launcher starts
 
 
 @dataclass
@@ -114,25 +116,59 @@ def run_job(cfg: DictConfig) -> int:
     if not cfg.dry_run:  # a dry run loads neither Lightning nor transformers: nothing of theirs to tidy
         tidy_logging()
     rank0 = process_rank() == 0
+    fence = Fence(cfg.run_dir)  # rank 0 adds its lease once it holds it; every write under run_dir asks it
     launch = Launch(cfg.run_dir, int(cfg.trainer.devices) * int(cfg.trainer.num_nodes),
-                    float(cfg.cluster.start_timeout_s))
-    with job_guard() as guard:
+                    float(cfg.cluster.start_timeout_s), peer_timeout_s=float(cfg.cluster.peer_timeout_s),
+                    on_peer_lost=lambda reason, requeue: _peer_lost(cfg, fence, rank0, reason, requeue))
+    with job_guard() as guard, fenced(fence):
         try:
             try:
-                result = _print_plan(cfg) if cfg.dry_run else _hold_folder_and_run(cfg, guard, launch)
+                result = _print_plan(cfg) if cfg.dry_run else _hold_folder_and_run(cfg, guard, launch, fence)
             except InstantiationException as e:  # hydra wraps what a configured class raises: report the cause
                 if isinstance(e.__cause__, bad_input):
                     raise e.__cause__ from None
                 raise
         except Exception as e:  # a job never takes other jobs down: every error ends in an exit code
-            result = _failure(cfg, e, bad_input, rank0, guard.lost)
+            launch.recording()  # every rank may have raised it (a non-finite loss): no watchdog ends this one now
+            died = launch.died_beside()  # a collective broken by a peer killed without a word (gloo: reset)
+            if died is not None:
+                print(f"error: {type(e).__name__} in a collective: {died}", file=sys.stderr, flush=True)
+                if launch.lowest_living():
+                    _peer_lost(cfg, fence, rank0, died, requeue=True)
+                result = Outcome(1, "failed", died)
+            else:
+                result = _failure(cfg, e, bad_input, rank0, fence.lost)
             launch.fail(result.reason)  # the other ranks stop waiting for this one
         finally:
             launch.close()
-    if result.outcome not in ("dry-run", "rank", "lost") and rank0 and not cfg.dry_run and not guard.lost:
-        runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
-                                launch=os.environ.get(LAUNCH_ENV))
+        if result.outcome not in ("dry-run", "rank", "lost") and rank0 and not cfg.dry_run and fence.holds():
+            runfolder.write_outcome(cfg.run_dir, result.outcome, result.reason, code=result.code,
+                                    launch=os.environ.get(LAUNCH_ENV))
     return result.code
+
+
+def _peer_lost(cfg: DictConfig, fence: Fence, rank0: bool, reason: str, requeue: bool) -> None:
+    """Another rank failed or died while this one trained (`Launch`'s watchdog, from its thread, before it ends this
+    process): rank 0 records it in status.json; a death is handed back to the scheduler (the job is requeued and
+    resumes from its last checkpoint), a failure is not."""
+    job = slurm.slurm_job_id()
+    if not requeue:
+        back = "not requeued: a failure, not a death"
+    elif not job:
+        back = "not requeued: outside SLURM (rerun the same command to resume)"
+    elif not cfg.cluster.requeue:
+        back = "not requeued: cluster.requeue=false"
+    elif slurm.restart_count() >= cfg.cluster.max_requeues:
+        back = f"not requeued: {slurm.restart_count()} restarts reached cluster.max_requeues={cfg.cluster.max_requeues}"
+    else:
+        back = None
+    if rank0 and fence.holds():
+        status = runfolder.read_status(cfg.run_dir)
+        runfolder.write_status(cfg.run_dir, "failed", step=status.get("step"), reason=reason,
+                               requeue=back or f"requeueing SLURM job {job}")
+    if back is None:
+        back = slurm.requeue(job)
+    print(f"{reason}: {back}", file=sys.stderr, flush=True)
 
 
 def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool, lost: str | None = None) -> Outcome:
@@ -178,10 +214,11 @@ def _print_plan(cfg: DictConfig) -> Outcome:
     return Outcome(0, "dry-run")
 
 
-def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch) -> Outcome:
+def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch, fence: Fence) -> Outcome:
     """The preflight, then a finished run is skipped; rank 0 takes the run folder's lease, checks the stage, builds
-    the module, the evaluator and the W&B run, and trains and evaluates under the lease (`_train_and_evaluate`);
-    another rank trains beside it (`_train_as_other_rank`)."""
+    the module, the evaluator and the W&B run, decides whether and from which checkpoint to train, tells the other
+    ranks, and trains and evaluates under the lease (`_train_and_evaluate`); another rank follows its decisions
+    (`_train_as_other_rank`)."""
     formulation = preflight(cfg)
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -189,20 +226,21 @@ def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch
     at_rung = rung.active(cfg)
     if at_rung and rung.finished(cfg, configured_evaluator_id(cfg)):
         print(f"skip: {run_dir} is evaluated at rung {cfg.rung.stop_at}", flush=True)
+        launch.fail("skipped: evaluated at this rung earlier")  # a rank that read the folder a moment apart
         return Outcome(0, "paused", f"rung {cfg.rung.stop_at}, evaluated earlier")
     if at_rung:
         rung.check_reachable(cfg, runfolder.read_status(run_dir))
     elif run_finished(cfg):
         print(f"skip: {run_dir} is finished", flush=True)
+        launch.fail("skipped: finished earlier")  # a rank that read the folder a moment apart stops waiting
         return Outcome(0, "skipped", "finished earlier")
     check_multi_device(cfg)
     rank0 = process_rank() == 0
-    if not rank0:  # another rank: trains beside rank 0, never evaluates, never holds the lease, writes nothing
-        if runfolder.is_trained(runfolder.read_status(run_dir)) or (at_rung and rung.paused_here(cfg)):
-            return Outcome(0, "rank", "trained: rank 0 evaluates alone")
+    if not rank0:  # another rank: trains beside rank 0 as it decides, never evaluates, never holds the lease
         return _train_as_other_rank(cfg, formulation, run_dir, guard, launch)
-    lost = lambda held: guard.lose_lease(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
-    with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost) as lease, _confirming(guard, lease):
+    lost = lambda held: fence.lose(f"{run_dir}: the lease was taken over by {describe(held)}")  # noqa: E731
+    with Lease(run_dir, cfg.cluster.lease_timeout_s, on_lost=lost) as lease:
+        fence.lease = lease
         runfolder.check_config(run_dir, resolved)  # again: another process may have started it meanwhile
         status = runfolder.read_status(run_dir)
         trained = runfolder.is_trained(status) or (at_rung and rung.paused_here(cfg))
@@ -215,58 +253,64 @@ def _hold_folder_and_run(cfg: DictConfig, guard: PreemptionGuard, launch: Launch
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         from rfsweep.run.eval_stage import configured_evaluator  # deferred: torchmetrics, open_clip; not a dry run
+        from rfsweep.train.checkpoint_io import resume_checkpoint  # deferred: lightning, not needed by a dry run
 
         module, data = build_module(cfg, formulation, train=not trained)
         evaluator = configured_evaluator(cfg) if cfg.eval.enabled or at_rung else None  # missing weights: now
-        if not trained:
-            launch.agree()  # every rank built its part; a refusal above has told them to stop
+        resume = None if trained else resume_checkpoint(run_dir)[0]
+        launch.agree({"train": not trained, "resume": str(resume) if resume else None})  # a refusal above: fail()
+        os.environ[RESUME_ENV] = str(resume) if resume else ""  # the ranks Lightning's own launcher starts
+        if trained:
+            launch.done()  # the other ranks end now: rank 0 evaluates alone
         net = module.net
         with job_run(cfg, run_dir, module.meta, "evaluate" if trained else "train", params=parameter_count(net),
-                     depth=len(getattr(net, "blocks", [])) or None, owns=guard.confirm_lease) as tracker:
+                     depth=len(getattr(net, "blocks", [])) or None) as tracker:
             if not trained and not status.get("step"):  # a fresh run: its formulation as it will train
                 try:
                     tracker.log_formulation(formulation)
                 except Exception as e:  # a diagnostic: never the reason a job fails
                     print(f"warning: the formulation's curves were not logged to W&B ({type(e).__name__}: {e})",
                           file=sys.stderr, flush=True)
-            result = _train_and_evaluate(cfg, run_dir, module, data, evaluator, guard, tracker, trained)
+            result = _train_and_evaluate(cfg, run_dir, module, data, evaluator, guard, launch, tracker, trained,
+                                         resume)
             tracker.finish(result.outcome, result.reason)
             return result
 
 
-@contextmanager
-def _confirming(guard: PreemptionGuard, lease: Lease):
-    """While the lease is held, every write to the run folder asks it first (`PreemptionGuard.confirm_lease`)."""
-    guard.confirm = lease.confirm
-    try:
-        yield
-    finally:
-        guard.confirm = None
-
-
 def _train_as_other_rank(cfg: DictConfig, formulation, run_dir: Path, guard: PreemptionGuard,
                          launch: Launch) -> Outcome:
-    """A rank other than 0 of a multi-device run: build, agree with the other ranks, train; rank 0 reports."""
+    """A rank other than 0 of a multi-device run: build, then take rank 0's decisions (whether to train, from which
+    checkpoint: from the ranks' agreement, or inherited from rank 0 under Lightning's own launcher), train; rank 0
+    reports. A rank that fails to build refuses before the agreement (rank 0 learns it at once, records it, exits 2);
+    a run its status says is trained is not built (rank 0 decides; it would build after the agreement if rank 0
+    still trains it)."""
     from rfsweep.run.fit import fit  # deferred: lightning, not needed by a dry run
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    module, data = build_module(cfg, formulation, train=True)
-    launch.agree()
-    fit(cfg, module, data, run_dir, guard)
+    trained = runfolder.is_trained(runfolder.read_status(run_dir)) or (rung.active(cfg) and rung.paused_here(cfg))
+    built = None if trained else build_module(cfg, formulation, train=True)
+    decisions = launch.agree() if launch.shared else {"train": True, "resume": os.environ.get(RESUME_ENV) or None}
+    if not decisions.get("train"):
+        launch.done()
+        return Outcome(0, "rank", "trained: rank 0 evaluates alone")
+    module, data = built or build_module(cfg, formulation, train=True)
+    fit(cfg, module, data, run_dir, guard, resume=Path(decisions["resume"]) if decisions.get("resume") else None)
+    launch.done()
     return Outcome(0, "rank")
 
 
-def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard, tracker,
-                        trained: bool) -> Outcome:
-    """Rank 0: train (unless trained), sample the grid, evaluate; the run folder's lease is held."""
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator, guard: PreemptionGuard,
+                        launch: Launch, tracker, trained: bool, resume: Path | None) -> Outcome:
+    """Rank 0: train (unless trained; from `resume`), sample the grid, evaluate; the run folder's lease is held."""
     from rfsweep.run.eval_stage import EvaluationStopped, evaluate_run, write_samples  # deferred: torchmetrics (~3 s)
     from rfsweep.run.fit import fit  # deferred: lightning, not needed by a dry run
     from rfsweep.train.checkpoint_io import load_weights  # deferred: lightning, not needed by a dry run
 
     if not trained:
         runfolder.save_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
-        step = fit(cfg, module, data, run_dir, guard, tracker)
+        step = fit(cfg, module, data, run_dir, guard, tracker, resume=resume)
+        launch.done()  # the other ranks' training is over: rank 0 goes on alone
         if guard.stop_requested():
             return _stopped(cfg, run_dir, guard, step, "training", tracker)
         if getattr(module, "_sharded", False):  # FSDP's shards lived on ranks that have ended: a whole module
@@ -281,17 +325,14 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, module, data, evaluator,
         return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
     module.to(torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu"))
     module.place_frozen()
-    grid, captions = write_samples(cfg, module, run_dir, before_write=guard.require_lease)
+    grid, captions = write_samples(cfg, module, run_dir)
     tracker.log_samples(grid, captions, info["step"])
     if cfg.eval.enabled:
         try:
             evaluate_run(cfg, module, run_dir, info, eval_settings(cfg), evaluator, stop=guard.stop_requested,
-                         tracker=tracker, owns=guard.confirm_lease)
+                         tracker=tracker)
         except EvaluationStopped:
-            if guard.lost:
-                raise LeaseLost(guard.lost) from None
             return _stopped(cfg, run_dir, guard, info["step"], "evaluation", tracker)
-    guard.require_lease()
     runfolder.write_status(run_dir, runfolder.FINISHED, step=info["step"])
     print(f"done: {run_dir}", flush=True)
     return Outcome(0, "done")
@@ -311,12 +352,9 @@ def _evaluate_rung(cfg: DictConfig, run_dir: Path, module, evaluator, guard: Pre
     at = rung.eval_config(cfg)
     try:
         evaluate_run(at, module, run_dir, info, eval_settings(at), evaluator, stop=guard.stop_requested,
-                     owns=guard.confirm_lease, out_dir=rung.folder(run_dir, step))
+                     out_dir=rung.folder(run_dir, step))
     except EvaluationStopped:
-        if guard.lost:
-            raise LeaseLost(guard.lost) from None
         return _stopped(cfg, run_dir, guard, step, "rung", tracker)
-    guard.require_lease()
     print(f"paused: {run_dir} at rung {step} (evaluated into {rung.folder(run_dir, step)})", flush=True)
     return Outcome(0, "paused", f"rung {step}")
 
@@ -325,7 +363,6 @@ def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, 
     """A stop signal ended the job at a safe point (the checkpoint is written): record it, finish the W&B run, then
     hand the job back to the scheduler (requeue) where the signal asks for it. The W&B run is finished first: a
     requeue ends every process of the job, W&B's service among them."""
-    guard.require_lease()  # a lost lease is not a pre-emption: the folder is another process's
     record = {"step": int(step), "stage": stage, "signal": guard.received}
     since = guard.seconds_since_signal()
     if since is not None:  # how long the stop took: signal_delay_s must leave room for it (README)
@@ -343,7 +380,7 @@ def _stopped(cfg: DictConfig, run_dir: Path, guard: PreemptionGuard, step: int, 
               + (f" {record['signal_to_handback_s']} s after the signal" if since is not None else ""), flush=True)
         raise
     runfolder.write_status(run_dir, back.state, **record, requeue=back.requeue)
-    print(f"pre-empted at step {step} ({stage}): checkpoint written to {runfolder.last_checkpoint(run_dir)}; "
+    print(f"pre-empted at step {step} ({stage}): checkpoint written to {runfolder.checkpoint_path(run_dir, step)}; "
           f"{back.requeue}; rerun the same command to resume"
           + (f" ({record['signal_to_handback_s']} s after the signal)" if since is not None else ""), flush=True)
     return Outcome(3, back.state, f"{guard.received} during {stage}; {back.requeue}")

@@ -1,8 +1,9 @@
 """A race's rung in one run (`rung.stop_at`, `hydra/sweeper=race`): the launch trains to the rung's step, pauses
-there (status paused, `last.ckpt` written as at a pre-emption) and evaluates the weights it would evaluate at the end
-(`runfolder.evaluated_checkpoint`) with the rung's cheaper protocol (`rung.samples` per setting of `rung.settings`,
-`rung.weights`) into rungs/<step>/ (results.csv and its evidence bank, read by `rfsweep.run.race_control`). The next
-launch, with a later rung or none, continues from the checkpoint: the rung is not part of the run's identity."""
+there (status paused, its checkpoint written as at a pre-emption) and evaluates the weights it would evaluate at the
+end (`checkpoint_io.evaluated_checkpoint`) with the rung's cheaper protocol (`rung.samples` per setting of
+`rung.settings`, `rung.weights`) into rungs/<step>/ (results.csv and its evidence bank, read by
+`rfsweep.run.race_control`). The next launch, with a later rung or none, continues from the checkpoint: the rung is not
+part of the run's identity."""
 
 from __future__ import annotations
 
@@ -55,10 +56,10 @@ def finished(cfg: DictConfig, evaluator: str) -> bool:
 
 
 def reached(run_dir: str | Path) -> int:
-    """The step of the run's last checkpoint (0: none)."""
-    from rfsweep.train.checkpoint_io import checkpoint_step  # deferred: torch
+    """The step of the run's last complete checkpoint (0: none; CheckpointError: it has some and none reads)."""
+    from rfsweep.train.checkpoint_io import resume_checkpoint  # deferred: torch
 
-    return checkpoint_step(runfolder.last_checkpoint(run_dir, recover=True))
+    return resume_checkpoint(run_dir)[1]
 
 
 def check_reachable(cfg: DictConfig, status: dict) -> None:

@@ -94,6 +94,8 @@ class TrainerConf:
     val_every: int = rule(250, positive_int, "an integer > 0")
     n_val: int = rule(256, positive_int, "an integer > 0")
     ckpt_every: int = rule(250, positive_int, "an integer > 0")
+    keep_checkpoints: int = rule(2, positive_int, "an integer >= 1 (the newest step checkpoints kept; the previous "
+                                                  "one goes only once the next is complete)")
     deterministic: bool = True
     num_workers: int = rule(0, nonneg_int, "an integer >= 0")
     compile: bool = False
@@ -300,6 +302,12 @@ class ClusterConf:
     lease_timeout_s: float = rule(600.0, lambda v: number(v) and v >= 10, "a number of seconds >= 10")
     # how long the ranks of a launch wait for each other to be ready to train (rfsweep.cluster.ranks)
     start_timeout_s: float = rule(600.0, lambda v: number(v) and v > 0, "a number of seconds > 0")
+    # a rank that died without a word on another host: its heartbeat file older than this ends the job's other ranks
+    # (on one host a dead rank's pid is noticed within a second)
+    peer_timeout_s: float = rule(60.0, lambda v: number(v) and v >= 5, "a number of seconds >= 5")
+    # how long a collective may wait (the process group's timeout): longer than the slowest gap between two
+    # collectives of one step (a checkpoint written by rank 0, a validation)
+    collective_timeout_s: float = rule(600.0, lambda v: number(v) and v >= 30, "a number of seconds >= 30")
     tflops_per_gpu: float = rule(400.0, lambda v: number(v) and v > 0, "a number > 0 (achieved TFLOP/s per GPU)")
     gpu_memory_gb: float = rule(80.0, lambda v: number(v) and v > 0, "a number > 0 (memory of one GPU, for the plan)")
 

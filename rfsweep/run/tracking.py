@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rfsweep.cluster.lease import LeaseLost
+from rfsweep.fence import LeaseLost, permits
 from rfsweep.formulations.weighting import measure
 from rfsweep.metrics import metric_names
 from rfsweep.run.builders import train_shift
@@ -57,24 +57,32 @@ def open_run(cfg: DictConfig, run_dir: Path, config: dict, job_type: str, name: 
 
 class JobRun:
     """The W&B run of one job, or nothing when `logger.wandb` is off. `finish(outcome, reason)` ends it: `done`
-    finishes it, `preempted` marks it pre-empted, anything else marks it failed with the reason."""
+    finishes it, `preempted` marks it pre-empted, anything else marks it failed with the reason. W&B's folder lies in
+    the run folder: nothing is logged once the run folder's write fence says it is another process's."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
-        self.run = None
+        self.run, self.run_dir = None, Path(run_dir)
         if cfg.logger.wandb:
             self.run = open_run(cfg, run_dir, run_config(cfg, meta, params, depth), job_type)
 
     def lightning_logger(self):
         from lightning.pytorch.loggers import WandbLogger  # deferred: lightning, not needed by a dry run
 
-        return WandbLogger(experiment=self.run) if self.run is not None else None
+        run_dir = self.run_dir
+
+        class FencedWandbLogger(WandbLogger):  # Lightning's metrics, inside the run folder's write fence
+            def log_metrics(self, metrics, step=None):
+                if permits(run_dir):
+                    super().log_metrics(metrics, step)
+
+        return FencedWandbLogger(experiment=self.run) if self.run is not None else None
 
     def log(self, values: dict, step: int) -> None:
-        if self.run is not None:
+        if self.run is not None and permits(self.run_dir):
             self.run.log({**values, STEP: step})
 
     def summary(self, values: dict) -> None:
-        if self.run is not None:
+        if self.run is not None and permits(self.run_dir):
             self.run.summary.update(values)
 
     def log_samples(self, path: Path, captions: list[str], step: int) -> None:
@@ -97,9 +105,8 @@ class JobRun:
                             data=[[float(x) if x is not None else None for x in row] for row in zip(
                                 c["lambda"], c["density_lambda"], c["loss_weight"], c["effective"], paper)])
         title = f"{formulation.name}: effective weight over log-SNR (shift {formulation.shift:g})"
-        self.run.log({"formulation/weighting": table,
-                      "formulation/effective_weight": wandb.plot.line(table, "lambda", "effective", title=title),
-                      STEP: 0})
+        self.log({"formulation/weighting": table,
+                  "formulation/effective_weight": wandb.plot.line(table, "lambda", "effective", title=title)}, 0)
 
     def log_evaluation(self, rows: list[dict], grids: dict, info: dict) -> None:
         """The evaluation as a table (the results schema's columns), each setting's CLIP score and FID (history and
@@ -124,7 +131,8 @@ class JobRun:
         art = wandb.Artifact(f"checkpoint-{self.run.id}", type="model",
                              metadata={"step": info["step"], "val_loss_ema": info["val_loss"]})
         art.add_reference(ckpt.as_uri(), name=ckpt.name, checksum=False)  # a reference: nothing is uploaded
-        self.run.log_artifact(art, aliases=["evaluated", f"step-{info['step']}"])
+        if permits(self.run_dir):
+            self.run.log_artifact(art, aliases=["evaluated", f"step-{info['step']}"])
 
     def finish(self, outcome: str, reason: str = "") -> None:
         """End the W&B run (once). A failure of W&B itself (its service gone, e.g. killed with the job by a requeue)
@@ -151,10 +159,10 @@ class JobRun:
 
 
 @contextmanager
-def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None, owns=None):
+def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params=None, depth=None):
     """`with job_run(...) as tracker:`; an exception finishes the run as failed with its reason (a lost lease: without
-    an outcome, the run's new holder writes it; `owns()` asked), then propagates (a SystemExit too: submitit's
-    requeue)."""
+    an outcome, the run's new holder writes it: the run folder's write fence is asked), then propagates (a SystemExit
+    too: submitit's requeue)."""
     tracker = JobRun(cfg, run_dir, meta, job_type, params, depth)
     try:
         yield tracker
@@ -162,7 +170,7 @@ def job_run(cfg: DictConfig, run_dir: Path, meta: RunMeta, job_type: str, params
         tracker.finish("requeued")
         raise
     except BaseException as e:
-        lost = isinstance(e, LeaseLost) or (owns is not None and not owns())  # the new holder records the outcome
+        lost = isinstance(e, LeaseLost) or not permits(run_dir)  # the new holder records the outcome
         tracker.finish("lost" if lost else "failed", "" if lost else f"{type(e).__name__}: {e}".splitlines()[0][:500])
         raise
     finally:

@@ -1,11 +1,12 @@
-"""Callbacks for robustness on a cluster: periodic `last.ckpt`, a stop at the next step on a pre-emption signal,
-progress for `python -m analysis status`, and a recorded failure when training breaks (e.g. a non-finite loss); the
-EMA updates, the best weights, throughput and the step progress bar. `STEP_ORDER` (at the end) is the order they run
-in at every step, each with why it sits there."""
+"""Callbacks for robustness on a cluster: periodic step-numbered checkpoints, a stop at the next step on a
+pre-emption signal, progress for `python -m analysis status`, and a recorded failure when training breaks (e.g. a
+non-finite loss); the EMA updates, the best weights, throughput and the step progress bar. `STEP_ORDER` (at the
+end) is the order they run in at every step, each with why it sits there."""
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,15 +15,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from rfsweep import runfolder
-from rfsweep.atomic import atomic_save_tensors
+from rfsweep.atomic import atomic_save_tensors, fsync_dir, fsync_tree
 from rfsweep.backbones.flops import peak_flops
-from rfsweep.cluster.lease import LeaseLost
-from rfsweep.cluster.signals import LOST, PreemptionGuard, signal_name
+from rfsweep.cluster.signals import PreemptionGuard, signal_name
 from rfsweep.console import progress_line
+from rfsweep.fence import LeaseLost, check_write, current, permits
 from rfsweep.train.posthoc_ema import write_snapshot
 
 
@@ -31,13 +31,23 @@ def sharded(trainer) -> bool:
     return isinstance(trainer.strategy, ModelParallelStrategy)
 
 
-def full_state_dict(pl_module) -> dict:
-    """The module's state dict with whole tensors on the CPU: gathered from the shards under FSDP (a collective:
-    every rank calls it; rank 0 gets the tensors), as is otherwise."""
-    state = pl_module.state_dict()
+def full_state_dict(pl_module, skip: str | None = None) -> dict:
+    """The module's state dict with whole tensors on the CPU, without the keys that start with `skip` (neither
+    gathered nor copied). Under FSDP a collective: every rank calls it and gathers the shards one tensor at a time,
+    in the state dict's order (the same on every rank); rank 0 keeps each whole tensor on the CPU, the others get an
+    empty dict, and no rank holds more than one whole tensor on its device. Otherwise (one process, DDP) the
+    tensors, copied to the CPU."""
+    state = {k: v for k, v in pl_module.state_dict().items() if not (skip and k.startswith(skip))}
     if not any(isinstance(v, DTensor) for v in state.values()):
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    keep = torch.distributed.get_rank() == 0
+    out = {}
+    for k, v in state.items():
+        whole = v.full_tensor() if isinstance(v, DTensor) else v  # all-gather of the shards, on their device
+        if keep:
+            out[k] = whole.detach().cpu().contiguous()
+        del whole
+    return out
 
 
 def completed_step(trainer, batch_idx: int) -> bool:
@@ -84,33 +94,45 @@ class PostHocSnapshots(L.Callback):
 
 
 class PeriodicCheckpoint(L.Callback):
-    """Writes `<dir>/last.ckpt` every `every` optimizer steps, at a stop (`request`) and when training ends.
+    """Writes `<run>/checkpoints/step-<NNNNNNNN>.ckpt` every `every` optimizer steps, at a stop (`request`) and when
+    training ends, and keeps the newest `keep` (`runfolder.checkpoint_path`, `runfolder.prune_checkpoints`).
 
     A checkpoint holds the whole state of its step: at a step with a validation it is written after the validation
     (and after `BestWeights`, which must come before this callback), so a run resumed from it repeats the
     validations, the best weights and the evaluated step of an uninterrupted run (Lightning then resumes after the
     validation, as from its own ModelCheckpoint). A step is written once."""
 
-    def __init__(self, dirpath: str | Path, every: int, owns=None):
-        self.dirpath, self.every, self.owns = Path(dirpath), every, owns  # owns: asked after a validation (below)
+    def __init__(self, run_dir: str | Path, every: int, keep: int = 2):
+        self.run_dir, self.every, self.keep = Path(run_dir), every, int(keep)
         self.saved_step: int | None = None
         self._after_validation = False  # a save waits for this step's validation
         self._then_stop = False
 
     def save(self, trainer: L.Trainer) -> None:
-        target = self.dirpath / runfolder.LAST
-        self.saved_step = trainer.global_step
-        if not sharded(trainer):
-            trainer.save_checkpoint(target, weights_only=False)  # AtomicCheckpointIO: temp file, rename
-            return
-        partial = target.with_name(runfolder.LAST + ".partial")  # every rank writes its shards, then one swap
-        if trainer.is_global_zero and partial.exists():
-            shutil.rmtree(partial)
-        trainer.strategy.barrier()
-        trainer.save_checkpoint(partial, weights_only=False)
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            runfolder.swap_in(partial, target)
+        """The step's checkpoint, written whole and synced (file and folder entry) before older ones are pruned, as
+        torchtitan orders it: a kill at any moment leaves the previous complete checkpoint. Under FSDP every rank
+        writes its shards into `<name>.partial` (DCP syncs each shard), rank 0 syncs the folder and renames it."""
+        target = runfolder.checkpoint_path(self.run_dir, trainer.global_step)
+        self.saved_step, zero = trainer.global_step, trainer.is_global_zero
+        if zero:  # each removal and rename asks the write fence first: a lost folder's checkpoints are another's
+            check_write(target)
+            runfolder.remove_checkpoint_leftovers(self.run_dir)  # a killed writer's .partial folder or temp file
+        if sharded(trainer):
+            partial = target.with_name(target.name + runfolder.PARTIAL)
+            trainer.strategy.barrier()
+            trainer.save_checkpoint(partial, weights_only=False)  # ends with a barrier: every shard is written
+            if zero:
+                fsync_tree(partial)
+                check_write(target)
+                if target.exists():  # this step's earlier copy: one a resume skipped as damaged
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                os.replace(partial, target)
+        else:
+            trainer.save_checkpoint(target, weights_only=False)  # AtomicCheckpointIO: temp file, fsync, rename
+        if zero:
+            fsync_dir(target.parent)
+            check_write(target)
+            runfolder.prune_checkpoints(self.run_dir, target, self.keep)
         trainer.strategy.barrier()
 
     def request(self, trainer: L.Trainer, then_stop: bool = False) -> None:
@@ -137,8 +159,6 @@ class PeriodicCheckpoint(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
-            if folder_lost(trainer, self.owns):  # taken over during the validation (LeaseCheck asked before it)
-                raise LeaseLost("the run folder's lease was taken over during the validation")
             self.save(trainer)
             self._finish(trainer)
 
@@ -153,10 +173,10 @@ POSTHOC_PREFIX = "phema."  # the post-hoc EMAs' keys in the module's state dict
 class BestWeights(L.Callback):
     """`best.safetensors`: the raw and EMA weights (no optimizer state) of the step with the lowest EMA validation
     loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
-    far travels in last.ckpt, so a resumed run keeps comparing against it."""
+    far travels in the checkpoint, so a resumed run keeps comparing against it."""
 
-    def __init__(self, path: str | Path, monitor: str = "val/loss_ema", owns=None):
-        self.path, self.monitor, self.owns = Path(path), monitor, owns  # owns(): asked by rank 0 before it writes
+    def __init__(self, path: str | Path, monitor: str = "val/loss_ema"):
+        self.path, self.monitor = Path(path), monitor
         self.best_score: float | None = None
         self.best_step: int | None = None
 
@@ -170,7 +190,11 @@ class BestWeights(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         finished = trainer.global_step >= (trainer.max_steps or 0)  # not at a stop: the run goes on after a requeue
-        if finished and self.best_score is None and not self.path.exists():  # never validated: the final weights
+        if not finished or self.best_score is not None:
+            return
+        # never validated: the final weights, unless written already. Rank 0 looks, every rank follows (under FSDP
+        # the save is a collective: ranks that looked on their own could disagree on a file system in flux)
+        if not trainer.strategy.broadcast(self.path.exists() if trainer.is_global_zero else None, src=0):
             self.best_step = trainer.global_step
             self.save(trainer, pl_module)
 
@@ -179,11 +203,11 @@ class BestWeights(L.Callback):
         (`rfsweep.atomic.atomic_save_tensors`: no second copy of the weights in memory)."""
         if not sharded(trainer) and not trainer.is_global_zero:
             return  # DDP: every rank holds the same weights; only the writer copies them to the CPU
-        tensors = full_state_dict(pl_module)
-        if not trainer.is_global_zero or (self.owns is not None and not self.owns()):
+        # the post-hoc EMAs stay out, never gathered: evaluation rebuilds their lengths from the snapshots
+        # (rfsweep.train.posthoc_ema)
+        tensors = full_state_dict(pl_module, skip=POSTHOC_PREFIX)
+        if not trainer.is_global_zero:
             return  # taken over during the validation: not written; the ranks' next lease check ends training
-        # the post-hoc EMAs stay out: evaluation rebuilds their lengths from the snapshots (rfsweep.train.posthoc_ema)
-        tensors = {k: v for k, v in tensors.items() if not k.startswith(POSTHOC_PREFIX)}
         meta = {"step": str(self.best_step), self.monitor: repr(self.best_score)}
         atomic_save_tensors(tensors, self.path, metadata=meta)
 
@@ -195,98 +219,88 @@ class BestWeights(L.Callback):
 
 
 class RunCSVLogger(L.pytorch.loggers.CSVLogger):
-    """Lightning's CSV logger (`<run>/metrics.csv`) that asks `owns()` before each write (its periodic flush and the
-    one when training ends, a failure's too): rows of a process whose run folder was taken over are dropped."""
-
-    def __init__(self, *args, owns=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.owns = owns
+    """Lightning's CSV logger (`<run>/metrics.csv`) that asks the run folder's write fence before each write (its
+    periodic flush and the one when training ends, a failure's too): rows of a process whose run folder was taken
+    over are dropped."""
 
     def save(self) -> None:
-        if self.owns is not None and not self.owns():  # (rank > 0 holds no lease: owns() reads nothing there)
+        if not permits(self.log_dir):
             if self._experiment is not None:
                 self._experiment.metrics = []
             return
         super().save()
 
 
-def folder_lost(trainer, owns) -> bool:
-    """Rank 0 reads the lease now (`owns()`), every rank learns the answer: a collective, so every rank calls it at
-    the same point."""
-    lost = trainer.is_global_zero and owns is not None and not owns()
-    if trainer.world_size > 1:
-        lost = bool(trainer.strategy.reduce_boolean_decision(lost, all=False))
-    return lost
+LOST = 255  # a lost run folder among the ranks' stop codes (signal numbers are smaller)
 
 
-class LeaseCheck(L.Callback):
-    """First at each step's end: at a step that writes to the run folder (a checkpoint every `ckpt_every`, a post-hoc
-    snapshot every `snapshot_every`, a validation that may write the best weights, the last step), rank 0 reads the
-    lease file before anything is written (the heartbeat thread notices a takeover only at its next beat, every
-    cluster.lease_timeout_s / 10), and the ranks agree: a folder another process has taken over is never written
-    again; training ends at once on every rank."""
+class StepAgreement(L.Callback):
+    """First at each step's end, one collective: every rank's stop code (a pre-emption signal any rank caught) and,
+    at a step that writes to the run folder (a checkpoint every `ckpt_every`, a post-hoc snapshot, a rung, a
+    validation that may write the best weights, the last step) or that rank 0 itself stops at, rank 0's fresh read
+    of the lease (`rfsweep.fence`: the heartbeat notices a takeover only at its next beat). All ranks learn the same
+    answer at the same step: a folder another process took over ends training at once on every rank (LeaseLost);
+    a stop is noted (`stop`: the signal's name) and `Preemption` acts on it after the step's checkpoint is due."""
 
-    def __init__(self, guard: PreemptionGuard, ckpt_every: int, snapshot_every: int | None = None):
-        self.guard, self.every = guard, [int(ckpt_every)] + ([int(snapshot_every)] if snapshot_every else [])
+    def __init__(self, guard: PreemptionGuard, write_every: list[int]):
+        self.guard, self.every = guard, [int(e) for e in write_every if e]
+        self.stop: str | None = None
 
     def writes_at(self, trainer) -> bool:
         step = trainer.global_step
         return any(step % e == 0 for e in self.every) or validation_due(trainer) or step >= (trainer.max_steps or 0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not completed_step(trainer, batch_idx) or not self.writes_at(trainer):
+        if not completed_step(trainer, batch_idx):
             return
-        if folder_lost(trainer, self.guard.confirm_lease):  # every rank is here at the same steps
-            raise LeaseLost(self.guard.lost or "rank 0's lease was taken over")
+        code = self.guard.code()
+        fence = current(trainer.default_root_dir)
+        if trainer.is_global_zero and fence is not None and (code or self.writes_at(trainer)) and not fence.holds():
+            code = LOST
+        if trainer.world_size > 1:  # every rank's code; a lost folder first, then the first rank's signal
+            codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
+            code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
+        if code == LOST:
+            reason = (fence.lost if fence is not None and fence.lost else None) or "rank 0's lease was taken over"
+            if fence is not None:
+                fence.lose(reason)
+            raise LeaseLost(reason)
+        if code and self.stop is None:
+            self.stop = signal_name(code)
+            self.guard.note(self.stop)  # a rank the signal did not reach hands the job back as the one it reached
 
 
 class Preemption(L.Callback):
-    """On a stop noted by the job's `PreemptionGuard` (a signal to any rank): the step ends, `last.ckpt` is written
-    (after the step's validation when one is due, `PeriodicCheckpoint.request`) and training stops. The ranks agree
-    at every step boundary, so all stop at the same step, and each learns which signal it was (a rank the signal did
-    not reach hands the job back as the one it reached). A lost lease (on any rank) ends training at once without a
-    checkpoint: the run folder is another process's now."""
+    """On a stop the ranks agreed on (`StepAgreement`: a signal to any rank): the step ends, its checkpoint is
+    written (after the step's validation when one is due, `PeriodicCheckpoint.request`) and training stops, on every
+    rank at the same step."""
 
-    def __init__(self, checkpoint: PeriodicCheckpoint, guard: PreemptionGuard):
-        self.checkpoint, self.guard = checkpoint, guard
+    def __init__(self, checkpoint: PeriodicCheckpoint, agreement: StepAgreement):
+        self.checkpoint, self.agreement = checkpoint, agreement
         self.stopping = False
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # Lightning installed its own handlers when `fit` began (they would stop without a checkpoint, or requeue a
-        # second time): the guard's come back on top; Lightning restores the guard's at the end of `fit`
-        self.guard.install()
+        self.agreement.guard.install()  # the guard's handlers on top (`fit` keeps Lightning's from being installed)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.stopping or not completed_step(trainer, batch_idx):
+        if self.stopping or not completed_step(trainer, batch_idx) or self.agreement.stop is None:
             return
-        code = self.guard.code()
-        if trainer.world_size > 1:  # every rank's code; the first rank's that has one decides
-            codes = trainer.strategy.all_gather(torch.tensor([code], device=pl_module.device)).flatten().tolist()
-            code = LOST if LOST in codes else next((int(c) for c in codes if c), 0)
-        if code and code != LOST:  # a stop writes last.ckpt: rank 0 confirms the folder is still ours, all agree
-            code = LOST if folder_lost(trainer, self.guard.confirm_lease) else code  # every rank agreed on the stop
-        if code == LOST:
-            raise LeaseLost(self.guard.lost or "another rank's lease was taken over")
-        if code:
-            self.guard.note(signal_name(code))
-            self.stopping = True
-            self.checkpoint.request(trainer, then_stop=True)
+        self.stopping = True
+        self.checkpoint.request(trainer, then_stop=True)
 
 
 class RungStop(L.Callback):
-    """A race's rung (`rung.stop_at`): at that step `last.ckpt` is written (after the step's validation when one is
-    due) and training stops, as a pre-emption stops it; the next launch resumes from there as from a pre-emption, so
-    a run paused at rungs ends with the weights of one trained straight through. Rank 0 confirms the lease first."""
+    """A race's rung (`rung.stop_at`): at that step the checkpoint is written (after the step's validation when one
+    is due) and training stops, as a pre-emption stops it; the next launch resumes from there as from a pre-emption,
+    so a run paused at rungs ends with the weights of one trained straight through (the step's lease read is the
+    agreement's: a rung is a writing step)."""
 
-    def __init__(self, checkpoint: PeriodicCheckpoint, stop_at: int, guard: PreemptionGuard):
-        self.checkpoint, self.stop_at, self.guard = checkpoint, int(stop_at), guard
+    def __init__(self, checkpoint: PeriodicCheckpoint, stop_at: int):
+        self.checkpoint, self.stop_at = checkpoint, int(stop_at)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not completed_step(trainer, batch_idx) or trainer.global_step != self.stop_at:
-            return
-        if folder_lost(trainer, self.guard.confirm_lease):
-            raise LeaseLost(self.guard.lost or "rank 0's lease was taken over")
-        self.checkpoint.request(trainer, then_stop=True)
+        if completed_step(trainer, batch_idx) and trainer.global_step == self.stop_at:
+            self.checkpoint.request(trainer, then_stop=True)
 
 
 class Progress(L.Callback):
@@ -295,9 +309,9 @@ class Progress(L.Callback):
     line (a job writing to a log file has no progress bar)."""
 
     def __init__(self, run_dir: str | Path, max_steps: int, batch_size: int, every_s: float = 30.0,
-                 echo: bool = False, owns=None):
+                 echo: bool = False):
         self.run_dir, self.max_steps, self.batch_size, self.every_s = run_dir, int(max_steps), batch_size, every_s
-        self.echo, self.owns = echo, owns  # owns(): the run folder is still this process's (PreemptionGuard)
+        self.echo = echo
         self._mark: tuple[float, int] | None = None
         self._last_write = 0.0
 
@@ -322,7 +336,7 @@ class Progress(L.Callback):
     def _report(self, trainer, now: float, step: int, write: bool = True) -> None:
         t0, s0 = self._mark
         rate = (step - s0) / max(now - t0, 1e-9)
-        if write and (self.owns is None or self.owns()):
+        if write and permits(self.run_dir):
             runfolder.write_status(self.run_dir, "running", step=step, max_steps=self.max_steps,
                                    steps_per_s=round(rate, 4), samples_per_s=round(rate * self.batch_size, 2))
         if self.echo:
@@ -381,16 +395,14 @@ class BestValidation(L.Callback):
 
 class FailureRecorder(L.Callback):
     """Records why training broke in `status.json` (the exception still propagates), where the folder is still this
-    process's (`owns()`)."""
+    process's (the write fence)."""
 
-    def __init__(self, run_dir: str | Path, owns=None):
-        self.run_dir, self.owns = run_dir, owns
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = run_dir
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not trainer.is_global_zero or isinstance(exception, LeaseLost):  # a lost folder is not written
-            return
-        if self.owns is not None and not self.owns():
-            return
+        if not trainer.is_global_zero or isinstance(exception, LeaseLost) or not permits(self.run_dir):
+            return  # a lost folder is not written
         runfolder.write_status(self.run_dir, "failed", step=trainer.global_step,
                                reason=f"{type(exception).__name__}: {exception}")
 
@@ -419,13 +431,14 @@ class StepProgressBar(TQDMProgressBar):
 # others see of its step. `rfsweep.run.fit` passes its callbacks through `in_step_order`; tests/test_train.py pins the
 # names. A new callback takes its place here, with its reason.
 STEP_ORDER: tuple[tuple[str, str], ...] = (
-    ("LeaseCheck", "first: at a step that writes to the run folder, rank 0 confirms the lease before anything writes"),
+    ("StepAgreement", "first: the ranks' one collective of the step: a stop signal on any rank, and rank 0's lease "
+                      "read at a step that writes to the run folder, before anything writes"),
     ("EMAUpdate", "before anything saves the step: a checkpoint or snapshot of this step holds its updated EMAs"),
     ("PostHocSnapshots", "after EMAUpdate: the snapshot holds the post-hoc EMAs of its step (ema.sigma_rels only)"),
     ("BestWeights", "before PeriodicCheckpoint: after a validation the best weights and score are chosen before the "
-                    "step's last.ckpt (which carries the best score) is written"),
+                    "step's checkpoint (which carries the best score) is written"),
     ("BestValidation", "beside BestWeights: the lowest EMA validation loss in the W&B summary (a run with W&B only)"),
-    ("PeriodicCheckpoint", "after the EMAs and the best weights: last.ckpt holds the whole state of its step"),
+    ("PeriodicCheckpoint", "after the EMAs and the best weights: the checkpoint holds the whole state of its step"),
     ("Preemption", "after PeriodicCheckpoint: a stop asks it for this step's checkpoint (a step is written once), then "
                    "ends training"),
     ("RungStop", "after PeriodicCheckpoint: a race's rung asks it for this step's checkpoint, then ends training"),

@@ -5,20 +5,25 @@ CPU (memory-mapped): a checkpoint saved from GPU tensors would otherwise come ba
 every rank at once (GPU 0 under DDP), before Lightning moves each tensor to its own device.
 
 Reading them back: `load_checkpoint` (a Lightning checkpoint), `checkpoint_step` (its step, without its tensors),
-`read_weights` (best.safetensors or a checkpoint) and `load_weights` (the weights evaluation uses, into a module)."""
+`resume_checkpoint` (a run's newest complete one: what training resumes from), `evaluated_checkpoint` (the weights
+evaluation uses), `read_weights` (best.safetensors or a checkpoint) and `load_weights` (those weights, into a
+module)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from safetensors import safe_open
 
+from rfsweep import runfolder
 from rfsweep.atomic import atomic_write
-from rfsweep.errors import CheckpointError  # noqa: F401 (raised here, defined in the one home of user errors)
-from rfsweep.runfolder import evaluated_checkpoint
+from rfsweep.errors import CheckpointError  # raised here, defined in the one home of user errors
 from rfsweep.train.callbacks import POSTHOC_PREFIX
+
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded folder, written after every shard
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -45,14 +50,56 @@ def load_checkpoint(path) -> dict:
 
 
 def checkpoint_step(ckpt: Path) -> int:
-    """The global step a checkpoint (a file, or FSDP's folder with its meta.pt) holds, without its tensors."""
-    path = ckpt / "meta.pt" if ckpt.is_dir() else ckpt
-    if not path.is_file():
-        return 0
+    """The global step a checkpoint holds, read without its tensors: a file's, or the meta.pt of FSDP's folder, which
+    counts only with DCP's `.metadata` (written once every shard is). CheckpointError when it cannot be read."""
+    ckpt = Path(ckpt)
+    needed = [ckpt / "meta.pt", ckpt / DCP_METADATA] if ckpt.is_dir() else [ckpt]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete (no {' or '.join(missing)})")
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:
-        return 0
+        return int(load_checkpoint(needed[0])["global_step"])
+    except CheckpointError:  # corrupt: load_checkpoint's message names the file
+        raise
+    except FileNotFoundError as e:  # removed while read (a writer pruning it)
+        raise CheckpointError(f"checkpoint {ckpt} was removed while it was read") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ckpt} holds no global_step ({type(e).__name__})") from e
+
+
+def resume_checkpoint(run_dir: str | Path) -> tuple[Path | None, int]:
+    """The checkpoint a run resumes from, and its step: the newest of `runfolder.checkpoint_candidates` that reads
+    (`checkpoint_step`) and holds the step its name says (a legacy `last.ckpt`: any step). Found by reading, never by
+    a name: a damaged newer one is passed over with one line on stderr. (None, 0): the run has no checkpoint; a
+    CheckpointError when it has some and none reads (starting at step 0 would throw the run away)."""
+    damaged: list[tuple[Path, str]] = []
+    for path in runfolder.checkpoint_candidates(run_dir):
+        try:
+            step = checkpoint_step(path)
+        except CheckpointError as e:
+            if not path.exists():  # pruned while read (a reader beside training): a newer one exists, list again
+                return resume_checkpoint(run_dir)
+            damaged.append((path, str(e)))
+            continue
+        named = runfolder.named_step(path)
+        if named is not None and named != step:
+            damaged.append((path, f"checkpoint {path} holds step {step}, not {named}"))
+            continue
+        if damaged:
+            print(f"warning: damaged checkpoint {', '.join(str(p) for p, _ in damaged)} passed over; resuming from "
+                  f"{path} (step {step})", file=sys.stderr, flush=True)
+        return path, step
+    if damaged:
+        raise CheckpointError(f"{damaged[0][1]}; no checkpoint of {run_dir} reads (allowed: move the damaged "
+                              f"checkpoints away to start the run afresh)")
+    return None, 0
+
+
+def evaluated_checkpoint(run_dir: str | Path) -> Path | None:
+    """The weights evaluation uses: best.safetensors (lowest EMA validation loss), else the run's last complete
+    checkpoint (`resume_checkpoint`); None: neither."""
+    best = runfolder.checkpoint_dir(run_dir) / runfolder.BEST
+    return best if best.is_file() else resume_checkpoint(run_dir)[0]
 
 
 def read_weights(path: Path) -> tuple[dict, int, float | None]:
@@ -75,8 +122,11 @@ def read_weights(path: Path) -> tuple[dict, int, float | None]:
 
 
 def load_weights(module, run_dir: Path) -> dict:
-    """Load `runfolder.evaluated_checkpoint` into the module; returns its path, step and EMA validation loss."""
+    """Load `evaluated_checkpoint` into the module; returns its path, step and EMA validation loss."""
     path = evaluated_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(f"{run_dir}: no checkpoints/{runfolder.BEST} and no step checkpoint (allowed: a run "
+                              f"folder written by python -m rfsweep)")
     state, step, score = read_weights(path)
     missing, unexpected = module.load_state_dict(state, strict=False)  # best.safetensors has no post-hoc EMAs
     wrong = [k for k in missing if not k.startswith(POSTHOC_PREFIX)] + list(unexpected)

@@ -44,6 +44,7 @@ import torch
 from analysis.__main__ import main as analysis_main
 from analysis.status import sweep_status
 from rfsweep.runfolder import read_outcome, read_status
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from rfsweep.wandb_env import run_id
 from tests.cluster import slurm_tools as st
 from tests.helpers import ROOT, _env, popen_cli
@@ -93,13 +94,12 @@ def run_of(sweeps: Path, name: str, dataset: str = "digits", variant: str = RF, 
 
 
 def ckpt_step(run: Path) -> int:
-    """The step of last.ckpt (a file, or FSDP's folder with its meta.pt); -1 while there is none."""
-    last = run / "checkpoints" / "last.ckpt"
+    """The step of the run's last complete checkpoint (a file, or FSDP's folder); -1 while there is none."""
     try:
-        return int(torch.load(last / "meta.pt" if last.is_dir() else last, map_location="cpu", weights_only=True,
-                              mmap=True)["global_step"])
-    except Exception:
+        path, step = resume_checkpoint(run)
+    except Exception:  # being written, or none reads yet
         return -1
+    return step if path is not None else -1
 
 
 def wait_for(what: str, ok, until: float, every: float = 0.2):
@@ -346,11 +346,11 @@ def _scenario_ok(cluster, name: str) -> None:
 
 
 def _state(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return torch.load(resume_checkpoint(run)[0], weights_only=True)["state_dict"]
 
 
 def _ranks_state(run: Path) -> dict:
-    last = run / "checkpoints" / "last.ckpt"
+    last, _ = resume_checkpoint(run)
     if not last.is_dir():
         return _state(run)
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

@@ -15,7 +15,7 @@ import pytest
 from analysis.__main__ import main as analysis_main
 from analysis.race_log import DecisionLog
 from rfsweep.runfolder import read_outcome, read_status
-from rfsweep.train.checkpoint_io import checkpoint_step
+from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.cluster.test_slurm import SLURM, common
 from tests.helpers import ROOT, _env
 
@@ -57,7 +57,7 @@ def test_a_raced_sweep_on_slurm_stops_at_its_rungs_and_reruns_to_the_same_log(tm
         run = status_file.parent
         status, variant = read_status(run), json.loads((run / "config.json").read_text())["formulation"]["variant"]
         assert status.get("slurm_job"), status  # every launch went through SLURM
-        step = checkpoint_step(run / "checkpoints" / "last.ckpt")
+        step = resume_checkpoint(run)[1]
         if variant in stopped:
             assert step == at[variant] and read_outcome(run)["outcome"] == "stopped", (run, step)
         else:

@@ -323,3 +323,53 @@ def test_a_rank_recording_a_failure_every_rank_raised_is_not_ended_by_its_watchd
     r = subprocess.run([sys.executable, "-c", _WATCHED.format(root=str(ROOT), run=str(tmp_path), mode="record")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "not ended" in r.stdout and "recorded" not in r.stdout, (r.stdout, r.stderr[-2000:])
+
+
+def test_whether_the_final_weights_are_saved_is_rank_0s_decision(tmp_path):
+    """Under FSDP saving the best weights is a collective: a rank that looked at the file system on its own (rank 1
+    does not see rank 0's best.safetensors yet, NFS) would enter it alone. Rank 0's answer is broadcast."""
+    from types import SimpleNamespace
+
+    from rfsweep.train.callbacks import BestWeights
+
+    saved = []
+    best = BestWeights(tmp_path / "missing-here.safetensors")  # rank 1's view: not there
+    best.save = lambda trainer, module: saved.append(trainer.global_step)
+    rank0_sees_it = SimpleNamespace(broadcast=lambda obj, src=0: True)  # rank 0's view, broadcast: it is there
+    trainer = SimpleNamespace(global_step=8, max_steps=8, is_global_zero=False, strategy=rank0_sees_it)
+    best.on_train_end(trainer, None)
+    assert saved == []
+    trainer.strategy = SimpleNamespace(broadcast=lambda obj, src=0: False)
+    best.on_train_end(trainer, None)
+    assert saved == [8]
+
+
+def test_the_process_group_waits_collective_timeout_s_not_lightnings_30_minutes():
+    from datetime import timedelta
+
+    from omegaconf import OmegaConf
+
+    from rfsweep.run.fit import _strategy
+
+    for strategy in ("ddp", "fsdp"):
+        tr = OmegaConf.create({"strategy": strategy, "devices": 2, "num_nodes": 1})
+        assert _strategy(tr, 90)._timeout == timedelta(seconds=90)
+
+
+def test_training_ends_the_process_group_before_rank_0_evaluates_alone(tmp_path):
+    """Rank 0 evaluates for hours after training while the other ranks have left: no process group may wait on them."""
+    import torch.distributed as dist
+
+    from rfsweep.cluster.signals import PreemptionGuard
+    from rfsweep.run.builders import build_module
+    from rfsweep.run.fit import fit
+
+    cfg = compose_cfg([*tiny(tmp_path, 2)], run_dir=str(tmp_path / "run"))
+    module, data = build_module(cfg, train=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        assert fit(cfg, module, data, tmp_path / "run", PreemptionGuard()) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

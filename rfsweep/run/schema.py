@@ -137,7 +137,8 @@ class EMAConf:
     snapshot_every: Optional[int] = rule(None, lambda v: v is None or positive_int(v),
                                          "null or an integer > 0 (steps between post-hoc EMA snapshots)")
     snapshot_dtype: Optional[str] = rule(None, lambda v: v in (None, "float32", "bfloat16", "float16"),
-                                         "null (float32), float32, bfloat16 or float16 (16 bit: half the disk)")
+                                         "null (float32), float32, float16 (half the disk; keeps the length signal) or "
+                                         "bfloat16 (loses it: docs/posthoc-ema.md)")
 
 
 @dataclass

@@ -41,8 +41,9 @@ def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",), ("ema=posthoc", "ema.snapshot_every=10")],
-                         ids=["plain", "shifted", "posthoc"])
+@pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",), ("ema=posthoc", "ema.snapshot_every=10"),
+                                   ("ema=posthoc", "ema.snapshot_every=40", "trainer.val_every=30")],
+                         ids=["plain", "shifted", "posthoc", "posthoc-best-step"])
 def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli(_args(a, extra))
@@ -65,7 +66,8 @@ def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
 
         assert any(k.startswith("phema.1.") for k in ca["state_dict"])
         sa, sb = (snapshot_steps(_last(x).parent / "posthoc") for x in (a, b))
-        assert sorted(sa) == sorted(sb) == list(range(10, STEPS + 1, 10))
+        every = int(next(e for e in extra if e.startswith("ema.snapshot_every=")).split("=")[1])
+        assert sorted(sa) == sorted(sb) and set(range(every, STEPS + 1, every)) | {STEPS} <= set(sa)
         for step in sa:
             ea, eb = read_snapshot(sa[step])[1], read_snapshot(sb[step])[1]
             assert all(torch.equal(ea[s][k], eb[s][k]) for s in ea for k in ea[s]), step

@@ -79,10 +79,6 @@ def _cross_checks(cfg: DictConfig) -> None:
     if cfg.eval.ema_lengths and not cfg.ema.sigma_rels:
         raise ConfigError(f"config error: eval.ema_lengths={list(cfg.eval.ema_lengths)} without post-hoc EMA "
                           f"snapshots (allowed: [] or with ema=posthoc / ema.sigma_rels=[...])")
-    if cfg.eval.ema_lengths and tr.val_every % cfg.ema.snapshot_every:
-        raise ConfigError(f"config error: trainer.val_every={tr.val_every} is not a multiple of ema.snapshot_every="
-                          f"{cfg.ema.snapshot_every} with eval.ema_lengths (allowed: a multiple: the evaluated step, "
-                          f"the best validation's, needs its snapshot)")
     if cfg.rung.stop_at is not None and cfg.rung.stop_at > tr.max_steps:
         raise ConfigError(f"config error: rung.stop_at={cfg.rung.stop_at} is beyond trainer.max_steps={tr.max_steps} "
                           f"(allowed: null or an integer in [1, {tr.max_steps}])")

@@ -108,7 +108,9 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     tr, ckpt_dir = cfg.trainer, runfolder.checkpoint_dir(run_dir)
     stop_at = cfg.rung.stop_at if cfg.rung.stop_at is not None and cfg.rung.stop_at < tr.max_steps else None
     periodic = PeriodicCheckpoint(run_dir, tr.ckpt_every, tr.keep_checkpoints)
-    best = BestWeights(ckpt_dir / runfolder.BEST)
+    posthoc = PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype or "float32") \
+        if cfg.ema.sigma_rels else None
+    best = BestWeights(ckpt_dir / runfolder.BEST, on_best=posthoc.at_best if posthoc else None)
     if tr.compile:
         module.net.compile()
     tidy_logging()
@@ -121,8 +123,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     callbacks = in_step_order([  # STEP_ORDER says why each sits where it does; None: not in this run
         agreement,
         EMAUpdate(),
-        PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype or "float32")
-        if cfg.ema.sigma_rels else None,
+        posthoc,
         best,
         BestValidation(tracker) if tracker is not None and tracker.run is not None else None,
         periodic,

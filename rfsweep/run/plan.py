@@ -80,11 +80,12 @@ def dry_run_line(cfg: DictConfig) -> str:
 
 
 def posthoc_disk(cfg: DictConfig, params: int) -> str:
-    """The post-hoc EMA snapshots' disk (every tracked EMA, every `ema.snapshot_every` steps and the last)."""
+    """The post-hoc EMA snapshots' disk (every tracked EMA, every `ema.snapshot_every` steps, the last, and at most
+    one more at the evaluated step when it lies off the cadence: `PostHocSnapshots.at_best`)."""
     if not cfg.ema.sigma_rels or not cfg.ema.snapshot_every:  # (the latter refused by the preflight)
         return ""
     steps, every = int(cfg.trainer.max_steps), int(cfg.ema.snapshot_every)
-    snapshots = steps // every + (1 if steps % every else 0)
+    snapshots = steps // every + (1 if steps % every else 0) + (1 if every > 1 else 0)
     dtype = cfg.ema.snapshot_dtype or "float32"
     size = snapshots * len(cfg.ema.sigma_rels) * params * (4 if dtype == "float32" else 2)
     return f" posthoc_snapshots={snapshots}x{len(cfg.ema.sigma_rels)} posthoc_disk={size / 2**30:.3g}GiB ({dtype})"

@@ -23,7 +23,7 @@ from rfsweep.backbones.flops import peak_flops
 from rfsweep.cluster.signals import PreemptionGuard, signal_name
 from rfsweep.console import progress_line
 from rfsweep.fence import LeaseLost, check_write, current, permits
-from rfsweep.train.posthoc_ema import write_snapshot
+from rfsweep.train.posthoc_ema import snapshot_steps, write_snapshot
 
 
 def sharded(trainer) -> bool:
@@ -75,22 +75,44 @@ class EMAUpdate(L.Callback):
 
 
 class PostHocSnapshots(L.Callback):
-    """Snapshots of the post-hoc EMAs (`rfsweep.train.posthoc_ema`) every `every` optimizer steps and at the last
-    step, after their update (it comes after EMAUpdate): rank 0 under DDP, every rank its shards under FSDP. A step
-    written before a pre-emption is written again, identically, by the resumed run."""
+    """Snapshots of the post-hoc EMAs (`rfsweep.train.posthoc_ema`) every `every` optimizer steps, at the last step,
+    and at the evaluated step (`at_best`: the step of the best weights, which the lengths are rebuilt at: the
+    mathematics needs a snapshot there, not a dense cadence; the previous best's extra snapshot is removed once
+    superseded), after their update (it comes after EMAUpdate): rank 0 under DDP, every rank its shards under FSDP.
+    A step written before a pre-emption is written again, identically, by the resumed run (which also replays the
+    validations that chose the best step)."""
 
     def __init__(self, folder: str | Path, every: int, dtype: str = "float32"):
         self.folder, self.every, self.dtype = Path(folder), int(every), getattr(torch, dtype)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if not completed_step(trainer, batch_idx) or not (step % self.every == 0 or step == trainer.max_steps):
-            return
+        if completed_step(trainer, batch_idx) and self.scheduled(step, trainer.max_steps):
+            self.write(trainer, pl_module)
+
+    def scheduled(self, step: int, max_steps: int) -> bool:
+        return step % self.every == 0 or step == max_steps
+
+    def write(self, trainer, pl_module) -> None:
+        step = trainer.global_step
         emas = dict(zip(pl_module.sigma_rels, pl_module.phema))
         if sharded(trainer):
             write_snapshot(self.folder, step, emas, trainer.global_rank, trainer.world_size, dtype=self.dtype)
         elif trainer.is_global_zero:
             write_snapshot(self.folder, step, emas, dtype=self.dtype)
+
+    def at_best(self, trainer, pl_module) -> None:
+        """The best weights moved to this step (every rank calls it, as BestWeights.save): a snapshot here unless the
+        cadence wrote one, and the extra snapshots of earlier best steps removed (rank 0)."""
+        step = trainer.global_step
+        if not self.scheduled(step, trainer.max_steps):
+            self.write(trainer, pl_module)
+        if trainer.is_global_zero:
+            for old, files in snapshot_steps(self.folder).items():
+                if old < step and not self.scheduled(old, trainer.max_steps):
+                    for f in files:
+                        check_write(f)
+                        f.unlink(missing_ok=True)
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -175,8 +197,8 @@ class BestWeights(L.Callback):
     loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
     far travels in the checkpoint, so a resumed run keeps comparing against it."""
 
-    def __init__(self, path: str | Path, monitor: str = "val/loss_ema"):
-        self.path, self.monitor = Path(path), monitor
+    def __init__(self, path: str | Path, monitor: str = "val/loss_ema", on_best=None):
+        self.path, self.monitor, self.on_best = Path(path), monitor, on_best  # on_best(trainer, module): every rank
         self.best_score: float | None = None
         self.best_step: int | None = None
 
@@ -187,6 +209,8 @@ class BestWeights(L.Callback):
         if self.best_score is None or float(value) < self.best_score:
             self.best_score, self.best_step = float(value), trainer.global_step
             self.save(trainer, pl_module)
+            if self.on_best is not None:  # the post-hoc EMAs' snapshot at the evaluated step
+                self.on_best(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         finished = trainer.global_step >= (trainer.max_steps or 0)  # not at a stop: the run goes on after a requeue

@@ -3,7 +3,9 @@
 The choice must not favour a run by the noise of the prompts it is reported on: each run's length is chosen per
 sampler setting on one half of the evaluation prompts (even prompt indices) by the config's `eval.ema_select`
 metric, and its metrics are reported from the other half (odd indices), recomputed from the evidence bank. The
-fixed-EMA rows are recomputed on the same half, so the two tables compare like with like.
+reference images split the same way (reference image i is the test image whose caption is prompt i): the choice
+sees the even prompts against the even images, the report the odd against the odd, so no image or prompt feeds both.
+The fixed-EMA rows are recomputed on the reporting half, so the two tables compare like with like.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def halves(e: SampleEvidence) -> tuple[np.ndarray, np.ndarray]:
     return even, ~even
 
 
+def reference_halves(features) -> tuple[tuple, tuple]:
+    """(choose, report): the reference (mu, sigma, features) of the even and of the odd reference images."""
+    feats = features.float()
+    out = []
+    for part in (feats[0::2], feats[1::2]):
+        out.append((*feature_stats(part.numpy()), part.half()))
+    return out[0], out[1]
+
+
 def run_select(results_dir: str) -> str:
     """The run's `eval.ema_select` from its config.json (fid when absent)."""
     try:
@@ -73,20 +84,20 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
                 for r in df[df["weights"] == "ema"].to_dict("records")}
     for run, part in post.groupby("run_dir", sort=False):
         bank = banks[run]
-        reference = (*feature_stats(bank.reference.float().numpy()), bank.reference)
+        ref_choose, ref_report = reference_halves(bank.reference)
         chosen_by = select or (run_select(part[RESULTS_DIR].iloc[0]) if RESULTS_DIR in part else SELECT_DEFAULT)
         better = max if METRICS[chosen_by].direction == "max" else min
-        b_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
-        f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference, {})
+        b_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference[1::2], {})  # the reporting half
+        f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference[1::2], {})
         for (steps, cfg), setting in part.groupby(["steps", "cfg"], sort=False):
             scored = []
             for _, row in setting.iterrows():
                 e = bank.settings[setting_key(row["weights"], steps, cfg)]
                 choose, report = halves(e)
-                value = metrics_of(_subset(e, choose), reference, [chosen_by])[chosen_by]
+                value = metrics_of(_subset(e, choose), ref_choose, [chosen_by])[chosen_by]
                 scored.append((value, row, _subset(e, report)))
             value, row, shown = better(scored, key=lambda x: x[0])
-            best.append({**row.to_dict(), **metrics_of(shown, reference), "weights": "ema",
+            best.append({**row.to_dict(), **metrics_of(shown, ref_report), "weights": "ema",
                          "n_samples": len(shown.prompt), "sigma_rel": posthoc_sigma_rel(row["weights"]),
                          "run_dir": f"{run}#best", "select": chosen_by, "select_value": value})
             b_bank.add("ema", steps, cfg, shown)
@@ -94,7 +105,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
             if key in bank.settings and (run, int(steps), float(cfg)) in ema_rows:  # banked, and its row written
                 base = ema_rows[(run, int(steps), float(cfg))]
                 e = _subset(bank.settings[key], halves(bank.settings[key])[1])
-                fixed.append({**base, **metrics_of(e, reference), "n_samples": len(e.prompt),
+                fixed.append({**base, **metrics_of(e, ref_report), "n_samples": len(e.prompt),
                               "run_dir": f"{run}#fixed"})
                 f_bank.add("ema", steps, cfg, e)
         banks_b[f"{run}#best"], banks_b[f"{run}#fixed"] = b_bank, f_bank

@@ -503,3 +503,30 @@ def test_the_evaluated_step_gets_a_snapshot_whatever_the_cadence(tmp_path):
     assert best in (30, 60, 90) and steps == sorted([50, 100, best]), (steps, best)  # one extra: the best step's
     rebuilt, info = reconstruct(run / "checkpoints" / "posthoc", 0.08, best)
     assert info["step"] == best and rebuilt
+
+
+def test_no_reference_image_or_prompt_feeds_both_the_choice_and_its_report(tmp_path):
+    """The FID reference splits by the prompts' parity too: changing the reporting half's reference images (odd)
+    never changes which length is chosen, and changing the choosing half's (even) never changes what is reported."""
+    import pandas as pd
+
+    from analysis.ema_choice import best_ema
+
+    bank = _bank_with({"phema0.05": (0.9, 0.1), "phema0.1": (0.5, 0.6), "ema": (0.3, 0.4)})
+    rows = pd.DataFrame([{"variant": "rf", "family": "rf", "dataset": "shapes", "backbone": "mlp", "seed": 0,
+                          "weights": w, "steps": 25, "cfg": 5.0, "clip_score": 0.5, "fid": 1.0, "n_samples": 40,
+                          "run_dir": "r1"} for (w, _, _) in bank.settings])
+    def shifted(half: int):
+        ref = bank.reference.clone().float()
+        ref[half::2] += torch.randn(ref[half::2].shape, generator=torch.Generator().manual_seed(half)) * 5
+        return {"r1": type(bank)(bank.evaluator_id, bank.ckpt_step, ref.half(), dict(bank.settings))}
+
+    base = best_ema(rows, {"r1": bank}, select="fid")[0].iloc[0]
+    got = best_ema(rows, shifted(1), select="fid")[0].iloc[0]  # the reporting half's images moved
+    assert got["sigma_rel"] == base["sigma_rel"] and got["select_value"] == pytest.approx(base["select_value"])
+    assert got["fid"] != pytest.approx(base["fid"])  # (they do feed the report)
+    got = best_ema(rows, shifted(0), select="fid")[0].iloc[0]  # the choosing half's images moved
+    assert got["select_value"] != pytest.approx(base["select_value"])  # (they do feed the choice)
+    base = best_ema(rows, {"r1": bank}, select="clip_score")[0].iloc[0]  # a choice by CLIP: the same length
+    got = best_ema(rows, shifted(0), select="clip_score")[0].iloc[0]
+    assert got["sigma_rel"] == base["sigma_rel"] and got["fid"] == pytest.approx(base["fid"], rel=1e-12)

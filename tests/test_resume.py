@@ -42,7 +42,8 @@ def _wait_for_step(proc, root: Path, step: int, timeout: float = 240) -> int:
 
 @pytest.mark.long
 @pytest.mark.parametrize("extra", [(), ("trainer.shift=3.0",), ("ema=posthoc", "ema.snapshot_every=10"),
-                                   ("ema=posthoc", "ema.snapshot_every=40", "trainer.val_every=30")],
+                                   ("ema=posthoc", "ema.snapshot_every=40", "trainer.val_every=30",
+                                    "trainer.ckpt_every=40")],
                          ids=["plain", "shifted", "posthoc", "posthoc-best-step"])
 def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -68,6 +69,10 @@ def test_sigkill_then_same_command_matches_uninterrupted_run(tmp_path, extra):
         sa, sb = (snapshot_steps(_last(x).parent / "posthoc") for x in (a, b))
         every = int(next(e for e in extra if e.startswith("ema.snapshot_every=")).split("=")[1])
         assert sorted(sa) == sorted(sb) and set(range(every, STEPS + 1, every)) | {STEPS} <= set(sa)
+        from safetensors import safe_open
+
+        with safe_open(str(_last(b).parent / "best.safetensors"), framework="pt") as f:
+            assert int(f.metadata()["step"]) in sb  # the evaluated step has its snapshot (its own, off the cadence)
         for step in sa:
             ea, eb = read_snapshot(sa[step])[1], read_snapshot(sb[step])[1]
             assert all(torch.equal(ea[s][k], eb[s][k]) for s in ea for k in ea[s]), step

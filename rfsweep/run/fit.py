@@ -110,7 +110,7 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     periodic = PeriodicCheckpoint(run_dir, tr.ckpt_every, tr.keep_checkpoints)
     posthoc = PostHocSnapshots(ckpt_dir / POSTHOC_FOLDER, cfg.ema.snapshot_every, cfg.ema.snapshot_dtype or "float32") \
         if cfg.ema.sigma_rels else None
-    best = BestWeights(ckpt_dir / runfolder.BEST, on_best=posthoc.at_best if posthoc else None)
+    best = BestWeights(ckpt_dir / runfolder.BEST, posthoc=posthoc)
     if tr.compile:
         module.net.compile()
     tidy_logging()

@@ -23,7 +23,7 @@ from rfsweep.backbones.flops import peak_flops
 from rfsweep.cluster.signals import PreemptionGuard, signal_name
 from rfsweep.console import progress_line
 from rfsweep.fence import LeaseLost, check_write, current, permits
-from rfsweep.train.posthoc_ema import snapshot_steps, write_snapshot
+from rfsweep.train.posthoc_ema import snapshot_step_of, write_snapshot
 
 
 def sharded(trainer) -> bool:
@@ -102,17 +102,22 @@ class PostHocSnapshots(L.Callback):
             write_snapshot(self.folder, step, emas, dtype=self.dtype)
 
     def at_best(self, trainer, pl_module) -> None:
-        """The best weights moved to this step (every rank calls it, as BestWeights.save): a snapshot here unless the
-        cadence wrote one, and the extra snapshots of earlier best steps removed (rank 0)."""
-        step = trainer.global_step
-        if not self.scheduled(step, trainer.max_steps):
+        """The best weights move to this step (every rank calls it, as BestWeights.save, before best.safetensors is
+        written: the evaluated step never lacks its snapshot): a snapshot here unless the cadence wrote one."""
+        if not self.scheduled(trainer.global_step, trainer.max_steps):
             self.write(trainer, pl_module)
-        if trainer.is_global_zero:
-            for old, files in snapshot_steps(self.folder).items():
-                if old < step and not self.scheduled(old, trainer.max_steps):
-                    for f in files:
-                        check_write(f)
-                        f.unlink(missing_ok=True)
+
+    def after_best(self, trainer) -> None:
+        """best.safetensors now names this step: the extra snapshots of earlier best steps go (rank 0; every set of
+        files of such a step, whatever world size wrote it)."""
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        for f in sorted(self.folder.glob("step*.safetensors")):
+            old = snapshot_step_of(f)
+            if old is not None and old < step and not self.scheduled(old, trainer.max_steps):
+                check_write(f)
+                f.unlink(missing_ok=True)
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -197,8 +202,8 @@ class BestWeights(L.Callback):
     loss (Sec. 5.1: the evaluated step), written atomically with its step and score as metadata. The best score so
     far travels in the checkpoint, so a resumed run keeps comparing against it."""
 
-    def __init__(self, path: str | Path, monitor: str = "val/loss_ema", on_best=None):
-        self.path, self.monitor, self.on_best = Path(path), monitor, on_best  # on_best(trainer, module): every rank
+    def __init__(self, path: str | Path, monitor: str = "val/loss_ema", posthoc: PostHocSnapshots | None = None):
+        self.path, self.monitor, self.posthoc = Path(path), monitor, posthoc  # the post-hoc EMAs' snapshots, if any
         self.best_score: float | None = None
         self.best_step: int | None = None
 
@@ -208,9 +213,11 @@ class BestWeights(L.Callback):
             return
         if self.best_score is None or float(value) < self.best_score:
             self.best_score, self.best_step = float(value), trainer.global_step
+            if self.posthoc is not None:  # the post-hoc EMAs' snapshot at the evaluated step, written first
+                self.posthoc.at_best(trainer, pl_module)
             self.save(trainer, pl_module)
-            if self.on_best is not None:  # the post-hoc EMAs' snapshot at the evaluated step
-                self.on_best(trainer, pl_module)
+            if self.posthoc is not None:  # then the superseded best steps' snapshots go
+                self.posthoc.after_best(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         finished = trainer.global_step >= (trainer.max_steps or 0)  # not at a stop: the run goes on after a requeue

@@ -101,6 +101,12 @@ def write_snapshot(folder: str | Path, step: int, emas: dict[float, nn.Module], 
     return atomic_save_tensors(tensors, snapshot_path(Path(folder), step, rank, world), metadata=meta)
 
 
+def snapshot_step_of(path: Path) -> int | None:
+    """The step of a snapshot file (any rank's shard), from its name; None for another file."""
+    m = _NAME.match(path.name)
+    return int(m.group(1)) if m else None
+
+
 def snapshot_steps(folder: str | Path) -> dict[int, list[Path]]:
     """{step: its files in rank order} of the complete snapshots in `folder`: every rank's shard of one world size
     present; where a step was written by runs of two world sizes (a resume on other devices), the newest complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -35,12 +36,28 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 
+_PORTS = itertools.count()
+
+
+def _cli_env(args: list[str]) -> dict:
+    """A run of several devices through Lightning's own launcher picks its rendezvous port by binding port 0 and
+    releasing it; two test workers doing so at once can be handed the same port (EADDRINUSE, seen under xdist).
+    Such runs get a port of their own: a range per xdist worker and pytest process, below the ephemeral ports."""
+    env = _env()
+    several = any(a.startswith("trainer.devices=") and a.split("=", 1)[1] not in ("1", "auto") for a in args)
+    if several and not any("launcher=slurm" in a for a in args) and "MASTER_PORT" not in os.environ:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+        slot = (int(worker) if worker.isdigit() else 0) * 2000 + (os.getpid() % 4) * 500
+        env["MASTER_PORT"] = str(20000 + slot + next(_PORTS) % 500)
+    return env
+
+
 def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_cli_env(args),
+                          capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def popen_cli(args: list[str], nice: int = 0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_env(),
+    return subprocess.Popen([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_cli_env(args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)

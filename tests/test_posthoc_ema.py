@@ -454,14 +454,6 @@ def test_a_length_the_snapshots_match_poorly_is_flagged_in_one_line(tmp_path, ca
     assert fit_error(steps, gammas, 400, gamma_of(0.25), x) < FIT_TOLERANCE / 2
 
 
-class _Weights:
-    def __init__(self, state):
-        self.state = state
-
-    def state_dict(self):
-        return self.state
-
-
 def test_float16_snapshots_keep_the_length_signal_and_bfloat16_loses_it(tmp_path):
     """What a 16-bit snapshot must keep is the difference between lengths, not the weights: the error of a rebuilt
     non-tracked length (0.08 from 0.05 and 0.10) relative to the 0.05-0.10 distance, with that distance 1% of the
@@ -476,7 +468,7 @@ def test_float16_snapshots_keep_the_length_signal_and_bfloat16_loses_it(tmp_path
         folder = tmp_path / str(dtype)
         for step, files in snapshot_steps(tmp_path / "f32").items():
             _, snap = read_snapshot(files)
-            write_snapshot(folder, step, {r: _Weights({k: v + offset for k, v in snap[r].items()}) for r in TRACKED},
+            write_snapshot(folder, step, {r: _States({k: v + offset for k, v in snap[r].items()}) for r in TRACKED},
                            dtype=dtype)
         errors[dtype] = _distance(reconstruct(folder, TARGET)[0], direct) / scale
     assert errors[torch.float32] < 0.002 and errors[torch.float16] < 0.05 and errors[torch.bfloat16] > 0.10, errors
@@ -487,7 +479,7 @@ def test_a_float16_snapshot_keeps_a_tensor_beyond_its_range_in_float32(tmp_path)
 
     from safetensors import safe_open
 
-    big = _Weights({"w": torch.tensor([1.0, 7e4]), "b": torch.tensor([0.5, -2.0])})
+    big = _States({"w": torch.tensor([1.0, 7e4]), "b": torch.tensor([0.5, -2.0])})
     path = write_snapshot(tmp_path, 10, {0.05: big}, dtype=torch.float16)
     _, stored = read_snapshot(snapshot_steps(tmp_path)[10])
     assert stored[0.05]["w"].dtype == torch.float32 and stored[0.05]["w"][1] == 7e4  # not inf

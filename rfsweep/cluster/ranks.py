@@ -227,9 +227,10 @@ class Launch:
                 return None
             time.sleep(0.2)
 
-    def lowest_living(self) -> bool:
-        """Whether this rank is the lowest one still alive (it records a peer's death and requeues the job)."""
-        dead = set(self.dead_peers())
+    def lowest_living(self, dead=None) -> bool:
+        """Whether this rank is the lowest one still alive, `dead` the dead ranks (default: read now); it records a
+        peer's death and requeues the job."""
+        dead = set(self.dead_peers() if dead is None else dead)
         return self.rank == min(set(range(self.world)) - dead)
 
     def _watch(self) -> None:
@@ -261,7 +262,7 @@ class Launch:
             self._say(f"{self.rank}.failed", False, f"stopped: {reason}")
         except OSError:
             pass
-        if self.on_peer_lost is not None and self.rank == min(set(range(self.world)) - set(dead)):
+        if self.on_peer_lost is not None and self.lowest_living(dead):
             try:
                 self.on_peer_lost(reason, requeue)
             except Exception as e:

@@ -153,7 +153,8 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
     # inside the handler and end the run with SIGTERMException: the job's guard notes every signal instead
     trainer._signal_connector.register_signal_handlers = guard.install
     if process_rank() == 0:
-        runfolder.write_status(run_dir, "running", step=resume_step(resume), max_steps=int(tr.max_steps))
+        runfolder.write_status(run_dir, "running", step=checkpoint_step(resume) if resume else 0,
+                               max_steps=int(tr.max_steps))
         write_model_info(module, run_dir, tr.batch_size)
     with _quiet():
         trainer.fit(module, data, ckpt_path=str(resume) if resume else None)
@@ -168,10 +169,6 @@ def fit(cfg: DictConfig, module, data, run_dir: Path, guard: PreemptionGuard, tr
                                best_val_loss_ema=best.best_score,
                                **({"steps_per_s": round(rate, 4)} if rate is not None else {}))
     return trainer.global_step
-
-
-def resume_step(resume: Path | None) -> int:
-    return checkpoint_step(resume) if resume else 0
 
 
 def _end_process_group() -> None:

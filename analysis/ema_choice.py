@@ -8,11 +8,15 @@ sees the even prompts against the even images, the report the odd against the od
 reference image feeds both (a caption text may still occur in both halves: on shapes 151 of 395 distinct test
 captions do, on colour_digits 25 of 133).
 The fixed-EMA rows are recomputed on the reporting half, so the two tables compare like with like.
+A length whose rebuilt profile missed its target (results column `fit_error` above
+`rfsweep.train.posthoc_ema.FIT_TOLERANCE`) is not a candidate: a line names it; a setting with no other is refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,8 @@ from analysis.ranking import PANEL_KEYS, backbone_labels, panels
 from rfsweep.evaluation.bank import EvidenceBank, SampleEvidence, setting_key
 from rfsweep.evaluation.statistics import feature_stats
 from rfsweep.metrics import METRICS, Evidence
-from rfsweep.results import REAL, posthoc_sigma_rel
+from rfsweep.results import FIT_ERROR, REAL, posthoc_sigma_rel
+from rfsweep.train.posthoc_ema import FIT_TOLERANCE
 
 SELECT_DEFAULT = "fid"
 
@@ -31,6 +36,23 @@ SELECT_DEFAULT = "fid"
 def posthoc_rows(df: pd.DataFrame) -> pd.Series:
     """Which rows hold post-hoc EMA weights (phema<sigma_rel>)."""
     return df["weights"].map(lambda w: posthoc_sigma_rel(w) is not None)
+
+
+def _poor(row) -> bool:
+    err = row.get(FIT_ERROR, math.nan)
+    return err is not None and not math.isnan(err) and err > FIT_TOLERANCE
+
+
+def _candidates(run: str, steps, cfg, setting: pd.DataFrame) -> pd.DataFrame:
+    """The setting's post-hoc rows whose fit is good enough to be chosen (a line names the others)."""
+    poor = setting.apply(_poor, axis=1) if FIT_ERROR in setting else pd.Series(False, index=setting.index)
+    for _, row in setting[poor].iterrows():
+        print(f"warning: {run} {row['weights']} (steps {steps}, cfg {cfg:g}) not chosen: profile fit error "
+              f"{row[FIT_ERROR]:.1%} > {FIT_TOLERANCE:.0%}", file=sys.stderr, flush=True)
+    if poor.all():
+        raise ValueError(f"{run}: every post-hoc EMA length at steps {steps}, cfg {cfg:g} fits its profile poorly "
+                         f"(fit_error > {FIT_TOLERANCE:.0%}; allowed: at least one within it)")
+    return setting[~poor]
 
 
 def _subset(e: SampleEvidence, keep: np.ndarray) -> SampleEvidence:
@@ -93,7 +115,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
         f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference[1::2], {})
         for (steps, cfg), setting in part.groupby(["steps", "cfg"], sort=False):
             scored = []
-            for _, row in setting.iterrows():
+            for _, row in _candidates(run, steps, cfg, setting).iterrows():
                 e = bank.settings[setting_key(row["weights"], steps, cfg)]
                 choose, report = halves(e)
                 value = metrics_of(_subset(e, choose), ref_choose, [chosen_by])[chosen_by]

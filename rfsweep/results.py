@@ -28,6 +28,8 @@ MANIFEST_FILE = "manifest.json"
 KEYS = ("variant", "family", "dataset", "backbone", "weights", "steps", "cfg")  # one setting of one run
 TAIL = ("n_samples", "ckpt_step", "val_loss", "seed", "run_dir")
 EVALUATOR = "evaluator"  # optional column: the evaluator's id (files written before it existed lack it)
+FIT_ERROR = "fit_error"  # optional column: a post-hoc EMA row's profile fit error (rfsweep.train.posthoc_ema)
+OPTIONAL = (EVALUATOR, FIT_ERROR)
 UNRECORDED = "unrecorded"
 
 
@@ -90,10 +92,12 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ResultsError(f"missing columns {missing}; required: {list(cols)}")
-    df = df.loc[:, list(cols) + ([EVALUATOR] if EVALUATOR in df.columns else [])].copy()
+    df = df.loc[:, list(cols) + [c for c in OPTIONAL if c in df.columns]].copy()
     if EVALUATOR in df.columns:
         df[EVALUATOR] = _evaluator_column(df)
-    for col, dtype in {**_DTYPES, **{m: "float64" for m in metric_names()}}.items():
+    numeric = {**_DTYPES, **{m: "float64" for m in metric_names()}}
+    numeric.update({FIT_ERROR: "float64"} if FIT_ERROR in df else {})
+    for col, dtype in numeric.items():
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna() & df[col].notna()
         if bad.any():
@@ -116,6 +120,8 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
         ok = df[col].map(math.isfinite) | (df[col].isna() if col in unranked_metrics() else False)
         if not ok.all():
             raise ResultsError(f"column {col!r} must be finite, got {df[col][~ok].iloc[0]}")
+    if FIT_ERROR in df and (df[FIT_ERROR] < 0).any():  # NaN: not a post-hoc row
+        raise ResultsError(f"column {FIT_ERROR!r} must be >= 0 or empty")
     if (df["n_samples"] < 0).any():
         raise ResultsError("column 'n_samples' must be >= 0")
     if (df["steps"] < 0).any():

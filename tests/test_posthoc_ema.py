@@ -287,17 +287,42 @@ def test_the_best_length_is_chosen_on_one_half_of_the_prompts_and_reported_on_th
     assert chosen["select"] == "clip_score" and chosen["sigma_rel"] == 0.05
 
 
-def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path):
+def test_a_poorly_fitted_length_is_never_chosen(tmp_path, capfd):
+    """The length that wins on the choosing half (0.05) but whose rebuild missed its profile (fit_error 5%, beyond
+    FIT_TOLERANCE) is passed over in one line for the next (0.1); every length poor: refused."""
+    import json
+
+    import pandas as pd
+
+    from analysis.ema_choice import best_ema
+
+    (tmp_path / "config.json").write_text(json.dumps({"eval": {"ema_select": "clip_score"}}))
+    bank = _bank_with({"phema0.05": (0.9, 0.1), "phema0.1": (0.5, 0.6)})
+    rows = pd.DataFrame([{"variant": "rf", "family": "rf", "dataset": "shapes", "backbone": "mlp", "seed": 0,
+                          "weights": w, "steps": 25, "cfg": 5.0, "clip_score": float(e.similarity.mean()), "fid": 1.0,
+                          "n_samples": 40, "run_dir": "r1", "results_dir": str(tmp_path),
+                          "fit_error": 0.05 if w == "phema0.05" else 0.003}
+                         for (w, _, _), e in bank.settings.items()])
+    assert best_ema(rows, {"r1": bank})[0].iloc[0]["sigma_rel"] == 0.1
+    assert "r1 phema0.05 (steps 25, cfg 5) not chosen: profile fit error 5.0% > 2%" in capfd.readouterr().err
+    with pytest.raises(ValueError, match="every post-hoc EMA length at steps 25, cfg 5 fits its profile poorly"):
+        best_ema(rows.assign(fit_error=0.05), {"r1": bank})
+
+
+def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path, monkeypatch):
     """eval.ema_lengths: one results row and bank entry per length and setting (phema<sigma_rel>); the length the run
     tracked (0.05) rebuilt at the evaluated step samples what that EMA itself samples; the run counts as finished
-    only with them."""
+    only with them. The lengths are rebuilt in one pass, and each row carries its profile's fit error."""
+    import rfsweep.run.eval_stage as eval_stage
     from rfsweep.cluster.signals import PreemptionGuard
     from rfsweep.evaluation.bank import EvidenceBank
+    from rfsweep.results import read_results
     from rfsweep.run.builders import build_module
     from rfsweep.run.eval_stage import PostHocNets, configured_evaluator, evaluate_run
     from rfsweep.run.fit import fit
     from rfsweep.run.job import expected_results
     from rfsweep.train.checkpoint_io import load_weights
+    from rfsweep.train.posthoc_ema import reconstruct_many
     from tests.helpers import compose_cfg
 
     run = tmp_path / "run"
@@ -308,8 +333,19 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     module, data = build_module(cfg)
     fit(cfg, module, data, run, PreemptionGuard())
     info = load_weights(module, run)
+    passes = []
+
+    def counted(folder, sigma_rels, step):
+        passes.append(list(sigma_rels))
+        return reconstruct_many(folder, sigma_rels, step)
+
+    monkeypatch.setattr(eval_stage, "reconstruct_many", counted)
     rows = evaluate_run(cfg, module, run, info, [(2, 5.0)], configured_evaluator(cfg))
     assert sorted(r["weights"] for r in rows) == ["ema", "phema0.05", "phema0.2", "real"]
+    assert passes == [[0.05, 0.2]]  # both lengths in one pass over the snapshots
+    errors = {r["weights"]: r.get("fit_error") for r in rows}
+    assert errors["phema0.05"] < 1e-6 and 0 < errors["phema0.2"] < 0.5 and errors["ema"] is None
+    assert read_results(run / "results.csv").set_index("weights")["fit_error"].notna().sum() == 2
     bank = EvidenceBank.load(run / "evidence.safetensors")
     assert bank.has("phema0.2", 2, 5.0) and bank.ckpt_step == info["step"]
     rebuilt = PostHocNets(module, run, info["step"]).get("phema0.05")

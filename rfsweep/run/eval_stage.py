@@ -8,6 +8,7 @@ per-sample evidence goes to the run's evidence bank (`rfsweep.evaluation.bank`) 
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts, evaluat
 from rfsweep.evaluation.reference import real_reference_row, reference_stats
 from rfsweep.results import (
     EVALUATOR,
+    FIT_ERROR,
     REAL,
     REAL_VARIANT,
     RESULTS_FILE,
@@ -39,7 +41,7 @@ from rfsweep.results import (
 )
 from rfsweep.train.ema import make_ema
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
-from rfsweep.train.posthoc_ema import reconstruct
+from rfsweep.train.posthoc_ema import reconstruct_many
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -123,21 +125,43 @@ def evaluated_weights(cfg: DictConfig) -> list[str]:
 
 class PostHocNets:
     """The networks of post-hoc EMA weights (phema<sigma_rel>), rebuilt from the run's snapshots at the evaluated step
-    when first sampled; one held at a time (evaluation goes weights by weights). Other weights pass through."""
+    when first sampled: the lengths of `names` in one pass over the snapshots (`reconstruct_many`), as many at a time
+    as half the free host memory holds (the rest in later passes); one network held at a time (evaluation goes
+    weights by weights). `fit_error(name)`: the rebuilt profile's fit error. Other weights pass through."""
 
-    def __init__(self, module, run_dir: Path, step: int):
+    def __init__(self, module, run_dir: Path, step: int, names=()):
         self.module, self.folder, self.step = module, runfolder.checkpoint_dir(run_dir) / POSTHOC_FOLDER, int(step)
+        self.order = [n for n in names if posthoc_sigma_rel(n) is not None]
+        self.states: dict[str, dict] = {}
+        self.infos: dict[str, dict] = {}
         self.name, self.net = None, None
 
+    def _per_pass(self) -> int:
+        model = sum(t.numel() * 4 for t in self.module.net.state_dict().values())  # one float32 model per length
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(1, free // 2 // max(model, 1))
+
+    def _rebuild(self, weights: str) -> None:
+        rest = [n for n in self.order if n not in self.infos and n != weights]
+        group = [weights, *rest[:self._per_pass() - 1]]
+        by_sigma = {posthoc_sigma_rel(n): n for n in group}
+        self.states = {}  # the previous pass's lengths are evaluated: evaluation goes weights by weights
+        states, infos = reconstruct_many(self.folder, list(by_sigma), self.step)
+        for sigma_rel, name in by_sigma.items():
+            self.states[name], self.infos[name] = states[sigma_rel], infos[sigma_rel]
+
+    def fit_error(self, weights: str) -> float | None:
+        return self.infos[weights]["fit_error"] if weights in self.infos else None
+
     def get(self, weights: str):
-        sigma_rel = posthoc_sigma_rel(weights)
-        if sigma_rel is None:
+        if posthoc_sigma_rel(weights) is None:
             return weights
         if self.name != weights:
-            state, _ = reconstruct(self.folder, sigma_rel, self.step)
+            if weights not in self.states:
+                self._rebuild(weights)
             self.net = None
             net = make_ema(self.module.net)
-            net.load_state_dict(state)
+            net.load_state_dict(self.states.pop(weights))
             self.name, self.net = weights, net.to(self.module.device)
         return self.net
 
@@ -168,14 +192,14 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
         rows.append({**common, **real, "variant": REAL_VARIANT, "family": REAL, "ckpt_step": 0, "val_loss": None})
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
-    rebuilt = PostHocNets(module, run_dir, info["step"])
+    weights = evaluated_weights(cfg)
+    rebuilt = PostHocNets(module, run_dir, info["step"], weights)
 
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seeds: list[int]) -> torch.Tensor:
         with sampling_precision(cfg, module.device):
             return module.generate(captions, steps=steps, guidance=guidance, shift=shift, seed=seeds,
                                    weights=rebuilt.get(weights)).float()
 
-    weights = evaluated_weights(cfg)
     skip = {(w, int(s), round(float(c), 6)) for w, s, c in done}  # as `evaluate` matches them
     todo = [(w, int(s), float(c)) for w in weights for s, c in settings
             if (w, int(s), round(float(c), 6)) not in skip]
@@ -186,7 +210,8 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
         bank.save(out / BANK_FILE)
 
     def keep(row: dict) -> None:
-        rows.append({**common, **row})
+        err = rebuilt.fit_error(row["weights"])
+        rows.append({**common, **row, **({FIT_ERROR: err} if err is not None else {})})
         write_results(out / RESULTS_FILE, rows)
         progress.finish()
 

@@ -43,16 +43,23 @@ def _poor(row) -> bool:
     return err is not None and not math.isnan(err) and err > FIT_TOLERANCE
 
 
-def _candidates(run: str, steps, cfg, setting: pd.DataFrame) -> pd.DataFrame:
-    """The setting's post-hoc rows whose fit is good enough to be chosen (a line names the others)."""
+def _candidates(run: str, steps, cfg, setting: pd.DataFrame, passed_over: dict) -> pd.DataFrame:
+    """The setting's post-hoc rows whose fit is good enough to be chosen; the others are counted in `passed_over`
+    (weights -> [run-settings, largest fit error])."""
     poor = setting.apply(_poor, axis=1) if FIT_ERROR in setting else pd.Series(False, index=setting.index)
-    for _, row in setting[poor].iterrows():
-        print(f"warning: {run} {row['weights']} (steps {steps}, cfg {cfg:g}) not chosen: profile fit error "
-              f"{row[FIT_ERROR]:.1%} > {FIT_TOLERANCE:.0%}", file=sys.stderr, flush=True)
     if poor.all():
         raise ValueError(f"{run}: every post-hoc EMA length at steps {steps}, cfg {cfg:g} fits its profile poorly "
                          f"(fit_error > {FIT_TOLERANCE:.0%}; allowed: at least one within it)")
+    for _, row in setting[poor].iterrows():
+        seen = passed_over.setdefault(row["weights"], [0, 0.0])
+        seen[0], seen[1] = seen[0] + 1, max(seen[1], float(row[FIT_ERROR]))
     return setting[~poor]
+
+
+def _say_passed_over(passed_over: dict) -> None:
+    for weights, (n, err) in sorted(passed_over.items()):
+        print(f"warning: {weights} not chosen in {n} run-settings: profile fit error up to {err:.1%} > "
+              f"{FIT_TOLERANCE:.0%} (rfsweep.train.posthoc_ema.FIT_TOLERANCE)", file=sys.stderr, flush=True)
 
 
 def _subset(e: SampleEvidence, keep: np.ndarray) -> SampleEvidence:
@@ -103,7 +110,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
     post = df[posthoc_rows(df)]
     if post.empty:
         raise ValueError("no post-hoc EMA rows (weights phema<sigma_rel>): evaluate with eval.ema_lengths=[...]")
-    best, fixed, banks_b = [], [], {}
+    best, fixed, banks_b, passed_over = [], [], {}, {}
     ema_rows = {(r["run_dir"], int(r["steps"]), float(r["cfg"])): r  # each run's fixed-EMA row per setting
                 for r in df[df["weights"] == "ema"].to_dict("records")}
     for run, part in post.groupby("run_dir", sort=False):
@@ -115,7 +122,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
         f_bank = EvidenceBank(bank.evaluator_id, bank.ckpt_step, bank.reference[1::2], {})
         for (steps, cfg), setting in part.groupby(["steps", "cfg"], sort=False):
             scored = []
-            for _, row in _candidates(run, steps, cfg, setting).iterrows():
+            for _, row in _candidates(run, steps, cfg, setting, passed_over).iterrows():
                 e = bank.settings[setting_key(row["weights"], steps, cfg)]
                 choose, report = halves(e)
                 value = metrics_of(_subset(e, choose), ref_choose, [chosen_by])[chosen_by]
@@ -133,6 +140,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
                               "run_dir": f"{run}#fixed"})
                 f_bank.add("ema", steps, cfg, e)
         banks_b[f"{run}#best"], banks_b[f"{run}#fixed"] = b_bank, f_bank
+    _say_passed_over(passed_over)
     real = df[df["weights"] == REAL]
     return (pd.concat([pd.DataFrame(best), real], ignore_index=True),
             pd.concat([pd.DataFrame(fixed), real], ignore_index=True), banks_b)

@@ -304,7 +304,9 @@ def test_a_poorly_fitted_length_is_never_chosen(tmp_path, capfd):
                           "fit_error": 0.05 if w == "phema0.05" else 0.003}
                          for (w, _, _), e in bank.settings.items()])
     assert best_ema(rows, {"r1": bank})[0].iloc[0]["sigma_rel"] == 0.1
-    assert "r1 phema0.05 (steps 25, cfg 5) not chosen: profile fit error 5.0% > 2%" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "warning: phema0.05 not chosen in 1 run-settings: profile fit error up to 5.0% > 2%" in err
+    assert err.count("\n") == 1  # one line per length, however many runs and settings
     with pytest.raises(ValueError, match="every post-hoc EMA length at steps 25, cfg 5 fits its profile poorly"):
         best_ema(rows.assign(fit_error=0.05), {"r1": bank})
 

@@ -56,7 +56,10 @@ def _candidates(run: str, steps, cfg, setting: pd.DataFrame, passed_over: dict) 
     return setting[~poor]
 
 
-def _say_passed_over(passed_over: dict) -> None:
+def _say_passed_over(passed_over: dict, unchecked: int) -> None:
+    if unchecked:
+        print(f"warning: {unchecked} post-hoc EMA rows have no fit_error (results written before rows carried it): "
+              f"their fit is not checked", file=sys.stderr, flush=True)
     for weights, (n, err) in sorted(passed_over.items()):
         print(f"warning: {weights} not chosen in {n} run-settings: profile fit error up to {err:.1%} > "
               f"{FIT_TOLERANCE:.0%} (rfsweep.train.posthoc_ema.FIT_TOLERANCE)", file=sys.stderr, flush=True)
@@ -140,7 +143,7 @@ def best_ema(df: pd.DataFrame, banks: dict[str, EvidenceBank],
                               "run_dir": f"{run}#fixed"})
                 f_bank.add("ema", steps, cfg, e)
         banks_b[f"{run}#best"], banks_b[f"{run}#fixed"] = b_bank, f_bank
-    _say_passed_over(passed_over)
+    _say_passed_over(passed_over, int(post[FIT_ERROR].isna().sum()) if FIT_ERROR in post else len(post))
     real = df[df["weights"] == REAL]
     return (pd.concat([pd.DataFrame(best), real], ignore_index=True),
             pd.concat([pd.DataFrame(fixed), real], ignore_index=True), banks_b)

@@ -120,8 +120,13 @@ def validate_rows(df: pd.DataFrame) -> pd.DataFrame:
         ok = df[col].map(math.isfinite) | (df[col].isna() if col in unranked_metrics() else False)
         if not ok.all():
             raise ResultsError(f"column {col!r} must be finite, got {df[col][~ok].iloc[0]}")
-    if FIT_ERROR in df and (df[FIT_ERROR] < 0).any():  # NaN: not a post-hoc row
-        raise ResultsError(f"column {FIT_ERROR!r} must be >= 0 or empty")
+    if FIT_ERROR in df:
+        post = df["weights"].map(lambda w: posthoc_sigma_rel(w) is not None)
+        ok = df[FIT_ERROR].isna() | (post & df[FIT_ERROR].map(math.isfinite) & (df[FIT_ERROR] >= 0))
+        if not ok.all():
+            raise ResultsError(f"column {FIT_ERROR!r} has {df[FIT_ERROR][~ok].iloc[0]} for weights "
+                               f"{df['weights'][~ok].iloc[0]!r} (allowed: a finite number >= 0 on {POSTHOC}<sigma_rel> "
+                               f"rows, else empty)")
     if (df["n_samples"] < 0).any():
         raise ResultsError("column 'n_samples' must be >= 0")
     if (df["steps"] < 0).any():

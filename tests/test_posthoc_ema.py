@@ -309,6 +309,9 @@ def test_a_poorly_fitted_length_is_never_chosen(tmp_path, capfd):
     assert err.count("\n") == 1  # one line per length, however many runs and settings
     with pytest.raises(ValueError, match="every post-hoc EMA length at steps 25, cfg 5 fits its profile poorly"):
         best_ema(rows.assign(fit_error=0.05), {"r1": bank})
+    capfd.readouterr()
+    assert best_ema(rows.drop(columns="fit_error"), {"r1": bank})[0].iloc[0]["sigma_rel"] == 0.05  # an older file
+    assert "2 post-hoc EMA rows have no fit_error" in capfd.readouterr().err
 
 
 def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path, monkeypatch):
@@ -318,7 +321,7 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     import rfsweep.run.eval_stage as eval_stage
     from rfsweep.cluster.signals import PreemptionGuard
     from rfsweep.evaluation.bank import EvidenceBank
-    from rfsweep.results import read_results
+    from rfsweep.results import read_results, write_results
     from rfsweep.run.builders import build_module
     from rfsweep.run.eval_stage import PostHocNets, configured_evaluator, evaluate_run
     from rfsweep.run.fit import fit
@@ -348,6 +351,20 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     errors = {r["weights"]: r.get("fit_error") for r in rows}
     assert errors["phema0.05"] < 1e-6 and 0 < errors["phema0.2"] < 0.5 and errors["ema"] is None
     assert read_results(run / "results.csv").set_index("weights")["fit_error"].notna().sum() == 2
+    # a resume with phema0.05 done in a file written before rows carried their fit error: only phema0.2 is rebuilt,
+    # and the loaded row gets its fit error from the snapshots' headers
+    df = read_results(run / "results.csv")
+    write_results(run / "results.csv", df[df["weights"] != "phema0.2"].drop(columns="fit_error"))
+    passes.clear()
+    rows = evaluate_run(cfg, module, run, info, [(2, 5.0)], configured_evaluator(cfg))
+    assert passes == [[0.2]]
+    assert {r["weights"]: r.get("fit_error") for r in rows} == pytest.approx(errors, nan_ok=True, abs=1e-12)
+    # lengths beyond what half the free memory holds go in later passes
+    passes.clear()
+    monkeypatch.setattr(PostHocNets, "_per_pass", lambda self: 1)
+    nets = PostHocNets(module, run, info["step"], ["ema", "phema0.05", "phema0.2"])
+    assert nets.get("ema") == "ema" and nets.get("phema0.05") is not None and nets.get("phema0.2") is not None
+    assert passes == [[0.05], [0.2]]
     bank = EvidenceBank.load(run / "evidence.safetensors")
     assert bank.has("phema0.2", 2, 5.0) and bank.ckpt_step == info["step"]
     rebuilt = PostHocNets(module, run, info["step"]).get("phema0.05")

@@ -160,3 +160,20 @@ def test_the_evaluator_column_is_optional_kept_and_checked(tmp_path):
     mixed = pd.concat([read_results(tmp_path / "old.csv"), back], ignore_index=True)
     with pytest.raises(ResultsError, match=r"x: results of 2 evaluators \(embedded_clip:abc \(\d+ rows\), unrecorded"):
         check_one_evaluator(mixed, "x")
+
+
+def test_the_fit_error_column_is_optional_kept_and_checked_on_post_hoc_rows_only(tmp_path):
+    """fit_error: absent in older files, kept through a write and read, a finite number >= 0 on phema<sigma_rel> rows
+    and empty on the others."""
+    from rfsweep.results import FIT_ERROR
+
+    rows = pd.DataFrame([row(weights="ema"), row(weights="phema0.08", **{FIT_ERROR: 0.011}),
+                         row(weights="phema0.2", **{FIT_ERROR: math.nan})])
+    write_results(tmp_path / "r.csv", rows)
+    back = read_results(tmp_path / "r.csv")
+    assert back[FIT_ERROR].iloc[1] == 0.011 and back[FIT_ERROR].isna().tolist() == [True, False, True]
+    assert FIT_ERROR not in validate_rows(rows.drop(columns=FIT_ERROR)).columns
+    for weights, value in (("phema0.08", -0.1), ("phema0.08", math.inf), ("ema", 0.01)):
+        bad = pd.DataFrame([row(weights=weights, **{FIT_ERROR: value})])
+        with pytest.raises(ResultsError, match=f"column 'fit_error' has .* for weights '{weights}'"):
+            validate_rows(bad)

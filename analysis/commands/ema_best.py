@@ -16,7 +16,7 @@ from analysis.ema_choice import best_ema, fig_lengths, length_curves, posthoc_ro
 from analysis.ranking import backbone_labels, rank_correlation, rank_table
 from analysis.tables import with_confidence, write_table1
 from analysis.wandb_study import log_ema_choice
-from rfsweep.results import REAL, posthoc_weights
+from rfsweep.results import FIT_ERROR, REAL, posthoc_weights
 
 
 def ema_best(args, src: Path, out: Path) -> int:
@@ -53,8 +53,9 @@ def ema_best(args, src: Path, out: Path) -> int:
         write_table1(tables[name], out / name, [], conf.table() if conf is not None else None)
         if conf is not None:
             confs[name] = conf
-    chosen = best[best["weights"] != REAL][["variant", "family", "dataset", "backbone", "seed", "steps", "cfg",
-                                             "sigma_rel", "select", "select_value", "run_dir"]]
+    chosen = best[best["weights"] != REAL].reindex(columns=["variant", "family", "dataset", "backbone", "seed", "steps",
+                                                             "cfg", "sigma_rel", FIT_ERROR, "select", "select_value",
+                                                             "run_dir"])
     chosen = chosen.assign(run_dir=chosen["run_dir"].str.removesuffix("#best"))
     chosen.to_csv(out / "ema_best" / "choices.csv", index=False)
     curves = length_curves(df)

@@ -8,6 +8,7 @@ per-sample evidence goes to the run's evidence bank (`rfsweep.evaluation.bank`) 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from rfsweep.results import (
 )
 from rfsweep.train.ema import make_ema
 from rfsweep.train.posthoc_ema import FOLDER as POSTHOC_FOLDER
-from rfsweep.train.posthoc_ema import reconstruct_many
+from rfsweep.train.posthoc_ema import fit_plan, reconstruct_many
 
 GRID_SIZE = 64  # samples per evaluation setting saved (eval_samples/) and shown in W&B
 
@@ -123,35 +124,61 @@ def evaluated_weights(cfg: DictConfig) -> list[str]:
     return [*cfg.eval.weights, *(posthoc_weights(s) for s in cfg.eval.ema_lengths)]
 
 
+def free_host_bytes() -> int:
+    """The host memory this process may still take: MemAvailable (free plus reclaimable page cache), capped by the
+    cgroup's limit less its use (a SLURM job's --mem)."""
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(free, 0)
+
+
 class PostHocNets:
     """The networks of post-hoc EMA weights (phema<sigma_rel>), rebuilt from the run's snapshots at the evaluated step
-    when first sampled: the lengths of `names` in one pass over the snapshots (`reconstruct_many`), as many at a time
-    as half the free host memory holds (the rest in later passes); one network held at a time (evaluation goes
-    weights by weights). `fit_error(name)`: the rebuilt profile's fit error. Other weights pass through."""
+    when first sampled: the lengths of `names` (those still to evaluate) in one pass over the snapshots
+    (`reconstruct_many`), as many at a time as half the free host memory holds (one float32 model each; the rest in
+    later passes); one network held at a time (evaluation goes weights by weights). `fit_error(name)`: the rebuilt
+    profile's fit error (from the snapshots' headers for a length not rebuilt here). Other weights pass through."""
 
     def __init__(self, module, run_dir: Path, step: int, names=()):
         self.module, self.folder, self.step = module, runfolder.checkpoint_dir(run_dir) / POSTHOC_FOLDER, int(step)
-        self.order = [n for n in names if posthoc_sigma_rel(n) is not None]
+        self.order = [n for n in dict.fromkeys(names) if posthoc_sigma_rel(n) is not None]
         self.states: dict[str, dict] = {}
         self.infos: dict[str, dict] = {}
         self.name, self.net = None, None
 
     def _per_pass(self) -> int:
         model = sum(t.numel() * 4 for t in self.module.net.state_dict().values())  # one float32 model per length
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return max(1, free // 2 // max(model, 1))
+        return max(1, free_host_bytes() // 2 // max(model, 1))
 
     def _rebuild(self, weights: str) -> None:
         rest = [n for n in self.order if n not in self.infos and n != weights]
         group = [weights, *rest[:self._per_pass() - 1]]
         by_sigma = {posthoc_sigma_rel(n): n for n in group}
         self.states = {}  # the previous pass's lengths are evaluated: evaluation goes weights by weights
+        print(f"post-hoc EMA: rebuilding {', '.join(group)} in one pass over the snapshots "
+              f"({len(self.order) - len(self.infos) - len(group)} lengths left for later passes)", flush=True)
         states, infos = reconstruct_many(self.folder, list(by_sigma), self.step)
         for sigma_rel, name in by_sigma.items():
             self.states[name], self.infos[name] = states[sigma_rel], infos[sigma_rel]
 
     def fit_error(self, weights: str) -> float | None:
-        return self.infos[weights]["fit_error"] if weights in self.infos else None
+        sigma_rel = posthoc_sigma_rel(weights)
+        if sigma_rel is None:
+            return None
+        if weights not in self.infos:  # evaluated before a pre-emption: its fit from the headers, no tensor read
+            self.infos[weights] = fit_plan(self.folder, [sigma_rel], self.step)[4][sigma_rel]
+        return self.infos[weights]["fit_error"]
 
     def get(self, weights: str):
         if posthoc_sigma_rel(weights) is None:
@@ -193,7 +220,6 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
     weights = evaluated_weights(cfg)
-    rebuilt = PostHocNets(module, run_dir, info["step"], weights)
 
     def sample_fn(weights: str, steps: int, guidance: float, captions: list[str], seeds: list[int]) -> torch.Tensor:
         with sampling_precision(cfg, module.device):
@@ -203,6 +229,11 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     skip = {(w, int(s), round(float(c), 6)) for w, s, c in done}  # as `evaluate` matches them
     todo = [(w, int(s), float(c)) for w in weights for s, c in settings
             if (w, int(s), round(float(c), 6)) not in skip]
+    rebuilt = PostHocNets(module, run_dir, info["step"], [w for w, _, _ in todo])
+    for r in rows:  # rows of an earlier pass, or a file written before rows carried their fit error
+        err = rebuilt.fit_error(r["weights"])
+        if err is not None and not math.isfinite(r.get(FIT_ERROR) or math.nan):
+            r[FIT_ERROR] = err
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
 
     def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row

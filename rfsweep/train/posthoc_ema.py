@@ -222,16 +222,13 @@ def reconstruct(folder: str | Path, sigma_rel: float, step: int | None = None,
     return states[sigma_rel], infos[sigma_rel]
 
 
-def reconstruct_many(folder: str | Path, sigma_rels: list[float], step: int | None = None,
-                     using: list[float] | None = None) -> tuple[dict[float, dict[str, torch.Tensor]], dict]:
-    """The EMAs of lengths `sigma_rels` at `step` (default: the last snapshot's), from the snapshots of the tracked
-    EMAs (`using`: only those sigma_rels; default all) taken at or before `step`, in one pass over the snapshots
-    (EDM2 rebuilds several lengths per pass): each snapshot tensor is read once and added to every length's sum; the
-    memory is one model per length and one tensor. The coefficients are normalised to sum to 1; info per length:
-    step, snapshots used, their least-squares sum before that, the profile's fit error (`fit_error`), and `poor`
-    (a line on stderr says why) when that error exceeds FIT_TOLERANCE: a length far beyond the tracked ones, or too
-    few snapshots early in training for a long length (20 snapshots of 0.05 and 0.10 fit 0.25 to 5.9%, 100 to
-    0.8%; 0.08-0.15 to 0.2-0.6% with 20)."""
+def fit_plan(folder: str | Path, sigma_rels: list[float], step: int | None = None, using: list[float] | None = None):
+    """What `reconstruct_many` reads and how it weighs it, from the snapshots' headers alone (no tensor is read):
+    (snapshots, tracked sigma_rels, (snapshot, sigma_rel) pairs, normalised coefficients per length, info per length).
+    The coefficients are normalised to sum to 1; info per length: step, snapshots used, their least-squares sum
+    before that, the profile's fit error (`fit_error`), and `poor` (a line on stderr says why) when that error exceeds
+    FIT_TOLERANCE: a length far beyond the tracked ones, or too few snapshots early in training for a long length
+    (20 snapshots of 0.05 and 0.10 fit 0.25 to 5.9%, 100 to 0.8%; 0.08-0.15 to 0.2-0.6% with 20)."""
     for sigma_rel in sigma_rels:
         gamma_of(sigma_rel)  # in range, before any snapshot is read
     found = snapshot_steps(folder)
@@ -261,6 +258,16 @@ def reconstruct_many(folder: str | Path, sigma_rels: list[float], step: int | No
                   f"(profile fit error {err:.1%}, allowed {FIT_TOLERANCE:.0%}; coefficient sum {raw.sum():.3f}; "
                   f"tracked {tracked}, {len(chosen)} snapshots: track a longer EMA, e.g. ema=posthoc_long, or "
                   f"snapshot more often)", file=sys.stderr, flush=True)
+    return snaps, tracked, pairs, weights, infos
+
+
+def reconstruct_many(folder: str | Path, sigma_rels: list[float], step: int | None = None,
+                     using: list[float] | None = None) -> tuple[dict[float, dict[str, torch.Tensor]], dict]:
+    """The EMAs of lengths `sigma_rels` at `step` (default: the last snapshot's), from the snapshots of the tracked
+    EMAs (`using`: only those sigma_rels; default all) taken at or before `step`, in one pass over the snapshots
+    (EDM2 rebuilds several lengths per pass): each snapshot tensor is read once and added to every length's sum; the
+    memory is one model per length and one tensor. The coefficients and infos: `fit_plan`."""
+    snaps, tracked, pairs, weights, infos = fit_plan(folder, sigma_rels, step, using)
     out: dict[float, dict[str, torch.Tensor]] = {r: {} for r in sigma_rels}
     for key in snaps[0].keys(tracked[0]):
         last = snaps[-1].tensor(tracked[-1], key)

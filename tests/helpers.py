@@ -42,10 +42,12 @@ _PORTS = itertools.count()
 def _cli_env(args: list[str]) -> dict:
     """A run of several devices through Lightning's own launcher picks its rendezvous port by binding port 0 and
     releasing it; two test workers doing so at once can be handed the same port (EADDRINUSE, seen under xdist).
-    Such runs get a port of their own: a range per xdist worker and pytest process, below the ephemeral ports."""
+    Such runs get a port of their own: a range per xdist worker and pytest process, below the ephemeral ports; also
+    when the test process's environment holds MASTER_PORT (Lightning's LightningEnvironment writes a free port there
+    in a test that ran a strategy in-process; handed on later, that port can be taken: EADDRINUSE, seen in CI)."""
     env = _env()
     several = any(a.startswith("trainer.devices=") and a.split("=", 1)[1] not in ("1", "auto") for a in args)
-    if several and not any("launcher=slurm" in a for a in args) and "MASTER_PORT" not in os.environ:
+    if several and not any("launcher=slurm" in a for a in args):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
         slot = (int(worker) if worker.isdigit() else 0) * 2000 + (os.getpid() % 4) * 500
         env["MASTER_PORT"] = str(20000 + slot + next(_PORTS) % 500)

@@ -42,7 +42,7 @@ _PORTS = itertools.count()
 def _cli_env(args: list[str]) -> dict:
     """A run of several devices through Lightning's own launcher picks its rendezvous port by binding port 0 and
     releasing it; two test workers doing so at once can be handed the same port (EADDRINUSE, seen under xdist).
-    Such runs get a port of their own: a range per xdist worker and pytest process, below the ephemeral ports; also
+    Such runs get a port of their own: a range per xdist worker and pytest process from port 20000 on; also
     when the test process's environment holds MASTER_PORT (Lightning's LightningEnvironment writes a free port there
     in a test that ran a strategy in-process; handed on later, that port can be taken: EADDRINUSE, seen in CI)."""
     env = _env()

@@ -314,7 +314,7 @@ def test_a_poorly_fitted_length_is_never_chosen(tmp_path, capfd):
     assert "2 post-hoc EMA rows have no fit_error" in capfd.readouterr().err
 
 
-def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path, monkeypatch):
+def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_path, monkeypatch, capfd):
     """eval.ema_lengths: one results row and bank entry per length and setting (phema<sigma_rel>); the length the run
     tracked (0.05) rebuilt at the evaluated step samples what that EMA itself samples; the run counts as finished
     only with them. The lengths are rebuilt in one pass, and each row carries its profile's fit error."""
@@ -359,6 +359,13 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     rows = evaluate_run(cfg, module, run, info, [(2, 5.0)], configured_evaluator(cfg))
     assert passes == [[0.2]]
     assert {r["weights"]: r.get("fit_error") for r in rows} == pytest.approx(errors, nan_ok=True, abs=1e-12)
+    # a length with rows of earlier settings (its fit error read from the headers) and settings still to do: still
+    # rebuilt in the same pass as the others
+    passes.clear()
+    nets = PostHocNets(module, run, info["step"], ["phema0.05", "phema0.2"])
+    assert nets.fit_error("phema0.05") == pytest.approx(errors["phema0.05"], abs=1e-12)
+    assert nets.get("phema0.2") is not None and nets.get("phema0.05") is not None and passes == [[0.2, 0.05]]
+    assert "rebuilt phema0.2, phema0.05 in one pass over the snapshots (0 lengths left" in capfd.readouterr().err
     # lengths beyond what half the free memory holds go in later passes
     passes.clear()
     monkeypatch.setattr(PostHocNets, "_per_pass", lambda self: 1)
@@ -586,3 +593,38 @@ def test_no_reference_image_or_prompt_feeds_both_the_choice_and_its_report(tmp_p
     base = best_ema(rows, {"r1": bank}, select="clip_score")[0].iloc[0]  # a choice by CLIP: the same length
     got = best_ema(rows, shifted(0), select="clip_score")[0].iloc[0]
     assert got["sigma_rel"] == base["sigma_rel"] and got["fid"] == pytest.approx(base["fid"], rel=1e-12)
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_free_host_memory_is_capped_by_the_job_cgroup_and_its_ancestors(tmp_path, version):
+    """MemAvailable (not MemFree), capped by the tightest limit on the way up from this process's cgroup, with the
+    inactive page cache counted as free (a SLURM job's --mem); no limit anywhere: MemAvailable."""
+    from rfsweep.run.eval_stage import free_host_bytes
+
+    gib = 2**30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemFree: {gib // 1024} kB\n"
+                       f"MemAvailable: {40 * gib // 1024} kB\n")
+    root = tmp_path / "cgroup"
+    base = root if version == "v2" else root / "memory"
+    files = {"v2": ("memory.max", "memory.current", "inactive_file"),
+             "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}[version]
+    job, step = base / "slurm" / "job_7", base / "slurm" / "job_7" / "step_0"
+
+    def cgroup(folder, limit, used, cache):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / files[0]).write_text(f"{limit}\n")
+        (folder / files[1]).write_text(f"{used}\n")
+        (folder / "memory.stat").write_text(f"anon 1\n{files[2]} {cache}\n")
+
+    unlimited = "max" if version == "v2" else str(2**63 - 4096)
+    cgroup(base / "slurm", unlimited, 30 * gib, 0)
+    cgroup(job, 16 * gib, 10 * gib, 4 * gib)  # --mem=16G: 10 GiB used, 4 of it inactive cache: 10 GiB room
+    cgroup(step, unlimited, 10 * gib, 4 * gib)
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/slurm/job_7/step_0\n" if version == "v2" else
+                   "9:cpu,cpuacct:/slurm/job_7/step_0\n4:memory:/slurm/job_7/step_0\n")
+    assert free_host_bytes(meminfo, root, own) == 10 * gib
+    cgroup(job, unlimited, 10 * gib, 4 * gib)
+    assert free_host_bytes(meminfo, root, own) == 40 * gib  # MemAvailable, not MemFree
+    assert free_host_bytes(meminfo, tmp_path / "none", tmp_path / "none") == 40 * gib

@@ -124,23 +124,51 @@ def evaluated_weights(cfg: DictConfig) -> list[str]:
     return [*cfg.eval.weights, *(posthoc_weights(s) for s in cfg.eval.ema_lengths)]
 
 
-def free_host_bytes() -> int:
-    """The host memory this process may still take: MemAvailable (free plus reclaimable page cache), capped by the
-    cgroup's limit less its use (a SLURM job's --mem)."""
+def _cgroup_room(cgroup_root: Path, self_cgroup: Path) -> float:
+    """What this process's cgroup (v2, or v1's memory controller) and its ancestors still allow: the smallest of
+    limit - (usage - inactive page cache) over the hierarchy; inf where none is set or the files are not there."""
+    room = math.inf
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return room
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            base, limit_f, usage_f, cache_key = cgroup_root, "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):  # v1
+            base, limit_f, usage_f, cache_key = (cgroup_root / "memory", "memory.limit_in_bytes",
+                                                 "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        while True:
+            try:
+                limit = (folder / limit_f).read_text().strip()
+                if limit != "max" and int(limit) < 2**60:  # v1 writes "no limit" as a huge number
+                    stat = dict(ln.split() for ln in (folder / "memory.stat").read_text().splitlines())
+                    used = int((folder / usage_f).read_text()) - int(stat.get(cache_key, 0))
+                    room = min(room, int(limit) - used)
+            except (OSError, ValueError):
+                pass
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return room
+
+
+def free_host_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                    self_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """The host memory this process may still take: MemAvailable (free plus reclaimable page cache), capped by what
+    its cgroups allow (a SLURM job's --mem under cgroup v2 or v1: limit less usage less inactive page cache)."""
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     except (OSError, ValueError):
         pass
-    return max(free, 0)
+    return int(max(min(free, _cgroup_room(cgroup_root, self_cgroup)), 0))
 
 
 class PostHocNets:
@@ -155,6 +183,7 @@ class PostHocNets:
         self.order = [n for n in dict.fromkeys(names) if posthoc_sigma_rel(n) is not None]
         self.states: dict[str, dict] = {}
         self.infos: dict[str, dict] = {}
+        self.rebuilt: set[str] = set()
         self.name, self.net = None, None
 
     def _per_pass(self) -> int:
@@ -162,15 +191,17 @@ class PostHocNets:
         return max(1, free_host_bytes() // 2 // max(model, 1))
 
     def _rebuild(self, weights: str) -> None:
-        rest = [n for n in self.order if n not in self.infos and n != weights]
+        rest = [n for n in self.order if n not in self.rebuilt and n != weights]
         group = [weights, *rest[:self._per_pass() - 1]]
         by_sigma = {posthoc_sigma_rel(n): n for n in group}
         self.states = {}  # the previous pass's lengths are evaluated: evaluation goes weights by weights
-        print(f"post-hoc EMA: rebuilding {', '.join(group)} in one pass over the snapshots "
-              f"({len(self.order) - len(self.infos) - len(group)} lengths left for later passes)", flush=True)
         states, infos = reconstruct_many(self.folder, list(by_sigma), self.step)
+        if len(self.order) > 1:
+            print(f"post-hoc EMA: rebuilt {', '.join(group)} in one pass over the snapshots "
+                  f"({len(rest) - (len(group) - 1)} lengths left for later passes)", file=sys.stderr, flush=True)
         for sigma_rel, name in by_sigma.items():
             self.states[name], self.infos[name] = states[sigma_rel], infos[sigma_rel]
+        self.rebuilt.update(group)
 
     def fit_error(self, weights: str) -> float | None:
         sigma_rel = posthoc_sigma_rel(weights)
@@ -230,10 +261,10 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     todo = [(w, int(s), float(c)) for w in weights for s, c in settings
             if (w, int(s), round(float(c), 6)) not in skip]
     rebuilt = PostHocNets(module, run_dir, info["step"], [w for w, _, _ in todo])
-    for r in rows:  # rows of an earlier pass, or a file written before rows carried their fit error
-        err = rebuilt.fit_error(r["weights"])
-        if err is not None and not math.isfinite(r.get(FIT_ERROR) or math.nan):
-            r[FIT_ERROR] = err
+    for r in rows:  # rows of a file written before rows carried their fit error
+        value = r.get(FIT_ERROR)
+        if posthoc_sigma_rel(r["weights"]) is not None and (value is None or not math.isfinite(value)):
+            r[FIT_ERROR] = rebuilt.fit_error(r["weights"])
     progress = EvalProgress(todo, out=lambda line: print(line, flush=True))
 
     def bank_it(weights: str, steps: int, guidance: float, evidence) -> None:  # before its results row

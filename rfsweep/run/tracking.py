@@ -116,9 +116,9 @@ class JobRun:
             return
         import wandb  # deferred: wandb (~0.5 s), only a run that logs to W&B needs it
 
-        from rfsweep.results import OPTIONAL, REAL, columns, setting_name  # deferred: pandas (~0.3 s), as wandb
+        from rfsweep.results import FIT_ERROR, REAL, columns, setting_name  # deferred: pandas (~0.3 s), as wandb
 
-        cols = [*columns(), *(c for c in OPTIONAL if any(c in r for r in rows))]
+        cols = [*columns(), *([FIT_ERROR] if any(FIT_ERROR in r for r in rows) else [])]
         values = {"eval/results": wandb.Table(columns=list(cols), data=[[r.get(c) for c in cols] for r in rows])}
         for r in rows:
             key = "eval/real" if r["weights"] == REAL else f"eval/{setting_name(r['weights'], r['steps'], r['cfg'])}"

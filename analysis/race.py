@@ -278,8 +278,9 @@ def sweep_runs(sweep_dir: str | Path) -> dict[str, list[str]]:
 
 
 def calibration_record(rungs: list, top: int, keep: float, audit: int, seed: int, measured: list[int],
-                       sweeps: list[str]) -> dict:
+                       sweeps: list[str], bootstrap: int) -> dict:
     """What a calibration's race_margins.json holds: the margins and everything they depend on (a race must share
     it: `rfsweep.run.race_control.RaceConf.margin_list` refuses other values)."""
     return {"rungs": [float(x) for x in rungs], "top": int(top), "keep": float(keep), "audit": int(audit),
-            "seed": int(seed), "margins": [int(m) for m in measured], "calibrations": sweeps}
+            "seed": int(seed), "bootstrap": int(bootstrap), "margins": [int(m) for m in measured],
+            "calibrations": sweeps}

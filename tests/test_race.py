@@ -120,6 +120,39 @@ def test_margins_come_from_a_calibration_that_measured_the_same_rungs(tmp_path):
     with pytest.raises(ConfigError, match="no readable"):
         conf(margins=None, calibration=str(tmp_path / "none")).margin_list(2)
 
+    (tmp_path / CALIBRATED).write_text(json.dumps({"rungs": [0.25, 0.5], "top": 3, "keep": 0.0, "audit": 0, "seed": 0,
+                                                   "bootstrap": 500, "margins": [4, 2]}))
+    with pytest.raises(ConfigError, match="bootstrap=1000 but the calibration measured .* bootstrap=500"):
+        conf(margins=None, calibration=str(tmp_path)).margin_list(2)
+
+
+def _decided_rung(jobs, seed=0, bootstrap=1000):
+    """A rung record as `run_race` writes it for `jobs` under `conf()` (margin 1 at the first rung)."""
+    runs = {}
+    for j in jobs:
+        runs.setdefault(j.variant, []).append(j.run)
+    alive = sorted(runs)
+    return {"rung": 1, "step": 100, "alive": alive, "runs": runs, "seed": seed, "bootstrap": bootstrap,
+            "rule": {"top": 3, "margin": 1, "keep": 0.0, "audit": 0}, "go_on": alive, "stopped": [], "audit": [],
+            "places": {v: [k + 1, k + 1, k + 1] for k, v in enumerate(alive)}}
+
+
+@pytest.mark.parametrize("changed, key", [
+    (dict(runs="seed1"), "runs=a: ['seed0/a'"), (dict(seed=7), "seed=7"), (dict(bootstrap=500), "bootstrap=500"),
+])
+def test_a_decided_rung_is_replayed_only_for_the_runs_seeds_and_rule_that_decided_it(tmp_path, changed, key):
+    from rfsweep.run.race_control import Job, run_race
+
+    jobs = [Job([f"formulation.variant={v}"], v, f"seed0/{v}") for v in "abcd"]
+    DecisionLog(tmp_path).append(_decided_rung(jobs, seed=changed.get("seed", 0),
+                                               bootstrap=changed.get("bootstrap", 1000)))
+    if "runs" in changed:  # the same race under the same name, another training seed: other run folders
+        jobs = [Job(j.overrides, j.variant, j.run.replace("seed0", changed["runs"])) for j in jobs]
+    launched = []
+    with pytest.raises(ConfigError) as e:
+        run_race(conf(), tmp_path, 400, 8, jobs, launched.append)
+    assert key in str(e.value) and "\n" not in str(e.value) and not launched
+
 
 # -- whole races of a tiny grid (5 variants x 2 data sets, 160 steps, one rung at 80) ----------------------------
 

@@ -43,7 +43,7 @@ def race_margins_cmd(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / CALIBRATED, "w") as f:
         json.dump(calibration_record(first["rungs"], first["top"], first["keep"], first["audit"], first["seed"],
-                                     measured, [str(s) for s in args.sweeps]), f)
+                                     measured, [str(s) for s in args.sweeps], first["bootstrap"]), f)
     print(f"margins per rung (steps {steps[0]}): {measured}, measured on {len(args.sweeps)} calibration sweeps; "
           f"wrote {out / CALIBRATED} (a race: hydra.sweeper.calibration={out})")
     return 0

@@ -70,7 +70,7 @@ class RaceConf:
             raise ConfigError(f"config error: hydra.sweeper.calibration={self.calibration}: no readable {CALIBRATED} "
                               f"(allowed: a sweep raced with hydra.sweeper.calibrate=true, finished)") from None
         ours = {"rungs": [float(f) for f in self.rungs], "top": self.top, "keep": self.keep, "audit": self.audit,
-                "seed": self.seed}
+                "seed": self.seed, "bootstrap": self.bootstrap}
         theirs = {k: measured.get(k, v) for k, v in ours.items()}  # older files: rungs and top only
         theirs["rungs"] = [float(f) for f in theirs["rungs"]]
         if theirs != ours:
@@ -112,23 +112,22 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
     alive, audited, stopped = sorted(by_variant), set(), set()
     for i, step in enumerate(steps):
         rec = records[i] if i < len(records) and "rung" in records[i] else None
-        if rec is not None and (rec["step"] != step or rec["alive"] != alive or rec["rule"]["margin"] != margin[i]):
-            raise ConfigError(f"config error: {log.path} holds rung {i + 1} at step {rec['step']} over "
-                              f"{len(rec['alive'])} variants with margin {rec['rule']['margin']}, this race has step "
-                              f"{step} over {len(alive)} with margin {margin[i]} (allowed: the command and margins "
-                              f"that wrote it; move the log aside to race afresh)")
+        rule = Rule(conf.top, margin[i], 1.0 if conf.calibrate else conf.keep, 0 if conf.calibrate else conf.audit)
+        made = {"step": step, "alive": alive, "rule": vars(rule), "bootstrap": conf.bootstrap, "seed": conf.seed,
+                "runs": {v: [j.run for j in by_variant[v]] for v in alive}}
+        if rec is not None:
+            _check_replay(log.path, i + 1, rec, made)
         if rec is None:
             launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive for j in by_variant[v]])
             try:
-                df, banks = rung_rows(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive}, step)
+                df, banks = rung_rows(sweep_dir, made["runs"], step)
             except ValueError as e:
                 print(f"race: rung {i + 1} (step {step}) not decided: {e}; rerun the same command (finished rungs "
                       f"and runs are skipped)", file=sys.stderr, flush=True)
                 return 1
             places = rung_places(df, banks, conf.bootstrap, conf.seed)
-            rule = Rule(conf.top, margin[i], 1.0 if conf.calibrate else conf.keep, 0 if conf.calibrate else conf.audit)
             decision = decide(places, rule, conf.seed + i + 1, audited)
-            rec = {"rung": i + 1, "step": step, "alive": alive, "rule": vars(rule), **decision,
+            rec = {"rung": i + 1, **made, **decision,
                    "places": {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in places.itertuples()}}
             log.append(rec)
             records = log.records()
@@ -159,7 +158,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
 
             with atomic_write(sweep_dir / CALIBRATED, "w") as f:
                 json.dump(calibration_record(conf.rungs, conf.top, conf.keep, conf.audit, conf.seed, end["margins"],
-                                             [str(sweep_dir)]), f)
+                                             [str(sweep_dir)], conf.bootstrap), f)
     end = next(r for r in log.records() if "end" in r)
     report = compute_report(sweep_dir, [j.run for j in jobs], max_steps, batch_size)
     carried = len(set(end["audit"]) & set(end["finished"]))
@@ -167,6 +166,24 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
           f"{len(end['stopped'])} stopped; {compute_line(report)}; `make rank-table RESULTS={sweep_dir}`: Table 1 "
           f"with the censored rows", flush=True)
     return 0
+
+
+def _check_replay(path: Path, n: int, rec: dict, made: dict) -> None:
+    """A decided rung of the log is replayed only for the race that decided it: the same step, variants, rule,
+    bootstrap, seed and run folders (a race under the same name with another training seed has other run folders).
+    One line naming the first value that differs; a log written before a key was recorded is not checked on it."""
+    for key, ours in made.items():
+        theirs = rec.get(key, ours)
+        if key == "rule":
+            ours = {k: v for k, v in ours.items() if k in theirs}
+        if theirs == ours:
+            continue
+        if key == "runs":
+            v = next(v for v in sorted({*theirs, *ours}) if theirs.get(v) != ours.get(v))
+            theirs, ours = f"{v}: {theirs.get(v)}", f"{v}: {ours.get(v)}"
+        raise ConfigError(f"config error: {path} holds rung {n} decided with {key}={theirs}, this race has "
+                          f"{key}={ours} (allowed: the command, seeds and margins that wrote it; move the log aside "
+                          f"to race afresh)")
 
 
 def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, steps: list[int]) -> list[int]:

@@ -16,9 +16,10 @@ GROUPS = (None, "trainer", "optimizer", "ema", "sampler", "eval", "data", "condi
           "logger", "cluster", "paths", "rung")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, plan: bool = False) -> None:
     """Raise ConfigError for the first value out of range, then for the first cross-key rule broken. (The memory
-    plans and the data checks follow in `rfsweep.run.preflight`.)"""
+    plans and the data checks follow in `rfsweep.run.preflight`.) `plan`: a dry run's config, which may leave the
+    data set's folder unset (a plan made away from the data)."""
     for group in GROUPS:
         node = cfg if group is None else cfg.get(group)
         if node is None:
@@ -36,7 +37,7 @@ def validate(cfg: DictConfig) -> None:
                 good = False
             if not good:
                 raise ConfigError(f"config error: {where}={value!r} is out of range (allowed: {allowed})")
-    _cross_checks(cfg)
+    _cross_checks(cfg, plan)
 
 
 def _check_width(b: DictConfig) -> None:
@@ -54,7 +55,7 @@ def _check_width(b: DictConfig) -> None:
                           f"2D sin-cos positions (allowed: a multiple of {step}, e.g. {near}; or null: 64 x depth)")
 
 
-def _cross_checks(cfg: DictConfig) -> None:
+def _cross_checks(cfg: DictConfig, plan: bool) -> None:
     tr = cfg.trainer
     parts = tr.devices * tr.num_nodes * tr.accumulate_grad_batches
     if tr.batch_size % parts:
@@ -64,7 +65,7 @@ def _cross_checks(cfg: DictConfig) -> None:
     if cfg.data.name not in dataset_names():
         raise ConfigError(f"config error: data.name={cfg.data.name!r} is unknown "
                           f"(allowed: {', '.join(dataset_names())})")
-    if needs_path(cfg.data.name) and not cfg.data.path:
+    if needs_path(cfg.data.name) and not cfg.data.path and not plan:
         raise ConfigError(f"config error: data.path is not set for data {cfg.data.label!r} (data.name="
                           f"{cfg.data.name}; allowed: its folder, as data.path=... or the environment variable its "
                           f"conf/data YAML names)")

@@ -207,7 +207,9 @@ def _failure(cfg: DictConfig, e: BaseException, bad_input: tuple, rank0: bool, l
 
 
 def _print_plan(cfg: DictConfig) -> Outcome:
-    """dry_run=true: the job's line of the plan (`rfsweep.run.plan`), nothing trained, nothing written."""
+    """dry_run=true: the job's line of the plan (`rfsweep.run.plan`), nothing trained, nothing written; a job that
+    would be refused (the preflight without its data folder) is refused in one line instead (exit 2)."""
+    preflight(cfg, data=False, plan=True)
     print(dry_run_line(cfg), flush=True)
     if cfg.reference_sweep and not is_multirun():  # a sweep's callback prints it once for all its jobs
         print(expected_resolution(str(cfg.reference_sweep), [cfg]), flush=True)

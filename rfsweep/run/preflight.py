@@ -34,13 +34,14 @@ register_resolvers()
 
 
 def preflight(cfg: DictConfig, mem_gb: float | None = None, data: bool = True,
-              launcher: DictConfig | None = None) -> Formulation:
+              launcher: DictConfig | None = None, plan: bool = False) -> Formulation:
     """Check `cfg` before any compute; returns its formulation. `mem_gb`: the node memory a launcher asks for (a
     sweep passes `hydra.launcher.mem_gb`; a job reads its own launcher's). `launcher`: the sweep's `hydra.launcher`,
     whose SLURM tasks must be the job's ranks. `data=False`: a config checked away from the process that trains it (a
     sweep's planned jobs, precompute's config): what reads the data folder (which need not exist on this node yet)
-    and this process's SLURM allocation are skipped."""
-    validate(cfg)
+    and this process's SLURM allocation are skipped. `plan=True` (a dry run, with `data=False`): the data folder may
+    be unset too."""
+    validate(cfg, plan=plan)
     formulation = formulation_for(cfg)
     if cfg.trainer.accelerator == "gpu":
         check_fits(cfg)

@@ -29,7 +29,7 @@ from rfsweep.atomic import atomic_write
 from rfsweep.errors import UserError
 from rfsweep.results import MANIFEST_FILE
 from rfsweep.run.builders import variant_name
-from rfsweep.run.preflight import check_launcher_tasks, preflight
+from rfsweep.run.preflight import preflight
 
 
 def _raw(node) -> list[str]:
@@ -105,8 +105,9 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
     """`python -m rfsweep ... -m dry_run=true` without Hydra's launcher: the same lines (`rfsweep.run.plan.
     dry_run_line`, the function each job of the launcher prints), in the sweep's job order, and with a reference sweep
     the resolution block first (as `ManifestCallback` prints it). Nothing is written: no sweep folder, no
-    multirun.yaml, no run folders. The exit status is the launcher path's: 0 (a job's bad value is its own one-line
-    error), 2 when the reference sweep is refused or a SLURM launcher's tasks are not a job's ranks. None when the
+    multirun.yaml, no run folders. The exit status is the launcher path's: 0, or 2 after one line when a job would be
+    refused (a bad value, a SLURM launcher's tasks that are not its ranks: `preflight`, as the sweep checks its jobs
+    before any starts) or the reference sweep is refused. None when the
     sweep cannot be composed here (a bad override, a sweeper other than the basic one): the caller hands the command
     to Hydra, which reports it as before."""
     from hydra import initialize_config_dir
@@ -117,11 +118,12 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
         except Exception:
             return None
         HydraConfig.instance().set_config(master)  # the launcher's node memory (launcher_mem_gb), as a job reads it
-        for job, cfg in jobs:  # SLURM tasks that are not the job's ranks stop the sweep, as its launcher stops it
+        for job, cfg in jobs:  # a job the sweep would refuse stops the plan, as `ManifestCallback` stops the sweep
             try:
-                check_launcher_tasks(cfg, master.hydra.launcher)
+                preflight(cfg, mem_gb=OmegaConf.select(master, "hydra.launcher.mem_gb", default=None), data=False,
+                          launcher=OmegaConf.select(master, "hydra.launcher", default=None), plan=True)
             except UserError as e:
-                print(f"error: sweep job [{' '.join(job)}]: {e} (no job submitted)", file=sys.stderr, flush=True)
+                print(f"error: sweep job [{' '.join(job)}]: {e} (no job started)", file=sys.stderr, flush=True)
                 return 2
         from rfsweep.run.plan import dry_run_line  # deferred: torch, not needed by --help
 
@@ -172,6 +174,32 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
+def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
+    """Every planned job of the sweep `config` composed and checked (`preflight` without the data folder, which a dry
+    run may leave unset): its manifest entry and its config. A bad value in any job, or two jobs that would share a
+    run folder, stop the sweep with one line (exit 2) before any job starts."""
+    jobs, cfgs, seen = [], [], {}
+    for overrides in planned_jobs(config):
+        cfg = compose(config_name="config", overrides=overrides)
+        try:
+            preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
+                      launcher=OmegaConf.select(config, "hydra.launcher", default=None),
+                      plan=bool(config.get("dry_run")))
+            variant = variant_name(cfg.formulation)
+        except UserError as e:
+            _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
+        folder = str(cfg.job_name)
+        if folder in seen:
+            _refuse(f"sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run folder "
+                    f"{folder} (allowed: swept keys that change the folder: formulation, data, seed, "
+                    f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
+        seen[folder] = overrides
+        cfgs.append(cfg)
+        jobs.append({"variant": variant, "dataset": str(cfg.data.label), "backbone": str(cfg.backbone.label),
+                     "seed": int(cfg.seed), "run": folder})
+    return jobs, cfgs
+
+
 class ManifestCallback(Callback):
     """Writes <sweep dir>/manifest.json at the start of a multirun (not for dry runs): every planned job's variant,
     dataset and backbone labels, seed and run folder. Every job's config is checked first: a bad value in any job (an
@@ -179,29 +207,11 @@ class ManifestCallback(Callback):
     not show, e.g. backbone.depth without a label per depth) stop the sweep with one line before any job runs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs, cfgs = _checked_jobs(config)  # a dry run too: its plan is of jobs that would start
         if config.get("dry_run"):  # nothing written; with a reference sweep, the resolution the plan can expect
             if config.get("reference_sweep"):
-                print_expected_resolution(config, [compose(config_name="config", overrides=o)
-                                                   for o in planned_jobs(config)])
+                print_expected_resolution(config, cfgs)
             return
-
-        jobs, seen = [], {}
-        for overrides in planned_jobs(config):
-            cfg = compose(config_name="config", overrides=overrides)
-            try:
-                preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
-                          launcher=OmegaConf.select(config, "hydra.launcher", default=None))
-                variant = variant_name(cfg.formulation)
-            except UserError as e:
-                _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
-            folder = str(cfg.job_name)
-            if folder in seen:
-                _refuse(f"sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run folder "
-                        f"{folder} (allowed: swept keys that change the folder: formulation, data, seed, "
-                        f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
-            seen[folder] = overrides
-            jobs.append({"variant": variant, "dataset": str(cfg.data.label),
-                         "backbone": str(cfg.backbone.label), "seed": int(cfg.seed), "run": folder})
         manifest = {"experiment": str(config.name), "jobs": jobs, "settings": [list(s) for s in config.eval.settings],
                     "weights": list(config.eval.weights),
                     "ema_lengths": [float(x) for x in (config.eval.get("ema_lengths") or [])],

@@ -6,7 +6,9 @@ The rule at a rung: a variant stops when even its best plausible place (the lowe
 `Confidence.places`) lies beyond the top group's size K plus the margin m of that rung, the largest shift by which a
 variant of the final top K sat beyond K at that rung of a calibration sweep (the same grid raced with nothing
 stopped); at least `keep` of the rung's variants go on (the best placed), and `audit` of the stopped ones, drawn
-with the race's seed, are carried to the end to check the rule.
+with the race's seed, are carried to the end to check the rule. A variant with a run whose training diverged (a
+non-finite loss, which a rerun repeats from the same checkpoint) cannot be ranked: it stops at the rung it diverged
+before (or at the end), recorded as diverged, instead of holding the race up.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from rfsweep.results import REAL, RESULTS_FILE, read_results
-from rfsweep.runfolder import RUNGS
+from rfsweep.runfolder import RUNGS, read_status
+
+DIVERGED = "NonFiniteLossError"  # how a run's status.json names a non-finite training loss (rfsweep.train)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,25 @@ class Rule:
     margin: int  # m: places beyond K a variant's best plausible place may lie at this rung
     keep: float  # the least fraction of the rung's variants that go on
     audit: int  # stopped variants carried to the end as a check of the rule
+
+
+def diverged(sweep_dir: str | Path, runs: dict[str, list[str]]) -> dict[str, dict]:
+    """The variants of `runs` (variant -> run folders) with a run whose training diverged: its status says failed
+    with a non-finite loss, during training. variant -> {"run", "step", "reason"} of its first such run."""
+    out = {}
+    for variant, folders in sorted(runs.items()):
+        for run in folders:
+            status = read_status(Path(sweep_dir) / run)
+            if (status.get("state") == "failed" and str(status.get("reason", "")).startswith(DIVERGED)
+                    and status.get("stage") != "evaluation"):
+                out[variant] = {"run": run, "step": status.get("step"), "reason": status["reason"]}
+                break
+    return out
+
+
+def diverged_variants(records: list[dict]) -> set[str]:
+    """Every variant a decision log records as diverged (at a rung or at the end)."""
+    return {v for r in records for v in r.get("diverged", {})}
 
 
 def rung_rows(sweep_dir: str | Path, runs: dict[str, list[str]], step: int):
@@ -111,9 +134,17 @@ def spent(sweep_dir: str | Path, runs: list[str]) -> dict:
 
 def censored(records: list[dict]) -> pd.DataFrame:
     """Table 1's censored rows: each variant the race stopped (and did not audit), the rung and step it stopped at,
-    its place and interval there ("place at least" its best plausible place)."""
-    rows = []
+    its place and interval there ("place at least" its best plausible place); and each variant whose training
+    diverged, the rung it diverged before (none: after the last rung) and the step it diverged at (`diverged` holds
+    the reason; no place)."""
+    rows, rungs = [], 0
     for r in records:
+        if "rung" not in r and "end" not in r:
+            continue
+        rungs += "rung" in r
+        for v, d in sorted(r.get("diverged", {}).items()):
+            rows.append({"variant": v, "stopped_rung": r.get("rung"), "stopped_step": d.get("step"),
+                         "diverged": d["reason"]})
         if "rung" not in r:
             continue
         places = r["places"]
@@ -122,9 +153,12 @@ def censored(records: list[dict]) -> pd.DataFrame:
                 continue
             rank, lo, hi = places[v]
             rows.append({"variant": v, "stopped_rung": r["rung"], "stopped_step": r["step"], "rung_rank": rank,
-                         "rung_lo": lo, "rung_hi": hi})
-    out = pd.DataFrame(rows, columns=["variant", "stopped_rung", "stopped_step", "rung_rank", "rung_lo", "rung_hi"])
-    return out.sort_values(["stopped_rung", "rung_rank", "variant"], ascending=[False, True, True], ignore_index=True)
+                         "rung_lo": lo, "rung_hi": hi, "diverged": ""})
+    cols = ["variant", "stopped_rung", "stopped_step", "rung_rank", "rung_lo", "rung_hi", "diverged"]
+    out = pd.DataFrame(rows, columns=cols).astype({c: "Int64" for c in cols[1:6]})
+    last = out["stopped_rung"].fillna(rungs + 1)  # diverged after the last rung: listed first
+    return (out.assign(_at=last).sort_values(["_at", "rung_rank", "variant"], ascending=[False, True, True],
+                                               na_position="first").drop(columns="_at").reset_index(drop=True))
 
 
 def full_grid(sweep_dir: str | Path, runs: list[str], max_steps: int) -> dict:
@@ -175,8 +209,14 @@ def censored_markdown(records: list[dict], finished_places: pd.DataFrame) -> str
                  "their place and 95% interval at the rung where they stopped, among that rung's variants):", "",
              "| variant | stopped at | place there [95%] | final place |", "|---|---|---|---|"]
     of = end.get("max_steps", "?")
-    lines += [f"| {r.variant} | rung {r.stopped_rung} (step {r.stopped_step} of {of}) | {r.rung_rank} "
-              f"[{r.rung_lo}-{r.rung_hi}] | at least {r.rung_lo} |" for r in rows.itertuples()]
+    for r in rows.itertuples():
+        if r.diverged:
+            where = "after the last rung" if pd.isna(r.stopped_rung) else f"before rung {r.stopped_rung}"
+            lines.append(f"| {r.variant} | diverged at step {r.stopped_step} of {of} ({where}) | none: "
+                         f"{r.diverged.split(':')[0]} | none |")
+        else:
+            lines.append(f"| {r.variant} | rung {r.stopped_rung} (step {r.stopped_step} of {of}) | {r.rung_rank} "
+                         f"[{r.rung_lo}-{r.rung_hi}] | at least {r.rung_lo} |")
     audit = sorted(set(end.get("audit", [])) & set(end.get("finished", [])))  # older logs: audited, then stopped
     if audit:
         final = finished_places.set_index("variant")["rank"]
@@ -220,7 +260,8 @@ def replayed_stops(records: list[dict], rules: list[Rule], seed: int) -> list[in
 
 def decisions(records: list[dict]) -> pd.DataFrame:
     """The race rung by rung, one row per variant alive at a rung: rung, step, variant, place, rank_lo, rank_hi and
-    the decision (go on, stopped, audit: stopped but carried to the end), for the W&B analysis run."""
+    the decision (go on, stopped, audit: stopped but carried to the end; diverged, without a place), for the W&B
+    analysis run."""
     rows = []
     for r in records:
         if "rung" not in r:
@@ -230,6 +271,8 @@ def decisions(records: list[dict]) -> pd.DataFrame:
             what = "audit" if v in audit else "stopped" if v in stopped else "go on"
             rows.append({"rung": r["rung"], "step": r["step"], "variant": v, "place": rank, "rank_lo": lo,
                          "rank_hi": hi, "decision": what})
+        rows += [{"rung": r["rung"], "step": r["step"], "variant": v, "decision": "diverged"}
+                 for v in sorted(r.get("diverged", {}))]
     return pd.DataFrame(rows, columns=["rung", "step", "variant", "place", "rank_lo", "rank_hi", "decision"])
 
 

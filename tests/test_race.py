@@ -90,7 +90,26 @@ def test_censored_rows_are_the_stopped_variants_that_were_not_audited():
                 "places": {"x": [9, 7, 12], "y": [8, 6, 11], "z": [1, 1, 2]}}, {"end": True}]
     rows = censored(records)
     assert rows.to_dict("records") == [{"variant": "x", "stopped_rung": 1, "stopped_step": 100, "rung_rank": 9,
-                                        "rung_lo": 7, "rung_hi": 12}]
+                                        "rung_lo": 7, "rung_hi": 12, "diverged": ""}]
+
+
+def test_diverged_variants_are_censored_without_a_place_where_they_diverged():
+    from analysis.race import censored_markdown, decisions
+
+    why = "NonFiniteLossError: training loss is nan at step {}"
+    records = [{"rung": 1, "step": 100, "stopped": ["x"], "audit": [], "rule": {"top": 1},
+                "diverged": {"w": {"run": "a/w", "step": 37, "reason": why.format(37)}},
+                "places": {"x": [3, 2, 3], "z": [1, 1, 2], "u": [2, 1, 3]}},
+               {"end": True, "finished": ["z"], "audit": [], "stopped": ["u", "w", "x"], "max_steps": 400,
+                "diverged": {"u": {"run": "a/u", "step": 250, "reason": why.format(250)}}}]
+    rows = censored(records)
+    assert list(rows["variant"]) == ["u", "w", "x"] and list(rows["stopped_step"]) == [250, 37, 100]
+    assert rows["rung_rank"].isna().tolist() == [True, True, False] and rows["diverged"].iloc[0] == why.format(250)
+    table = censored_markdown(records, places([("z", 1, 1, 1)]))
+    assert "| u | diverged at step 250 of 400 (after the last rung) | none: NonFiniteLossError | none |" in table
+    assert "| w | diverged at step 37 of 400 (before rung 1) | none: NonFiniteLossError | none |" in table
+    assert "| x | rung 1 (step 100 of 400) | 3 [2-3] | at least 2 |" in table
+    assert decisions(records).set_index("variant").loc["w", "decision"] == "diverged"
 
 
 def test_evaluation_counts_two_network_calls_per_step_under_guidance():
@@ -325,3 +344,34 @@ def test_a_variant_audited_at_an_earlier_rung_goes_on_to_the_end():
     assert "v9" in decide(TEN, rule, seed=0)["stopped"]
     carried = decide(TEN, rule, seed=0, carried={"v9"})
     assert "v9" in carried["go_on"] and "v9" not in carried["stopped"] + carried["audit"]
+
+
+@pytest.mark.long
+def test_a_variant_whose_training_diverged_is_stopped_as_diverged_and_not_trained_again(tmp_path):
+    three = VARIANTS[:3]
+    common = ["+experiment=demo", "trainer.max_steps=40", "trainer.val_every=10", "trainer.ckpt_every=10",
+              "trainer.n_val=16", "trainer.warmup_steps=0", "eval.n_samples=128", "eval.batch_size=128",
+              "eval.weights=[ema]", "eval.settings=[[5,5.0]]", "rung.samples=128", "rung.settings=[[5,5.0]]",
+              "name=r", "data=shapes", f"paths.cache={tmp_path}/cache"]
+    # the third variant's run diverged before the race (a non-finite loss recorded in its status, as training does)
+    bad = run_cli([*common, f"formulation.variant={_escaped(three[2])}", "optimizer.lr=1e30", "trainer.grad_clip=null",
+                   f"paths.runs={tmp_path}/multirun"], timeout=300)
+    assert bad.returncode == 1 and "failed: training loss is" in bad.stderr, bad.stderr[-2000:]
+    race = ["-m", *common, "hydra/sweeper=race", "hydra/launcher=basic", f"paths.sweeps={tmp_path}/multirun",
+            "formulation.variant=" + ",".join(_escaped(v) for v in three), "hydra.sweeper.rungs=[0.5]",
+            "hydra.sweeper.margins=[0]", "hydra.sweeper.top=1", "hydra.sweeper.keep=0.0", "hydra.sweeper.audit=0",
+            "hydra.sweeper.bootstrap=200"]
+    r = run_cli(race, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "r"
+    rung, end = DecisionLog(sweep).records()
+    assert list(rung["diverged"]) == [three[2]] and rung["diverged"][three[2]]["reason"].startswith("NonFiniteLoss")
+    assert three[2] not in rung["places"] and three[2] in end["stopped"] and three[2] not in end["finished"]
+    assert f"1 diverged ({three[2]})" in r.stdout
+    [run] = [sweep / j["run"] for j in json.loads((sweep / "manifest.json").read_text())["jobs"]
+             if j["variant"] == three[2]]
+    assert runfolder.read_status(run)["state"] == "failed" and not list(run.rglob("*.ckpt"))  # never trained again
+    assert "training diverged (NonFiniteLossError" in runfolder.read_outcome(run)["reason"]
+    out = tmp_path / "tables"
+    assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
+    assert f"| {three[2]} | diverged at step " in (out / "table1.md").read_text()

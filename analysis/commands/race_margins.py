@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from analysis.race import calibrated_margins, calibration_record, sweep_runs
+from analysis.race import calibrated_margins, calibration_record, diverged_variants, sweep_runs
 from analysis.race_log import DecisionLog
 from rfsweep.atomic import atomic_write
 
@@ -36,7 +36,9 @@ def race_margins_cmd(args) -> int:
         if any(conf[k] != first[k] for k in SHARED) or s != steps[0]:
             raise ValueError(f"{sweep}: its race values differ from {args.sweeps[0]}'s (allowed: calibrations of the "
                              f"same rungs, top, keep, audit, bootstrap, seed and trainer.max_steps)")
-    measured = calibrated_margins([(Path(s), sweep_runs(s)) for s in args.sweeps], steps[0], int(first["top"]),
+    runs = [{v: r for v, r in sweep_runs(s).items() if v not in diverged_variants(DecisionLog(s).records())}
+            for s in args.sweeps]  # a variant that diverged has no final place
+    measured = calibrated_margins([(Path(s), r) for s, r in zip(args.sweeps, runs)], steps[0], int(first["top"]),
                                   float(first["keep"]), int(first["audit"]), int(first["bootstrap"]),
                                   int(first["seed"]))
     out = Path(args.out)

@@ -96,6 +96,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         compute_line,
         compute_report,
         decide,
+        diverged,
         rung_places,
         rung_rows,
         spent,
@@ -118,25 +119,35 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         if rec is not None:
             _check_replay(log.path, i + 1, rec, made)
         if rec is None:
-            launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive for j in by_variant[v]])
+            gone = diverged(sweep_dir, made["runs"])  # a rerun does not train a diverged run again
+            launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive if v not in gone for j in by_variant[v]])
+            gone = diverged(sweep_dir, made["runs"])
             try:
-                df, banks = rung_rows(sweep_dir, made["runs"], step)
+                df, banks = rung_rows(sweep_dir, {v: r for v, r in made["runs"].items() if v not in gone}, step)
             except ValueError as e:
                 print(f"race: rung {i + 1} (step {step}) not decided: {e}; rerun the same command (finished rungs "
                       f"and runs are skipped)", file=sys.stderr, flush=True)
                 return 1
             places = rung_places(df, banks, conf.bootstrap, conf.seed)
             decision = decide(places, rule, conf.seed + i + 1, audited)
-            rec = {"rung": i + 1, **made, **decision,
+            rec = {"rung": i + 1, **made, **decision, "diverged": gone,
                    "places": {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in places.itertuples()}}
             log.append(rec)
             records = log.records()
+        out = rec.get("diverged", {})
         print(f"race: rung {i + 1} (step {step} of {max_steps}): {len(rec['alive'])} variants, {len(rec['stopped'])} "
-              f"stopped ({len(rec['audit'])} carried on as an audit), margin {rec['rule']['margin']}", flush=True)
-        stopped |= set(rec["stopped"]) - set(rec["audit"])
+              f"stopped ({len(rec['audit'])} carried on as an audit), margin {rec['rule']['margin']}"
+              + (f"; {len(out)} diverged ({', '.join(out)})" if out else ""), flush=True)
+        stopped |= (set(rec["stopped"]) - set(rec["audit"])) | set(out)
         audited |= set(rec["audit"])
         alive = sorted(set(rec["go_on"]) | set(rec["audit"]))
-    launch([list(j.overrides) for v in alive for j in by_variant[v]])
+    end = next((r for r in records if "end" in r), None)
+    late = end.get("diverged", {}) if end else diverged(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive})
+    launch([list(j.overrides) for v in alive if v not in late for j in by_variant[v]])
+    if end is None:  # diverged after the last rung: stopped at the end
+        late = diverged(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive})
+    alive = [v for v in alive if v not in late]
+    stopped |= set(late)
     unfinished = [j.run for v in alive for j in by_variant[v]
                   if runfolder.read_status(sweep_dir / j.run).get("state") != runfolder.FINISHED]
     if unfinished:
@@ -144,14 +155,17 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
               file=sys.stderr, flush=True)
         return 1
     launch_id = os.environ.get(LAUNCH_ENV)
+    out = {v: d for r in records for v, d in r.get("diverged", {}).items()} | late
     for v in sorted(stopped):
+        why = f"stopped by the race: training diverged ({out[v]['reason']})" if v in out else "stopped by the race"
         for j in by_variant[v]:
-            runfolder.write_outcome(sweep_dir / j.run, "stopped", "stopped by the race", launch=launch_id)
-    if not any("end" in r for r in records):
-        end = {"end": True, "finished": alive, "audit": sorted(audited), "stopped": sorted(stopped),
+            runfolder.write_outcome(sweep_dir / j.run, "stopped", why, launch=launch_id)
+    if end is None:
+        end = {"end": True, "finished": alive, "audit": sorted(audited), "stopped": sorted(stopped), "diverged": late,
                "spent": spent(sweep_dir, [j.run for j in jobs]), "jobs": len(jobs), "max_steps": max_steps}
         if conf.calibrate:
-            end["margins"] = _measure(sweep_dir, conf, by_variant, steps)
+            end["margins"] = _measure(sweep_dir, conf, {v: js for v, js in by_variant.items() if v not in out},
+                                      steps)  # a diverged variant has no final place
         log.append(end)
         if conf.calibrate:
             from rfsweep.atomic import atomic_write

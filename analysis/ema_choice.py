@@ -155,12 +155,26 @@ def length_curves(df: pd.DataFrame) -> pd.DataFrame:
     post = df[posthoc_rows(df)].assign(sigma_rel=lambda d: d["weights"].map(posthoc_sigma_rel))
     post = post.assign(backbone=backbone_labels(post["backbone"]))
     keys = [*PANEL_KEYS, "family", "steps", "cfg", "sigma_rel"]
-    return post.groupby(keys)[[m for m in METRICS if m in post]].median().reset_index()
+    out = post.groupby(keys)[[m for m in METRICS if m in post]].median()
+    if FIT_ERROR in post:  # the worst fit among the family's runs: a length poor in any run is not marked best
+        out = out.join(post.groupby(keys)[FIT_ERROR].max())
+    return out.reset_index()
+
+
+def best_length(g: pd.DataFrame, metric: str):
+    """The index of the best row of one family's curve `g` for `metric` among the lengths that fit their profile
+    (fit_error within FIT_TOLERANCE, or not recorded); None when none does."""
+    good = g[~g.apply(_poor, axis=1)] if FIT_ERROR in g else g
+    values = good[metric].dropna()
+    if values.empty:
+        return None
+    return values.idxmax() if METRICS[metric].direction == "max" else values.idxmin()
 
 
 def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: float = 5.0) -> Path:
     """Each metric against sigma_rel, one line per family, one panel per metric and data set (and backbone, when the
-    curves hold several: `analysis.ranking.panels`), at one setting; the marker at each family's best length."""
+    curves hold several: `analysis.ranking.panels`), at one setting; a circle at each family's best length among those
+    that fit their profile (`best_length`), a cross on each length that fits poorly."""
     import matplotlib  # deferred: matplotlib (~0.5 s) and analysis.figures, only for this figure
 
     matplotlib.use("Agg")
@@ -176,8 +190,12 @@ def fig_lengths(curves: pd.DataFrame, path: str | Path, steps: int = 25, cfg: fl
             for family, g in at[(at["dataset"] == ds) & (at["backbone"] == bb)].groupby("family"):
                 g = g.sort_values("sigma_rel")
                 line, = ax.plot(g["sigma_rel"], g[m], marker=".", label=family)
-                k = g[m].idxmax() if METRICS[m].direction == "max" else g[m].idxmin()
-                ax.plot(g.loc[k, "sigma_rel"], g.loc[k, m], "o", ms=9, mfc="none", color=line.get_color())
+                if FIT_ERROR in g:  # lengths whose profile fits poorly: crossed, never marked best
+                    poor = g[g.apply(_poor, axis=1)]
+                    ax.plot(poor["sigma_rel"], poor[m], "x", ms=7, color=line.get_color())
+                k = best_length(g, m)
+                if k is not None:
+                    ax.plot(g.loc[k, "sigma_rel"], g.loc[k, m], "o", ms=9, mfc="none", color=line.get_color())
             ax.set_title(f"{name}: {METRICS[m].label} ({steps} steps, cfg {cfg:g})", fontsize=9)
             ax.set_xlabel("sigma_rel (EMA length)")
             ax.set_ylabel(METRICS[m].label + (" (higher better)" if METRICS[m].direction == "max" else

@@ -458,6 +458,25 @@ def test_length_curves_and_their_figure_keep_backbones_apart(tmp_path):
     assert fig_lengths(curves.reset_index(), tmp_path / "l.png").stat().st_size > 10_000
 
 
+def test_the_length_figure_never_marks_a_poorly_fitted_length_best(tmp_path):
+    """A length whose profile fits poorly in any run of the family is crossed, not circled, in the length figure,
+    however good its median metric (the choice passes over it too)."""
+    import pandas as pd
+
+    from analysis.ema_choice import best_length, fig_lengths, length_curves
+
+    fit = {0.05: 0.01, 0.1: 0.005, 0.26: 0.2}
+    rows = pd.DataFrame([{"variant": v, "family": "rf", "dataset": "shapes", "backbone": "mmdit", "weights": f"phema{s}",
+                          "steps": 25, "cfg": 5.0, "clip_score": c + s, "fid": 10.0 - 10 * s,
+                          "fit_error": fit[s] * (1.0 if v == "rf" else 0.1)}
+                         for v, c in (("rf", 0.2), ("rf/cosmap", 0.4)) for s in fit])
+    curves = length_curves(rows)
+    assert curves.set_index("sigma_rel").loc[0.26, "fit_error"] == pytest.approx(0.2)  # the worst run's
+    assert curves.loc[best_length(curves, "clip_score"), "sigma_rel"] == 0.1  # 0.26 has the best median, fits poorly
+    assert curves.loc[best_length(curves, "fid"), "sigma_rel"] == 0.1
+    assert best_length(curves[curves["sigma_rel"] == 0.26], "fid") is None
+    assert fig_lengths(curves, tmp_path / "l.png").stat().st_size > 10_000
+
 def test_several_lengths_are_rebuilt_in_one_pass_reading_each_snapshot_tensor_once(tmp_path, monkeypatch):
     """EDM2 rebuilds several lengths per pass over the snapshots: each tensor is read once for all of them, and every
     length equals its own single rebuild."""

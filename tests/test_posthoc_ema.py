@@ -466,8 +466,8 @@ def test_the_length_figure_never_marks_a_poorly_fitted_length_best(tmp_path):
     from analysis.ema_choice import best_length, fig_lengths, length_curves
 
     fit = {0.05: 0.01, 0.1: 0.005, 0.26: 0.2}
-    rows = pd.DataFrame([{"variant": v, "family": "rf", "dataset": "shapes", "backbone": "mmdit", "weights": f"phema{s}",
-                          "steps": 25, "cfg": 5.0, "clip_score": c + s, "fid": 10.0 - 10 * s,
+    rows = pd.DataFrame([{"variant": v, "family": "rf", "dataset": "shapes", "backbone": "mmdit",
+                          "weights": f"phema{s}", "steps": 25, "cfg": 5.0, "clip_score": c + s, "fid": 10.0 - 10 * s,
                           "fit_error": fit[s] * (1.0 if v == "rf" else 0.1)}
                          for v, c in (("rf", 0.2), ("rf/cosmap", 0.4)) for s in fit])
     curves = length_curves(rows)

@@ -39,18 +39,24 @@ def _env() -> dict:
 _PORTS = itertools.count()
 
 
+def rendezvous_port() -> int:
+    """A rendezvous port of this test process's own: a range per xdist worker (8 ranges, modulo) and pytest process
+    between 20000 and 32000, below Linux's ephemeral ports (32768 on), where a port bound to 0 and released (as
+    Lightning and torch pick one) can be handed to another worker at the same time (EADDRINUSE, seen under xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    slot = (int(worker) % 8 if worker.isdigit() else 0) * 1500 + (os.getpid() % 3) * 500
+    return 20000 + slot + next(_PORTS) % 500
+
+
 def _cli_env(args: list[str]) -> dict:
     """A run of several devices through Lightning's own launcher picks its rendezvous port by binding port 0 and
-    releasing it; two test workers doing so at once can be handed the same port (EADDRINUSE, seen under xdist).
-    Such runs get a port of their own: a range per xdist worker and pytest process from port 20000 on; also
+    releasing it; two test workers doing so at once can be handed the same port. Such runs get a `rendezvous_port`; also
     when the test process's environment holds MASTER_PORT (Lightning's LightningEnvironment writes a free port there
     in a test that ran a strategy in-process; handed on later, that port can be taken: EADDRINUSE, seen in CI)."""
     env = _env()
     several = any(a.startswith("trainer.devices=") and a.split("=", 1)[1] not in ("1", "auto") for a in args)
     if several and not any("launcher=slurm" in a for a in args):
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
-        slot = (int(worker) if worker.isdigit() else 0) * 2000 + (os.getpid() % 4) * 500
-        env["MASTER_PORT"] = str(20000 + slot + next(_PORTS) % 500)
+        env["MASTER_PORT"] = str(rendezvous_port())
     return env
 
 

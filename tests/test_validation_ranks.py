@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from rfsweep.data.datamodule import ValShard
-from tests.helpers import compose_cfg, tiny
+from tests.helpers import compose_cfg, rendezvous_port, tiny
 
 
 class _Items(torch.utils.data.Dataset):
@@ -71,10 +70,7 @@ def _rank(rank: int, root: str, port: int) -> None:
 
 def test_two_ranks_log_the_validation_loss_of_one(tmp_path):
     one = _validate(tmp_path, 1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(str(tmp_path), port), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, args=(str(tmp_path), rendezvous_port()), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert one.pop("steps") == 3 and [r.pop("steps") for r in ranks] == [2, 2]  # batches 0, 2 | 1 and a pad
     assert ranks[0] == ranks[1]  # bit for bit: every rank takes the same decision on the best weights

@@ -113,3 +113,30 @@ def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):
     status = read_status(_last(tmp_path).parent.parent if _last(tmp_path).is_file()
                          else next((tmp_path / "runs").rglob("status.json")).parent)
     assert status["state"] == "failed" and "NonFiniteLossError" in status["reason"]
+
+
+@pytest.mark.long
+def test_two_ranks_pause_at_a_rung_evaluate_there_and_continue_to_the_weights_of_a_straight_run(tmp_path):
+    """A race's rung with two ranks (Lightning's own launcher): both stop at the rung's step, rank 0 evaluates there
+    alone, and the next launch continues both from the rung's checkpoint to the weights of a straight two-rank run."""
+    from rfsweep import runfolder
+    from rfsweep.results import read_results
+
+    def args(root):
+        evaluated = ["eval=embedded", "eval.n_samples=16", "eval.batch_size=16", "eval.settings=[[3,5.0]]",
+                     "eval.weights=[ema]", "rung.samples=16", "rung.settings=[[3,5.0]]", "rung.weights=[ema]"]
+        return [a for a in _args(root, devices=2) if a != "eval=none"] + evaluated
+
+    paused = run_cli([*args(tmp_path / "raced"), "rung.stop_at=4"], timeout=300)
+    assert paused.returncode == 0, paused.stderr[-3000:]
+    [run] = [p.parent for p in (tmp_path / "raced").rglob(runfolder.STATUS)]
+    assert runfolder.read_status(run)["state"] == runfolder.PAUSED and _last(tmp_path / "raced").name.endswith(
+        "4.ckpt")
+    rows = read_results(run / "rungs" / "4" / "results.csv").query("weights == 'ema'")
+    assert list(rows["ckpt_step"]) == [4] and not (run / "results.csv").exists()  # the rung's, not the run's
+    ended = run_cli(args(tmp_path / "raced"), timeout=300)
+    straight = run_cli(args(tmp_path / "straight"), timeout=300)
+    assert ended.returncode == straight.returncode == 0, (ended.stderr[-3000:], straight.stderr[-3000:])
+    assert runfolder.read_status(run)["state"] == runfolder.FINISHED
+    assert "Restoring states" in ended.stdout + ended.stderr  # from the rung's checkpoint
+    _same_weights(torch.load(_last(tmp_path / "raced"), weights_only=True), _ckpt(tmp_path / "straight"))

@@ -375,3 +375,19 @@ def test_a_variant_whose_training_diverged_is_stopped_as_diverged_and_not_traine
     out = tmp_path / "tables"
     assert analysis_main(["rank-table", "--results", str(sweep), "--out", str(out)]) == 0
     assert f"| {three[2]} | diverged at step " in (out / "table1.md").read_text()
+
+
+def test_a_race_or_rung_without_an_evaluator_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    from rfsweep.run.config import validate
+    from tests.helpers import compose_cfg, tiny
+
+    with pytest.raises(ConfigError, match=r"rung.stop_at=4 with eval.evaluator=none \(allowed: an evaluator"):
+        validate(compose_cfg([*tiny(tmp_path), "rung.stop_at=4"]))
+    race = ["+experiment=demo", "eval=none", "hydra/sweeper=race", "-m", "data=shapes",
+            "formulation.variant=rf,eps/linear", "hydra.sweeper.margins=[1,1]", f"paths.sweeps={tmp_path}/multirun",
+            f"paths.runs={tmp_path}/runs"]
+    for args in (race, [*race, "dry_run=true"]):
+        r = run_cli(args, timeout=300)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert r.returncode == 2 and len(errors) == 1 and "hydra/sweeper=race with eval.evaluator=none" in errors[0]
+        assert not (tmp_path / "multirun").exists() and not (tmp_path / "runs").exists()

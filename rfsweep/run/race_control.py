@@ -243,6 +243,14 @@ def dry_run_plan(conf: RaceConf, max_steps: int, batch_size: int, rung_nfe: int,
                     f"variants stopped per rung): {share(expected)}"]
 
 
+def check_rung_evaluator(cfg) -> None:
+    """A race evaluates every run at its rungs: a sweep whose evaluator is none is refused in one line (ConfigError)
+    before any job starts (each rung job would refuse it, and the race would never decide)."""
+    if cfg.eval.evaluator == "none":
+        raise ConfigError("config error: hydra/sweeper=race with eval.evaluator=none (allowed: an evaluator, embedded "
+                          "or openclip: the race evaluates every run at its rungs; e.g. eval=embedded)")
+
+
 RACE_KEYS = ("rungs", "top", "margins", "calibration", "calibrate", "keep", "audit", "bootstrap", "seed")
 
 

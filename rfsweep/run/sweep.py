@@ -118,6 +118,11 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
         except Exception:
             return None
         HydraConfig.instance().set_config(master)  # the launcher's node memory (launcher_mem_gb), as a job reads it
+        try:
+            _check_race(master)
+        except UserError as e:
+            print(f"error: {e} (no job started)", file=sys.stderr, flush=True)
+            return 2
         for job, cfg in jobs:  # a job the sweep would refuse stops the plan, as `ManifestCallback` stops the sweep
             try:
                 preflight(cfg, mem_gb=OmegaConf.select(master, "hydra.launcher.mem_gb", default=None), data=False,
@@ -174,11 +179,23 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
+def _check_race(config: DictConfig) -> None:
+    """A race's own requirement of the sweep (`race_control.check_rung_evaluator`); nothing for other sweepers."""
+    if OmegaConf.select(config, "hydra.sweeper._target_") == RACE_SWEEPER:
+        from rfsweep.run.race_control import check_rung_evaluator  # deferred: a race only
+
+        check_rung_evaluator(config)
+
+
 def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
     """Every planned job of the sweep `config` composed and checked (`preflight` without the data folder, which a dry
     run may leave unset): its manifest entry and its config. A bad value in any job, or two jobs that would share a
     run folder, stop the sweep with one line (exit 2) before any job starts."""
     jobs, cfgs, seen = [], [], {}
+    try:
+        _check_race(config)
+    except UserError as e:
+        _refuse(f"{e} (no job started)")
     for overrides in planned_jobs(config):
         cfg = compose(config_name="config", overrides=overrides)
         try:

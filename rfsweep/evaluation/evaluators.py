@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from rfsweep.errors import EvaluatorUnavailable  # noqa: F401 (raised here, defined in the one home of user errors)
+from rfsweep.errors import ConfigError, EvaluatorUnavailable  # noqa: F401 (raised here, defined in the one home of user errors)
 from rfsweep.evaluation.clip_model import WordTokenizer, build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -179,7 +179,7 @@ def _kind(name: str):
     openai); the id function takes the builder's arguments and ignores those the id does not depend on."""
     kinds = {"embedded": (EmbeddedCLIP.load, embedded_id), "openclip": (OpenCLIPEvaluator, openclip_id)}
     if name not in kinds:
-        raise ValueError(f"eval.evaluator={name!r} is unknown (allowed: {', '.join(kinds)})")
+        raise ConfigError(f"config error: eval.evaluator={name!r} is unknown (allowed: {', '.join(kinds)})")
     return kinds[name]
 
 

@@ -59,6 +59,10 @@ def collect(source: str | os.PathLike) -> tuple[pd.DataFrame, dict | None]:
     files = [f for f in sorted(source.rglob(RESULTS_FILE)) if f.parent.parent.name != RUNGS]  # a race's rungs: apart
     if manifest is not None:
         manifest = raced(source, manifest)
+        if "race_runs" in manifest:  # an ended race: a stopped variant's finished runs (others diverged) are not ranked
+            kept = {j["run"] for j in manifest["jobs"]}
+            gone = set(manifest["race_runs"]) - kept
+            files = [f for f in files if str(f.parent.relative_to(source)) not in gone]
     if not files and manifest is None:
         raise ResultsError(f"{source}: no {RESULTS_FILE} files and no {MANIFEST_FILE} below it")
     frames = [read_results(f) for f in files]

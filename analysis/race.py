@@ -212,7 +212,8 @@ def censored_markdown(records: list[dict], finished_places: pd.DataFrame) -> str
     for r in rows.itertuples():
         if r.diverged:
             where = "after the last rung" if pd.isna(r.stopped_rung) else f"before rung {r.stopped_rung}"
-            lines.append(f"| {r.variant} | diverged at step {r.stopped_step} of {of} ({where}) | none: "
+            at = "?" if pd.isna(r.stopped_step) else r.stopped_step
+            lines.append(f"| {r.variant} | diverged at step {at} of {of} ({where}) | none: "
                          f"{r.diverged.split(':')[0]} | none |")
         else:
             lines.append(f"| {r.variant} | rung {r.stopped_rung} (step {r.stopped_step} of {of}) | {r.rung_rank} "
@@ -260,8 +261,8 @@ def replayed_stops(records: list[dict], rules: list[Rule], seed: int) -> list[in
 
 def decisions(records: list[dict]) -> pd.DataFrame:
     """The race rung by rung, one row per variant alive at a rung: rung, step, variant, place, rank_lo, rank_hi and
-    the decision (go on, stopped, audit: stopped but carried to the end; diverged, without a place), for the W&B
-    analysis run."""
+    the decision (go on, stopped, audit: stopped but carried to the end; diverged, without a place, and after the last
+    rung without a rung either), for the W&B analysis run."""
     rows = []
     for r in records:
         if "rung" not in r:
@@ -273,6 +274,10 @@ def decisions(records: list[dict]) -> pd.DataFrame:
                          "rank_hi": hi, "decision": what})
         rows += [{"rung": r["rung"], "step": r["step"], "variant": v, "decision": "diverged"}
                  for v in sorted(r.get("diverged", {}))]
+    for r in records:  # diverged after the last rung: no rung, the step it diverged at
+        if "end" in r:
+            rows += [{"rung": None, "step": d.get("step"), "variant": v, "decision": "diverged"}
+                     for v, d in sorted(r.get("diverged", {}).items())]
     return pd.DataFrame(rows, columns=["rung", "step", "variant", "place", "rank_lo", "rank_hi", "decision"])
 
 

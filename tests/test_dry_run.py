@@ -74,6 +74,7 @@ def test_the_fast_dry_run_prints_what_the_launchers_jobs_print_and_writes_nothin
 @pytest.mark.parametrize("bad, says", [
     ('formulation.variant=rf,"edm/rf",bogus', "unknown formulation 'bogus'"),
     ("trainer.max_steps=100,-5", "trainer.max_steps=-5 is out of range"),
+    ("optimizer.lr=1e-4,3e-4", "share the run folder"),  # a swept key the run folder does not show
 ])
 def test_a_dry_run_with_a_job_the_sweep_would_refuse_exits_2_in_one_line_and_plans_nothing(tmp_path, monkeypatch,
                                                                                            bad, says):

@@ -477,6 +477,7 @@ def test_the_length_figure_never_marks_a_poorly_fitted_length_best(tmp_path):
     assert best_length(curves[curves["sigma_rel"] == 0.26], "fid") is None
     assert fig_lengths(curves, tmp_path / "l.png").stat().st_size > 10_000
 
+
 def test_several_lengths_are_rebuilt_in_one_pass_reading_each_snapshot_tensor_once(tmp_path, monkeypatch):
     """EDM2 rebuilds several lengths per pass over the snapshots: each tensor is read once for all of them, and every
     length equals its own single rebuild."""

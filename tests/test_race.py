@@ -109,8 +109,48 @@ def test_diverged_variants_are_censored_without_a_place_where_they_diverged():
     assert "| u | diverged at step 250 of 400 (after the last rung) | none: NonFiniteLossError | none |" in table
     assert "| w | diverged at step 37 of 400 (before rung 1) | none: NonFiniteLossError | none |" in table
     assert "| x | rung 1 (step 100 of 400) | 3 [2-3] | at least 2 |" in table
-    assert decisions(records).set_index("variant").loc["w", "decision"] == "diverged"
+    shown = decisions(records).query("decision == 'diverged'").set_index("variant")  # u went on at rung 1 first
+    assert sorted(shown.index) == ["u", "w"] and shown.loc["w", "rung"] == 1 and shown.loc["w", "step"] == 100
+    assert pd.isna(shown.loc["u", "rung"]) and shown.loc["u", "step"] == 250
 
+
+def test_a_rung_where_every_variant_diverged_ends_the_race_instead_of_waiting_for_it(tmp_path):
+    from rfsweep.run.race_control import Job, run_race
+
+    jobs = [Job([f"formulation.variant={v}"], v, f"seed0/{v}") for v in "ab"]
+    for j in jobs:  # as training records a non-finite loss
+        runfolder.write_status(tmp_path / j.run, "failed", step=3, reason="NonFiniteLossError: training loss is nan")
+    launched = []
+    assert run_race(conf(rungs=[0.5], margins=[0]), tmp_path, 40, 8, jobs, launched.append) == 0
+    rung, end = DecisionLog(tmp_path).records()
+    assert sorted(rung["diverged"]) == ["a", "b"] and rung["places"] == {} and rung["go_on"] == []
+    assert end["finished"] == [] and end["stopped"] == ["a", "b"] and all(b == [] for b in launched)
+    assert "diverged" in runfolder.read_outcome(tmp_path / "seed0/a")["reason"]
+
+
+def test_a_raced_sweep_never_ranks_the_finished_runs_of_a_variant_it_stopped(tmp_path):
+    """A variant whose run on one data set diverged after the last rung while its other run finished is stopped:
+    the finished run's results are not read as if the variant were complete (it would be ranked on part of the grid
+    beside its censored row)."""
+    from analysis.collect import collect
+    from rfsweep.results import REAL, SETTINGS, WEIGHTS, write_results
+    from tests.test_results import grid
+
+    df = grid()
+    jobs = []
+    for i, ((v, d), rows) in enumerate(df[df["weights"] != REAL].groupby(["variant", "dataset"])):
+        jobs.append({"variant": v, "dataset": d, "backbone": "dit-s", "seed": 0, "run": f"{d}/{i}"})
+        write_results(tmp_path / jobs[-1]["run"] / "results.csv", rows)
+    write_results(tmp_path / "real" / "results.csv", df[df["weights"] == REAL])
+    (tmp_path / "manifest.json").write_text(json.dumps({"jobs": jobs, "settings": [list(s) for s in SETTINGS],
+                                                        "weights": list(WEIGHTS)}))
+    variants = sorted({j["variant"] for j in jobs})
+    gone = variants[0]  # its runs' results are all there, as if its other run had finished before this one diverged
+    DecisionLog(tmp_path).append({"end": True, "finished": variants[1:], "audit": [], "stopped": [gone],
+                                  "diverged": {gone: {"run": jobs[0]["run"], "step": 7, "reason": "NonFiniteLoss"}}})
+    rows, manifest = collect(tmp_path)
+    assert set(rows.loc[rows["weights"] != REAL, "variant"]) == set(variants[1:])
+    assert gone not in {j["variant"] for j in manifest["jobs"]} and (rows["weights"] == REAL).sum() == 2
 
 def test_evaluation_counts_two_network_calls_per_step_under_guidance():
     df = pd.DataFrame({"weights": ["ema", "ema", "real"], "steps": [10, 25, 0], "cfg": [1.0, 5.0, 0.0],
@@ -383,10 +423,11 @@ def test_a_race_or_rung_without_an_evaluator_is_refused_in_one_line_before_anyth
 
     with pytest.raises(ConfigError, match=r"rung.stop_at=4 with eval.evaluator=none \(allowed: an evaluator"):
         validate(compose_cfg([*tiny(tmp_path), "rung.stop_at=4"]))
-    race = ["+experiment=demo", "eval=none", "hydra/sweeper=race", "-m", "data=shapes",
-            "formulation.variant=rf,eps/linear", "hydra.sweeper.margins=[1,1]", f"paths.sweeps={tmp_path}/multirun",
-            f"paths.runs={tmp_path}/runs"]
-    for args in (race, [*race, "dry_run=true"]):
+    with pytest.raises(ConfigError, match=r"eval.enabled=true with eval.evaluator=none"):
+        validate(compose_cfg([*tiny(tmp_path), "eval.enabled=true"]))
+    race = ["+experiment=demo", "hydra/sweeper=race", "-m", "data=shapes", "formulation.variant=rf,eps/linear",
+            "hydra.sweeper.margins=[1,1]", f"paths.sweeps={tmp_path}/multirun", f"paths.runs={tmp_path}/runs"]
+    for args in ([*race, "eval=none"], [*race, "eval=none", "dry_run=true"], [*race, "eval=embedded,none"]):
         r = run_cli(args, timeout=300)
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
         assert r.returncode == 2 and len(errors) == 1 and "hydra/sweeper=race with eval.evaluator=none" in errors[0]

@@ -36,8 +36,8 @@ def race_margins_cmd(args) -> int:
         if any(conf[k] != first[k] for k in SHARED) or s != steps[0]:
             raise ValueError(f"{sweep}: its race values differ from {args.sweeps[0]}'s (allowed: calibrations of the "
                              f"same rungs, top, keep, audit, bootstrap, seed and trainer.max_steps)")
-    runs = [{v: r for v, r in sweep_runs(s).items() if v not in diverged_variants(DecisionLog(s).records())}
-            for s in args.sweeps]  # a variant that diverged has no final place
+    gone = [diverged_variants(DecisionLog(s).records()) for s in args.sweeps]  # a diverged variant: no final place
+    runs = [{v: r for v, r in sweep_runs(s).items() if v not in g} for s, g in zip(args.sweeps, gone)]
     measured = calibrated_margins([(Path(s), r) for s, r in zip(args.sweeps, runs)], steps[0], int(first["top"]),
                                   float(first["keep"]), int(first["audit"]), int(first["bootstrap"]),
                                   int(first["seed"]))

@@ -80,6 +80,9 @@ def _cross_checks(cfg: DictConfig, plan: bool) -> None:
     if cfg.eval.ema_lengths and not cfg.ema.sigma_rels:
         raise ConfigError(f"config error: eval.ema_lengths={list(cfg.eval.ema_lengths)} without post-hoc EMA "
                           f"snapshots (allowed: [] or with ema=posthoc / ema.sigma_rels=[...])")
+    if cfg.eval.enabled and cfg.eval.evaluator == "none":
+        raise ConfigError("config error: eval.enabled=true with eval.evaluator=none (allowed: an evaluator, embedded "
+                          "or openclip, or eval.enabled=false; e.g. eval=embedded or eval=none)")
     if cfg.rung.stop_at is not None and cfg.eval.evaluator == "none":
         raise ConfigError(f"config error: rung.stop_at={cfg.rung.stop_at} with eval.evaluator=none (allowed: an "
                           f"evaluator, embedded or openclip: a rung evaluates the run there; e.g. eval=embedded)")

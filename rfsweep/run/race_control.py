@@ -122,16 +122,19 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
             gone = diverged(sweep_dir, made["runs"])  # a rerun does not train a diverged run again
             launch([[*j.overrides, f"rung.stop_at={step}"] for v in alive if v not in gone for j in by_variant[v]])
             gone = diverged(sweep_dir, made["runs"])
-            try:
-                df, banks = rung_rows(sweep_dir, {v: r for v, r in made["runs"].items() if v not in gone}, step)
-            except ValueError as e:
-                print(f"race: rung {i + 1} (step {step}) not decided: {e}; rerun the same command (finished rungs "
-                      f"and runs are skipped)", file=sys.stderr, flush=True)
-                return 1
-            places = rung_places(df, banks, conf.bootstrap, conf.seed)
-            decision = decide(places, rule, conf.seed + i + 1, audited)
-            rec = {"rung": i + 1, **made, **decision, "diverged": gone,
-                   "places": {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in places.itertuples()}}
+            rest = {v: r for v, r in made["runs"].items() if v not in gone}
+            decision, places = {"go_on": [], "stopped": [], "audit": []}, {}  # every variant diverged: none to place
+            if rest:
+                try:
+                    df, banks = rung_rows(sweep_dir, rest, step)
+                except ValueError as e:
+                    print(f"race: rung {i + 1} (step {step}) not decided: {e}; rerun the same command (finished "
+                          f"rungs and runs are skipped)", file=sys.stderr, flush=True)
+                    return 1
+                at = rung_places(df, banks, conf.bootstrap, conf.seed)
+                decision = decide(at, rule, conf.seed + i + 1, audited)
+                places = {r.variant: [int(r.rank), int(r.rank_lo), int(r.rank_hi)] for r in at.itertuples()}
+            rec = {"rung": i + 1, **made, **decision, "diverged": gone, "places": places}
             log.append(rec)
             records = log.records()
         out = rec.get("diverged", {})
@@ -244,8 +247,8 @@ def dry_run_plan(conf: RaceConf, max_steps: int, batch_size: int, rung_nfe: int,
 
 
 def check_rung_evaluator(cfg) -> None:
-    """A race evaluates every run at its rungs: a sweep whose evaluator is none is refused in one line (ConfigError)
-    before any job starts (each rung job would refuse it, and the race would never decide)."""
+    """A race evaluates every run at its rungs: a job of a race whose evaluator is none is refused in one line
+    (ConfigError) before any job starts (its rung job would refuse it, and the race would never decide)."""
     if cfg.eval.evaluator == "none":
         raise ConfigError("config error: hydra/sweeper=race with eval.evaluator=none (allowed: an evaluator, embedded "
                           "or openclip: the race evaluates every run at its rungs; e.g. eval=embedded)")

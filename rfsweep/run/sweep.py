@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from rfsweep.atomic import atomic_write
-from rfsweep.errors import UserError
+from rfsweep.errors import ConfigError, UserError
 from rfsweep.results import MANIFEST_FILE
 from rfsweep.run.builders import variant_name
 from rfsweep.run.preflight import preflight
@@ -118,17 +118,19 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
         except Exception:
             return None
         HydraConfig.instance().set_config(master)  # the launcher's node memory (launcher_mem_gb), as a job reads it
-        try:
-            _check_race(master)
-        except UserError as e:
-            print(f"error: {e} (no job started)", file=sys.stderr, flush=True)
-            return 2
+        seen: dict = {}
         for job, cfg in jobs:  # a job the sweep would refuse stops the plan, as `ManifestCallback` stops the sweep
             try:
                 preflight(cfg, mem_gb=OmegaConf.select(master, "hydra.launcher.mem_gb", default=None), data=False,
                           launcher=OmegaConf.select(master, "hydra.launcher", default=None), plan=True)
+                _check_race(master, cfg)
             except UserError as e:
                 print(f"error: sweep job [{' '.join(job)}]: {e} (no job started)", file=sys.stderr, flush=True)
+                return 2
+            try:
+                _check_folder(seen, str(cfg.job_name), job)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
                 return 2
         from rfsweep.run.plan import dry_run_line  # deferred: torch, not needed by --help
 
@@ -179,12 +181,23 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
-def _check_race(config: DictConfig) -> None:
-    """A race's own requirement of the sweep (`race_control.check_rung_evaluator`); nothing for other sweepers."""
+def _check_race(config: DictConfig, job: DictConfig) -> None:
+    """A race's own requirement of each of its jobs `job` (`race_control.check_rung_evaluator`), the sweep's config
+    `config` naming the sweeper; nothing for other sweepers."""
     if OmegaConf.select(config, "hydra.sweeper._target_") == RACE_SWEEPER:
         from rfsweep.run.race_control import check_rung_evaluator  # deferred: a race only
 
-        check_rung_evaluator(config)
+        check_rung_evaluator(job)
+
+
+def _check_folder(seen: dict, folder: str, overrides: list[str]) -> None:
+    """Two jobs of one sweep never share a run folder: ConfigError (one line) for the second; `seen` maps the folders
+    of the jobs checked so far to their overrides."""
+    if folder in seen:
+        raise ConfigError(f"sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run folder "
+                          f"{folder} (allowed: swept keys that change the folder: formulation, data, seed, "
+                          f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}}) (no job started)")
+    seen[folder] = overrides
 
 
 def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
@@ -192,25 +205,21 @@ def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
     run may leave unset): its manifest entry and its config. A bad value in any job, or two jobs that would share a
     run folder, stop the sweep with one line (exit 2) before any job starts."""
     jobs, cfgs, seen = [], [], {}
-    try:
-        _check_race(config)
-    except UserError as e:
-        _refuse(f"{e} (no job started)")
     for overrides in planned_jobs(config):
         cfg = compose(config_name="config", overrides=overrides)
         try:
             preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
                       launcher=OmegaConf.select(config, "hydra.launcher", default=None),
                       plan=bool(config.get("dry_run")))
+            _check_race(config, cfg)
             variant = variant_name(cfg.formulation)
         except UserError as e:
             _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
         folder = str(cfg.job_name)
-        if folder in seen:
-            _refuse(f"sweep jobs [{' '.join(seen[folder])}] and [{' '.join(overrides)}] share the run folder "
-                    f"{folder} (allowed: swept keys that change the folder: formulation, data, seed, "
-                    f"backbone.label; e.g. backbone.label=mmdit_d${{backbone.depth}})")
-        seen[folder] = overrides
+        try:
+            _check_folder(seen, folder, overrides)
+        except UserError as e:
+            _refuse(str(e))
         cfgs.append(cfg)
         jobs.append({"variant": variant, "dataset": str(cfg.data.label), "backbone": str(cfg.backbone.label),
                      "seed": int(cfg.seed), "run": folder})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +61,23 @@ def _cli_env(args: list[str]) -> dict:
     return env
 
 
-def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rfsweep", *args], cwd=ROOT, env=_cli_env(args),
-                          capture_output=True, text=True, timeout=timeout, **kw)
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m rfsweep args` in a process group of its own: past `timeout` the whole group is killed (the ranks
+    Lightning's own launcher started, SLURM's srun, the race's jobs), not only the command, whose children would go
+    on and load the next tests; TimeoutExpired then carries what the command printed."""
+    cmd = [sys.executable, "-m", "rfsweep", *args]
+    with subprocess.Popen(cmd, cwd=ROOT, env=_cli_env(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the group ended meanwhile
+                pass
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def popen_cli(args: list[str], nice: int = 0) -> subprocess.Popen:

@@ -37,8 +37,14 @@ def test_the_bank_holds_what_the_results_were_computed_from(tmp_path):
         assert float(e.similarity.double().mean()) == pytest.approx(r["clip_score"], abs=1e-6)
         fid = frechet_distance(*feature_stats(e.features.float()), ref.mu, ref.sigma)
         assert fid == pytest.approx(r["fid"], rel=2e-2)  # from the fp16 features the bank keeps
+    real = next(r for r in rows if r["weights"] == "real")  # the held-out real images, each with its own caption
+    assert bank.real.features.shape == (16, evaluator.dim) and bank.real.prompt.tolist() == list(range(16))
+    assert bank.real.noise_seed.tolist() == [-1] * 16
+    assert float(bank.real.similarity.double().mean()) == pytest.approx(real["clip_score"], abs=1e-6)
+    assert frechet_distance(*feature_stats(bank.real.features.float()), ref.mu, ref.sigma) == pytest.approx(
+        real["fid"], rel=2e-2)
     size = (run / BANK_FILE).stat().st_size  # what `bank_size` says, plus the header (names, offsets, metadata)
-    assert bank_size(4, 16, evaluator.dim, 16) < size <= bank_size(4, 16, evaluator.dim, 16) + 4096
+    assert bank_size(4, 16, evaluator.dim, 16, 16) < size <= bank_size(4, 16, evaluator.dim, 16, 16) + 4096
 
 
 def test_the_batch_size_does_not_change_what_is_drawn(tmp_path):

@@ -287,6 +287,31 @@ def test_the_best_length_is_chosen_on_one_half_of_the_prompts_and_reported_on_th
     assert chosen["select"] == "clip_score" and chosen["sigma_rel"] == 0.05
 
 
+def test_the_real_image_row_beside_the_halves_is_the_reporting_halfs(tmp_path, capfd):
+    """The real-image row of the post-hoc tables: the odd-index held-out images against the odd reference images
+    (the reported samples' N and reference), from the bank's real evidence; a bank without it keeps the full row,
+    said in one line."""
+    import pandas as pd
+
+    from analysis.ema_choice import metrics_of, real_half, reference_halves
+    from rfsweep.evaluation.bank import SampleEvidence
+    from rfsweep.results import REAL
+
+    bank = _bank_with({"ema": (0.3, 0.4)})
+    g = torch.Generator().manual_seed(1)
+    sim = torch.linspace(0.2, 0.4, 40)
+    bank.real = SampleEvidence(torch.randn(40, 8, generator=g).half(), sim, torch.arange(40), torch.full((40,), -1))
+    rows = pd.DataFrame([{"variant": "real images", "family": REAL, "dataset": "shapes", "weights": REAL, "steps": 0,
+                          "cfg": 0.0, "clip_score": float(sim.mean()), "fid": 9.0, "n_samples": 40, "run_dir": r}
+                         for r in ("r1", "r2")])
+    out = real_half(rows, {"r1": bank, "r2": _bank_with({"ema": (0.3, 0.4)})}).set_index("run_dir")
+    odd = SampleEvidence(*(t[1::2] for t in (bank.real.features, sim, torch.arange(40), torch.full((40,), -1))))
+    want = metrics_of(odd, reference_halves(bank.reference)[1])
+    assert out.loc["r1", "n_samples"] == 20 and out.loc["r1", "clip_score"] == pytest.approx(float(sim[1::2].mean()))
+    assert out.loc["r1", "fid"] == pytest.approx(want["fid"]) and out.loc["r1", "fid"] != 9.0
+    assert out.loc["r2", "n_samples"] == 40 and out.loc["r2", "fid"] == 9.0  # an older bank: the full row, said
+    assert "1 real-image rows use all their images and the full reference" in capfd.readouterr().err
+
 def test_a_poorly_fitted_length_is_never_chosen(tmp_path, capfd):
     """The length that wins on the choosing half (0.05) but whose rebuild missed its profile (fit_error 5%, beyond
     FIT_TOLERANCE) is passed over in one line for the next (0.1); every length poor: refused."""
@@ -374,6 +399,9 @@ def test_evaluation_samples_each_ema_length_rebuilt_at_the_evaluated_step(tmp_pa
     assert passes == [[0.05], [0.2]]
     bank = EvidenceBank.load(run / "evidence.safetensors")
     assert bank.has("phema0.2", 2, 5.0) and bank.ckpt_step == info["step"]
+    real = next(r for r in rows if r["weights"] == "real")  # the real images' evidence is kept for the halves
+    assert len(bank.real.prompt) == 8 and float(bank.real.similarity.double().mean()) == pytest.approx(
+        real["clip_score"], abs=1e-5)
     rebuilt = PostHocNets(module, run, info["step"]).get("phema0.05")
     _, tracked = read_snapshot(snapshot_steps(run / "checkpoints" / "posthoc")[info["step"]])
     module.phema[0].load_state_dict(tracked[0.05])  # the tracked 0.05 EMA as it was at the evaluated step

@@ -3,10 +3,12 @@ setting leaves per sample, so the analysis can say how sure a ranking is (a pair
 long after the samples are gone.
 
 Per (weights, steps, cfg): every sample's evaluator image features (fp16), its CLIP similarity to its prompt (fp32),
-its prompt's index and its noise seed; once per run: the reference images' features (fp16). The file names the
+its prompt's index and its noise seed; once per run: the reference images' features (fp16) and the held-out real
+images' evidence (`real`: their features and similarity to their own captions; the "real images" row, which the
+post-hoc EMA choice recomputes on the reporting half; absent in banks written before it was kept). The file names the
 evaluator that computed it and the checkpoint step it evaluated; it is rewritten atomically after every setting, so
 a pre-empted evaluation keeps its finished settings, and a bank of another evaluator or checkpoint is not this
-evaluation's. Size per run: settings x n_samples x (2 d + 20) bytes, plus 2 d per reference image.
+evaluation's. Size per run: (settings x n_samples + real images) x (2 d + 20) bytes, plus 2 d per reference image.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rfsweep.errors import ResultsError
 
 BANK_FILE = "evidence.safetensors"
 FORMAT = "rfsweep-evidence-1"
+EVIDENCE = ("features", "similarity", "prompt", "noise_seed")  # a SampleEvidence's tensors, in its order
 
 
 def setting_key(weights: str, steps, cfg) -> tuple[str, int, float]:
@@ -47,12 +50,23 @@ class SampleEvidence:
                              f"{len(self.noise_seed)}")
 
 
+def sample_evidence(image_features, text_features, n_prompts: int, seeds: list[int]) -> SampleEvidence:
+    """What the bank keeps of one setting: fp16 features, each sample's cosine with its prompt, the prompt's index
+    (samples cycle the prompts) and the noise seed."""
+    i = torch.nn.functional.normalize(image_features.double(), dim=-1)
+    t = torch.nn.functional.normalize(text_features.double().cpu(), dim=-1)
+    n = len(i)
+    return SampleEvidence(image_features.to(torch.float16), (i * t).sum(-1).float(),
+                          torch.arange(n, dtype=torch.int64) % n_prompts, torch.tensor(seeds, dtype=torch.int64))
+
+
 @dataclass
 class EvidenceBank:
     evaluator_id: str
     ckpt_step: int
     reference: torch.Tensor  # (M, d) fp16: the reference images' features
     settings: dict  # setting_key -> SampleEvidence
+    real: SampleEvidence | None = None  # the held-out real images (prompt: the image's index, noise seed -1)
 
     def add(self, weights: str, steps, cfg, evidence: SampleEvidence) -> None:
         self.settings[setting_key(weights, steps, cfg)] = evidence
@@ -69,6 +83,8 @@ class EvidenceBank:
                             f"s{i}.similarity": e.similarity.to(torch.float32).contiguous(),
                             f"s{i}.prompt": e.prompt.to(torch.int64).contiguous(),
                             f"s{i}.noise_seed": e.noise_seed.to(torch.int64).contiguous()})
+        if self.real is not None:
+            tensors.update({f"real.{k}": getattr(self.real, k).contiguous() for k in EVIDENCE})
         meta = {"format": FORMAT, "evaluator_id": self.evaluator_id, "ckpt_step": str(int(self.ckpt_step)),
                 "settings": json.dumps(keys)}
         with atomic_write(Path(path), "wb") as f:
@@ -87,9 +103,9 @@ class EvidenceBank:
                 raise ValueError(f"format {meta.get('format')!r}")
             settings = {}
             for i, key in enumerate(json.loads(meta["settings"])):
-                settings[setting_key(*key)] = SampleEvidence(*(tensors[f"s{i}.{k}"] for k in (
-                    "features", "similarity", "prompt", "noise_seed")))
-            return cls(meta["evaluator_id"], int(meta["ckpt_step"]), tensors["reference"], settings)
+                settings[setting_key(*key)] = SampleEvidence(*(tensors[f"s{i}.{k}"] for k in EVIDENCE))
+            real = SampleEvidence(*(tensors[f"real.{k}"] for k in EVIDENCE)) if "real.features" in tensors else None
+            return cls(meta["evaluator_id"], int(meta["ckpt_step"]), tensors["reference"], settings, real)
         except Exception as e:
             raise ResultsError(f"{path}: not a readable evidence bank ({type(e).__name__}: {e}) (allowed: a file "
                                f"written by rfsweep's evaluation; remove it and rerun with stage=evaluate)") from None
@@ -112,6 +128,7 @@ def bank_complete(path: str | Path, expected: list[tuple], evaluator_id: str) ->
     return bank is not None and bank.evaluator_id == evaluator_id and all(bank.has(*k) for k in expected)
 
 
-def bank_size(settings: int, n_samples: int, dim: int, n_reference: int) -> int:
-    """Bytes of a bank: fp16 features, fp32 similarity and two int64 indices per sample, fp16 reference features."""
-    return settings * n_samples * (2 * dim + 4 + 8 + 8) + 2 * dim * n_reference
+def bank_size(settings: int, n_samples: int, dim: int, n_reference: int, n_real: int = 0) -> int:
+    """Bytes of a bank: fp16 features, fp32 similarity and two int64 indices per sample and per real image, fp16
+    reference features."""
+    return (settings * n_samples + n_real) * (2 * dim + 4 + 8 + 8) + 2 * dim * n_reference

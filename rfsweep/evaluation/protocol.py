@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rfsweep.evaluation.bank import SampleEvidence
+from rfsweep.evaluation.bank import sample_evidence
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.reference import ReferenceStats
 from rfsweep.metrics import Evidence, compute_metrics
@@ -32,16 +32,6 @@ class EvaluationStopped(RuntimeError):
 def eval_prompts(captions: list[str], n: int) -> list[str]:
     """The first n held-out captions, cycled if there are fewer."""
     return list(itertools.islice(itertools.cycle(captions), n))
-
-
-def sample_evidence(image_features, text_features, n_prompts: int, seeds: list[int]):
-    """What the bank keeps of one setting: fp16 features, each sample's cosine with its prompt, the prompt's index
-    (samples cycle the prompts) and the noise seed."""
-    i = torch.nn.functional.normalize(image_features.double(), dim=-1)
-    t = torch.nn.functional.normalize(text_features.double().cpu(), dim=-1)
-    n = len(i)
-    return SampleEvidence(image_features.to(torch.float16), (i * t).sum(-1).float(),
-                          torch.arange(n, dtype=torch.int64) % n_prompts, torch.tensor(seeds, dtype=torch.int64))
 
 
 @torch.no_grad()

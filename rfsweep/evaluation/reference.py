@@ -19,6 +19,7 @@ import torch
 
 from rfsweep.atomic import atomic_write
 from rfsweep.data import build_dataset, default_cache_dir
+from rfsweep.evaluation.bank import SampleEvidence, sample_evidence
 from rfsweep.evaluation.statistics import clip_score, feature_stats
 from rfsweep.metrics import Evidence, compute_metrics
 
@@ -92,7 +93,15 @@ def real_reference_row(evaluator, ref: ReferenceStats, dataset: str, resolution:
                        seed: int = 0, split: str = "val", data_path: str | None = None) -> dict:
     """Every registered metric of n held-out real images (`val`, with their own captions) against the reference
     (`test`) statistics: what a perfect generator would score with n samples. Same keys as an `evaluate` row."""
+    return real_reference(evaluator, ref, dataset, resolution, n, seed, split, data_path)[0]
+
+
+def real_reference(evaluator, ref: ReferenceStats, dataset: str, resolution: int = 8, n: int = 1000, seed: int = 0,
+                   split: str = "val", data_path: str | None = None) -> tuple[dict, SampleEvidence]:
+    """`real_reference_row` and the real images' evidence for the bank (`EvidenceBank.real`: each image's features
+    and similarity to its own caption, its index as the prompt, noise seed -1)."""
     images, captions = split_items(dataset, split, resolution, n, seed, data_path)
-    evidence = Evidence(evaluator.encode_images(images), evaluator.encode_texts(captions), ref.mu, ref.sigma,
-                        ref.features)
-    return {"weights": "real", "steps": 0, "cfg": 0.0, **compute_metrics(evidence), "n_samples": len(images)}
+    image_features, text_features = evaluator.encode_images(images), evaluator.encode_texts(captions)
+    evidence = Evidence(image_features, text_features, ref.mu, ref.sigma, ref.features)
+    row = {"weights": "real", "steps": 0, "cfg": 0.0, **compute_metrics(evidence), "n_samples": len(images)}
+    return row, sample_evidence(image_features, text_features, len(images), [-1] * len(images))

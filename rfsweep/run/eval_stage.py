@@ -26,7 +26,7 @@ from rfsweep.evaluation.evaluators import build_evaluator
 from rfsweep.evaluation.grids import save_captioned_grid
 from rfsweep.evaluation.progress import EvalProgress
 from rfsweep.evaluation.protocol import EvaluationStopped, eval_prompts, evaluate  # noqa: F401 (the job catches it)
-from rfsweep.evaluation.reference import real_reference_row, reference_stats
+from rfsweep.evaluation.reference import real_reference, reference_stats
 from rfsweep.results import (
     EVALUATOR,
     FIT_ERROR,
@@ -244,10 +244,12 @@ def evaluate_run(cfg: DictConfig, module, run_dir: Path, info: dict, settings, e
     bank = _earlier_bank(out, info["step"], evaluator.id, ref)
     rows = [r for r in _earlier_rows(out, info["step"], evaluator.id)  # a setting without its evidence: again
             if r["weights"] == REAL or bank.has(r["weights"], r["steps"], r["cfg"])]
-    if not any(r["weights"] == REAL for r in rows):
-        real = real_reference_row(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples, cfg.data.seed,
-                                  data_path=cfg.data.path)
+    if bank.real is None or not any(r["weights"] == REAL for r in rows):  # the row, and its evidence in the bank
+        real, bank.real = real_reference(evaluator, ref, cfg.data.name, cfg.data.resolution, e.n_samples,
+                                         cfg.data.seed, data_path=cfg.data.path)
+        rows = [r for r in rows if r["weights"] != REAL]
         rows.append({**common, **real, "variant": REAL_VARIANT, "family": REAL, "ckpt_step": 0, "val_loss": None})
+        bank.save(out / BANK_FILE)
     done = [(r["weights"], r["steps"], r["cfg"]) for r in rows if r["weights"] != REAL]
 
     weights = evaluated_weights(cfg)

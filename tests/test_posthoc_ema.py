@@ -547,7 +547,7 @@ def test_coefficients_solve_the_normal_equations_as_lstsq_does():
 
 
 def test_a_length_the_snapshots_match_poorly_is_flagged_in_one_line(tmp_path, capfd):
-    """Long lengths need early-time resolution: 0.25 from 20 snapshots of 0.05 and 0.10 misses its profile by 5.9%
+    """Long lengths need early-time resolution: 0.25 from 20 snapshots of 0.05 and 0.10 misses its profile by 6.0%
     (the demo's 0.26 had a raw coefficient sum of 0.92); a third tracked EMA of 0.20 (ema=posthoc_long) brings it to
     0.6%."""
     from rfsweep.train.posthoc_ema import FIT_TOLERANCE, coefficients, fit_error, gamma_of, reconstruct_many
@@ -562,6 +562,12 @@ def test_a_length_the_snapshots_match_poorly_is_flagged_in_one_line(tmp_path, ca
     gammas = [gamma_of(r) for _ in range(20, 401, 20) for r in long]
     x = coefficients(steps, gammas, 400, gamma_of(0.25))
     assert fit_error(steps, gammas, 400, gamma_of(0.25), x) < FIT_TOLERANCE / 2
+    # the error reported is that of the weights used: the coefficients scaled to sum 1 (0.25's sum is far from it)
+    short = [s for s in range(20, 401, 20) for _ in TRACKED], [gamma_of(r) for _ in range(20, 401, 20) for r in TRACKED]
+    raw = coefficients(*short, 400, gamma_of(0.25))
+    used = fit_error(*short, 400, gamma_of(0.25), raw / raw.sum())
+    assert infos[0.25]["fit_error"] == pytest.approx(used, rel=1e-9)
+    assert abs(raw.sum() - 1) > 0.005 and used > fit_error(*short, 400, gamma_of(0.25), raw) + 1e-4
 
 
 def test_float16_snapshots_keep_the_length_signal_and_bfloat16_loses_it(tmp_path):

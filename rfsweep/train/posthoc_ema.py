@@ -226,9 +226,10 @@ def fit_plan(folder: str | Path, sigma_rels: list[float], step: int | None = Non
     """What `reconstruct_many` reads and how it weighs it, from the snapshots' headers alone (no tensor is read):
     (snapshots, tracked sigma_rels, (snapshot, sigma_rel) pairs, normalised coefficients per length, info per length).
     The coefficients are normalised to sum to 1; info per length: step, snapshots used, their least-squares sum
-    before that, the profile's fit error (`fit_error`), and `poor` (a line on stderr says why) when that error exceeds
-    FIT_TOLERANCE: a length far beyond the tracked ones, or too few snapshots early in training for a long length
-    (20 snapshots of 0.05 and 0.10 fit 0.25 to 5.9%, 100 to 0.8%; 0.08-0.15 to 0.2-0.6% with 20)."""
+    before that, the fit error (`fit_error`) of the profile of the weights used (the normalised coefficients), and
+    `poor` (a line on stderr says why) when that error exceeds FIT_TOLERANCE: a length far beyond the tracked ones, or
+    too few snapshots early in training for a long length (20 snapshots of 0.05 and 0.10 fit 0.25 to 6.0%, 100 to
+    0.8%; 0.08-0.15 to 0.2-0.6% with 20)."""
     for sigma_rel in sigma_rels:
         gamma_of(sigma_rel)  # in range, before any snapshot is read
     found = snapshot_steps(folder)
@@ -250,7 +251,7 @@ def fit_plan(folder: str | Path, sigma_rels: list[float], step: int | None = Non
     for sigma_rel in sigma_rels:
         raw = coefficients(steps, gammas, step, gamma_of(sigma_rel))
         weights[sigma_rel] = raw / raw.sum()  # an average of weights; the raw sum says how well the profile matched
-        err = fit_error(steps, gammas, step, gamma_of(sigma_rel), raw)
+        err = fit_error(steps, gammas, step, gamma_of(sigma_rel), weights[sigma_rel])  # of the weights used
         infos[sigma_rel] = {"step": step, "snapshots": len(chosen), "sum": float(raw.sum()), "sigma_rel": sigma_rel,
                             "fit_error": err, "poor": err > FIT_TOLERANCE}
         if infos[sigma_rel]["poor"]:

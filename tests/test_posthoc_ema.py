@@ -682,3 +682,23 @@ def test_free_host_memory_is_capped_by_the_job_cgroup_and_its_ancestors(tmp_path
     cgroup(job, unlimited, 10 * gib, 4 * gib)
     assert free_host_bytes(meminfo, root, own) == 40 * gib  # MemAvailable, not MemFree
     assert free_host_bytes(meminfo, tmp_path / "none", tmp_path / "none") == 40 * gib
+
+
+def test_the_fit_error_check_blends_weights_whose_profile_error_is_known(tmp_path):
+    """scripts/posthoc_fid_check.py: a blend a x (0.10 rebuilt from 0.05 alone) + (1 - a) x the tracked 0.10 has
+    profile error exactly a x the rebuild's, and its weights are that blend of the snapshots (a = 0: the tracked 0.10;
+    a = 1: what the least squares over the 0.05 snapshots gives)."""
+    from scripts.posthoc_fid_check import rebuilt
+
+    _trajectory(tmp_path, sigma_rels=TRACKED)
+    snaps = {s: read_snapshot(files)[1] for s, files in snapshot_steps(tmp_path).items()}
+    steps = sorted(snaps)
+    full, err = rebuilt(snaps, steps, 400, 1.0)
+    assert 0.1 < err < 0.5  # no 0.10 snapshot at the step: no close fit (15% here, 36.5% on the demo)
+    zero, none = rebuilt(snaps, steps, 400, 0.0)
+    assert none == pytest.approx(0.0, abs=1e-6) and all(torch.equal(zero[k], snaps[400][0.10][k]) for k in zero)
+    for a in (0.05, 0.25):
+        state, e = rebuilt(snaps, steps, 400, a)
+        assert e == pytest.approx(a * err, rel=1e-6)
+        for k in state:
+            torch.testing.assert_close(state[k], a * full[k] + (1 - a) * zero[k], rtol=0, atol=1e-5)

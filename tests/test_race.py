@@ -198,13 +198,15 @@ def _decided_rung(jobs, seed=0, bootstrap=1000):
 
 @pytest.mark.parametrize("changed, key", [
     (dict(runs="seed1"), "runs=a: ['seed0/a'"), (dict(seed=7), "seed=7"), (dict(bootstrap=500), "bootstrap=500"),
+    (dict(margin=4), "decided with margin=4, this race has margin=1"),
 ])
 def test_a_decided_rung_is_replayed_only_for_the_runs_seeds_and_rule_that_decided_it(tmp_path, changed, key):
     from rfsweep.run.race_control import Job, run_race
 
     jobs = [Job([f"formulation.variant={v}"], v, f"seed0/{v}") for v in "abcd"]
-    DecisionLog(tmp_path).append(_decided_rung(jobs, seed=changed.get("seed", 0),
-                                               bootstrap=changed.get("bootstrap", 1000)))
+    rec = _decided_rung(jobs, seed=changed.get("seed", 0), bootstrap=changed.get("bootstrap", 1000))
+    rec["rule"]["margin"] = changed.get("margin", 1)
+    DecisionLog(tmp_path).append(rec)
     if "runs" in changed:  # the same race under the same name, another training seed: other run folders
         jobs = [Job(j.overrides, j.variant, j.run.replace("seed0", changed["runs"])) for j in jobs]
     launched = []
@@ -374,7 +376,7 @@ def test_margins_measured_on_a_calibration_keep_its_final_top_group_in_a_race_of
     # the same log with other margins is refused in one line, nothing launched
     other = run_cli([*base, "hydra.sweeper.margins=[9]", "name=raced", f"paths.sweeps={tmp_path}/multirun"],
                     timeout=600)
-    assert other.returncode == 2 and "with margin 9" in other.stderr and "Traceback" not in other.stderr
+    assert other.returncode == 2 and "this race has margin=9" in other.stderr and "Traceback" not in other.stderr
     # a race stops variants: it cannot calibrate
     assert analysis_main(["race-margins", str(tmp_path / "multirun" / "raced"), "--out", str(tmp_path / "x")]) == 2
 

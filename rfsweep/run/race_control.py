@@ -198,6 +198,9 @@ def _check_replay(path: Path, n: int, rec: dict, made: dict) -> None:
         if key == "runs":
             v = next(v for v in sorted({*theirs, *ours}) if theirs.get(v) != ours.get(v))
             theirs, ours = f"{v}: {theirs.get(v)}", f"{v}: {ours.get(v)}"
+        if key == "rule":  # the rule's own key that differs: top, margin, keep or audit
+            key = next(k for k in ours if theirs[k] != ours[k])
+            theirs, ours = theirs[key], ours[key]
         raise ConfigError(f"config error: {path} holds rung {n} decided with {key}={theirs}, this race has "
                           f"{key}={ours} (allowed: the command, seeds and margins that wrote it; move the log aside "
                           f"to race afresh)")

@@ -153,19 +153,24 @@ def real_half(real: pd.DataFrame, banks: dict[str, EvidenceBank]) -> pd.DataFram
     """The real-image rows on the reporting half: the odd-index held-out images against the odd reference images
     (what a perfect generator scores beside the reported samples, at their N), from each row's run's bank; a row whose
     bank predates the real images' evidence keeps all images and the full reference (said in one line)."""
-    out, kept = [], 0
+    out, kept, unbanked = [], 0, 0
     for _, row in real.iterrows():
         bank = banks.get(str(row.get("run_dir")))
         if bank is None or bank.real is None:
             out.append(row.to_dict())
-            kept += 1
+            kept += bank is not None
+            unbanked += bank is None
             continue
         shown = _subset(bank.real, halves(bank.real)[1])
         out.append({**row.to_dict(), **metrics_of(shown, reference_halves(bank.reference)[1]),
                     "n_samples": len(shown.prompt)})
     if kept:
         print(f"warning: {kept} real-image rows use all their images and the full reference (evidence banks written "
-              f"before they kept the real images): they are not the reporting half's", file=sys.stderr, flush=True)
+              f"before they kept the real images, evaluations before 2026-12-06): they are not the reporting half's",
+              file=sys.stderr, flush=True)
+    if unbanked:
+        print(f"warning: {unbanked} real-image rows use all their images and the full reference (no evidence bank of "
+              f"their run_dir among the runs' banks): they are not the reporting half's", file=sys.stderr, flush=True)
     return pd.DataFrame(out, columns=real.columns)
 
 

@@ -3,7 +3,7 @@
 
 For each run, at its evaluated step: the tracked sigma_rel = 0.10 EMA (the truth: its own profile, fit error 0)
 against rebuilds of 0.10 whose profiles miss 0.10's by known fit errors (`rfsweep.train.posthoc_ema.fit_error`):
-the least-squares rebuild from the 0.05 EMA's snapshots alone (about 30%: without a 0.10 snapshot at the step no
+the least-squares rebuild from the 0.05 EMA's snapshots alone (36.5% on the demo: without a 0.10 snapshot at the step no
 fit is close) and blends a x that rebuild + (1 - a) x the tracked 0.10, weight averages of snapshots like any rebuild,
 whose profile error is a x that of the rebuild exactly (a = 0.05 ... 1): the metrics' response to a fit error of that
 size, along the direction a rebuild errs in. Each is sampled on the run's evaluation prompts and noise at 25 steps,

@@ -61,22 +61,30 @@ def _cli_env(args: list[str]) -> dict:
     return env
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group ended meanwhile
+        pass
+
+
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m rfsweep args` in a process group of its own: past `timeout` the whole group is killed (the ranks
     Lightning's own launcher started, SLURM's srun, the race's jobs), not only the command, whose children would go
-    on and load the next tests; TimeoutExpired then carries what the command printed."""
+    on and load the next tests; TimeoutExpired then carries what the command printed. Any other way out (Ctrl-C)
+    kills the group too: in its own session, the command never sees the terminal's signals."""
     cmd = [sys.executable, "-m", "rfsweep", *args]
     with subprocess.Popen(cmd, cwd=ROOT, env=_cli_env(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # the group ended meanwhile
-                pass
+            _kill_group(proc)
             out, err = proc.communicate()
             raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+        except BaseException:  # Ctrl-C, pytest's own timeout: the group never reaches the ranks it started
+            _kill_group(proc)
+            raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 

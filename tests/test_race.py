@@ -434,3 +434,15 @@ def test_a_race_or_rung_without_an_evaluator_is_refused_in_one_line_before_anyth
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
         assert r.returncode == 2 and len(errors) == 1 and "hydra/sweeper=race with eval.evaluator=none" in errors[0]
         assert not (tmp_path / "multirun").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_decided_rung_with_a_rule_key_this_version_lacks_is_replayed_on_the_keys_both_have(tmp_path):
+    from rfsweep.run.race_control import Job, run_race
+
+    jobs = [Job([f"formulation.variant={v}"], v, f"seed0/{v}") for v in "abcd"]
+    rec = _decided_rung(jobs)
+    rec["rule"]["patience"] = 2  # written by a newer version's rule
+    DecisionLog(tmp_path).append(rec)
+    launched = []
+    assert run_race(conf(rungs=[0.25], margins=[1]), tmp_path, 400, 8, jobs, launched.append) == 1  # runs unfinished
+    assert len(launched) == 1 and len(launched[0]) == 4 and not any("rung.stop_at" in " ".join(j) for j in launched[0])

@@ -265,6 +265,9 @@ def decisions(records: list[dict]) -> pd.DataFrame:
     rung without a rung either), for the W&B analysis run."""
     rows = []
     for r in records:
+        if "end" in r:  # diverged after the last rung: no rung, the step it diverged at
+            rows += [{"rung": None, "step": d.get("step"), "variant": v, "decision": "diverged"}
+                     for v, d in sorted(r.get("diverged", {}).items())]
         if "rung" not in r:
             continue
         stopped, audit = set(r["stopped"]), set(r["audit"])
@@ -274,10 +277,6 @@ def decisions(records: list[dict]) -> pd.DataFrame:
                          "rank_hi": hi, "decision": what})
         rows += [{"rung": r["rung"], "step": r["step"], "variant": v, "decision": "diverged"}
                  for v in sorted(r.get("diverged", {}))]
-    for r in records:  # diverged after the last rung: no rung, the step it diverged at
-        if "end" in r:
-            rows += [{"rung": None, "step": d.get("step"), "variant": v, "decision": "diverged"}
-                     for v, d in sorted(r.get("diverged", {}).items())]
     return pd.DataFrame(rows, columns=["rung", "step", "variant", "place", "rank_lo", "rank_hi", "decision"])
 
 

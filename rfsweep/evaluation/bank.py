@@ -79,12 +79,9 @@ class EvidenceBank:
         tensors, keys = {"reference": self.reference.to(torch.float16).contiguous()}, []
         for i, (key, e) in enumerate(sorted(self.settings.items())):
             keys.append(list(key))
-            tensors.update({f"s{i}.features": e.features.to(torch.float16).contiguous(),
-                            f"s{i}.similarity": e.similarity.to(torch.float32).contiguous(),
-                            f"s{i}.prompt": e.prompt.to(torch.int64).contiguous(),
-                            f"s{i}.noise_seed": e.noise_seed.to(torch.int64).contiguous()})
+            tensors.update(_stored(f"s{i}", e))
         if self.real is not None:
-            tensors.update({f"real.{k}": getattr(self.real, k).contiguous() for k in EVIDENCE})
+            tensors.update(_stored("real", self.real))
         meta = {"format": FORMAT, "evaluator_id": self.evaluator_id, "ckpt_step": str(int(self.ckpt_step)),
                 "settings": json.dumps(keys)}
         with atomic_write(Path(path), "wb") as f:
@@ -109,6 +106,13 @@ class EvidenceBank:
         except Exception as e:
             raise ResultsError(f"{path}: not a readable evidence bank ({type(e).__name__}: {e}) (allowed: a file "
                                f"written by rfsweep's evaluation; remove it and rerun with stage=evaluate)") from None
+
+
+def _stored(prefix: str, e: SampleEvidence) -> dict[str, torch.Tensor]:
+    """A SampleEvidence's tensors as the file keeps them, under `prefix`: fp16 features, fp32 similarity, int64
+    indices."""
+    dtypes = (torch.float16, torch.float32, torch.int64, torch.int64)
+    return {f"{prefix}.{k}": getattr(e, k).to(t).contiguous() for k, t in zip(EVIDENCE, dtypes)}
 
 
 def _metadata(raw: bytes) -> dict:

@@ -110,12 +110,13 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
     by_variant: dict[str, list[Job]] = {}
     for j in jobs:
         by_variant.setdefault(j.variant, []).append(j)
+    runs = {v: [j.run for j in js] for v, js in by_variant.items()}  # each variant's run folders
     alive, audited, stopped = sorted(by_variant), set(), set()
     for i, step in enumerate(steps):
         rec = records[i] if i < len(records) and "rung" in records[i] else None
         rule = Rule(conf.top, margin[i], 1.0 if conf.calibrate else conf.keep, 0 if conf.calibrate else conf.audit)
         made = {"step": step, "alive": alive, "rule": vars(rule), "bootstrap": conf.bootstrap, "seed": conf.seed,
-                "runs": {v: [j.run for j in by_variant[v]] for v in alive}}
+                "runs": {v: runs[v] for v in alive}}
         if rec is not None:
             _check_replay(log.path, i + 1, rec, made)
         if rec is None:
@@ -145,10 +146,10 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         audited |= set(rec["audit"])
         alive = sorted(set(rec["go_on"]) | set(rec["audit"]))
     end = next((r for r in records if "end" in r), None)
-    late = end.get("diverged", {}) if end else diverged(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive})
+    late = end.get("diverged", {}) if end else diverged(sweep_dir, {v: runs[v] for v in alive})
     launch([list(j.overrides) for v in alive if v not in late for j in by_variant[v]])
     if end is None:  # diverged after the last rung: stopped at the end
-        late = diverged(sweep_dir, {v: [j.run for j in by_variant[v]] for v in alive})
+        late = diverged(sweep_dir, {v: runs[v] for v in alive})
     alive = [v for v in alive if v not in late]
     stopped |= set(late)
     unfinished = [j.run for v in alive for j in by_variant[v]
@@ -167,7 +168,7 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         end = {"end": True, "finished": alive, "audit": sorted(audited), "stopped": sorted(stopped), "diverged": late,
                "spent": spent(sweep_dir, [j.run for j in jobs]), "jobs": len(jobs), "max_steps": max_steps}
         if conf.calibrate:
-            end["margins"] = _measure(sweep_dir, conf, {v: js for v, js in by_variant.items() if v not in out},
+            end["margins"] = _measure(sweep_dir, conf, {v: r for v, r in runs.items() if v not in out},
                                       steps)  # a diverged variant has no final place
         log.append(end)
         if conf.calibrate:
@@ -207,12 +208,11 @@ def _check_replay(path: Path, n: int, rec: dict, made: dict) -> None:
                           f"to race afresh)")
 
 
-def _measure(sweep_dir: Path, conf: RaceConf, by_variant: dict, steps: list[int]) -> list[int]:
+def _measure(sweep_dir: Path, conf: RaceConf, runs: dict[str, list[str]], steps: list[int]) -> list[int]:
     """The margin per rung of this calibration sweep (`analysis.race.calibrated_margins`; several seeds' calibrations
     together: `python -m analysis race-margins`)."""
     from analysis.race import calibrated_margins  # deferred: pandas
 
-    runs = {v: [j.run for j in js] for v, js in by_variant.items()}
     return calibrated_margins([(sweep_dir, runs)], steps, conf.top, conf.keep, conf.audit, conf.bootstrap, conf.seed)
 
 

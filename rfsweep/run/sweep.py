@@ -121,14 +121,7 @@ def dry_run_sweep(config_dir: str, overrides: list[str]) -> int | None:
         seen: dict = {}
         for job, cfg in jobs:  # a job the sweep would refuse stops the plan, as `ManifestCallback` stops the sweep
             try:
-                preflight(cfg, mem_gb=OmegaConf.select(master, "hydra.launcher.mem_gb", default=None), data=False,
-                          launcher=OmegaConf.select(master, "hydra.launcher", default=None), plan=True)
-                _check_race(master, cfg)
-            except UserError as e:
-                print(f"error: sweep job [{' '.join(job)}]: {e} (no job started)", file=sys.stderr, flush=True)
-                return 2
-            try:
-                _check_folder(seen, str(cfg.job_name), job)
+                _check_job(master, cfg, job, seen)
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 return 2
@@ -200,6 +193,21 @@ def _check_folder(seen: dict, folder: str, overrides: list[str]) -> None:
     seen[folder] = overrides
 
 
+def _check_job(config: DictConfig, cfg: DictConfig, overrides: list[str], seen: dict) -> str:
+    """One planned job `cfg` of the sweep `config` checked as the sweep checks it before any job starts (`preflight`
+    without the data folder, which a dry run may leave unset; a race's own requirement; its run folder not another
+    job's, `seen`); returns its variant's name. UserError with the sweep's one line otherwise."""
+    try:
+        preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
+                  launcher=OmegaConf.select(config, "hydra.launcher", default=None), plan=bool(config.get("dry_run")))
+        _check_race(config, cfg)
+        variant = variant_name(cfg.formulation)
+    except UserError as e:
+        raise ConfigError(f"sweep job [{' '.join(overrides)}]: {e} (no job started)") from None
+    _check_folder(seen, str(cfg.job_name), overrides)
+    return variant
+
+
 def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
     """Every planned job of the sweep `config` composed and checked (`preflight` without the data folder, which a dry
     run may leave unset): its manifest entry and its config. A bad value in any job, or two jobs that would share a
@@ -208,21 +216,12 @@ def _checked_jobs(config: DictConfig) -> tuple[list[dict], list[DictConfig]]:
     for overrides in planned_jobs(config):
         cfg = compose(config_name="config", overrides=overrides)
         try:
-            preflight(cfg, mem_gb=OmegaConf.select(config, "hydra.launcher.mem_gb", default=None), data=False,
-                      launcher=OmegaConf.select(config, "hydra.launcher", default=None),
-                      plan=bool(config.get("dry_run")))
-            _check_race(config, cfg)
-            variant = variant_name(cfg.formulation)
-        except UserError as e:
-            _refuse(f"sweep job [{' '.join(overrides)}]: {e} (no job started)")
-        folder = str(cfg.job_name)
-        try:
-            _check_folder(seen, folder, overrides)
+            variant = _check_job(config, cfg, overrides, seen)
         except UserError as e:
             _refuse(str(e))
         cfgs.append(cfg)
         jobs.append({"variant": variant, "dataset": str(cfg.data.label), "backbone": str(cfg.backbone.label),
-                     "seed": int(cfg.seed), "run": folder})
+                     "seed": int(cfg.seed), "run": str(cfg.job_name)})
     return jobs, cfgs
 
 

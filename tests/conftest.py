@@ -17,6 +17,19 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _environment():
+    """Each test leaves os.environ as it found it. What an in-process run sets there (Lightning's LOCAL_RANK,
+    NODE_RANK and MASTER_* of a strategy, W&B's WANDB_SERVICE) was handed on to every later command of the same xdist
+    worker: a two-device CLI run that inherits LOCAL_RANK waits in the rendezvous for a rank 1 nobody starts (CI of
+    2026-12-06, twice)."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 # -- the e2e marker ------------------------------------------------------------------------------------------------
 # A test is end to end when it, a function of its module it calls, or a fixture of its module it uses starts a process
 # (python -m ... through tests.helpers.run_cli / popen_cli, or subprocess): marked `e2e` at collection, so that

@@ -68,19 +68,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m rfsweep args` in a process group of its own: past `timeout` the whole group is killed (the ranks
     Lightning's own launcher started, SLURM's srun, the race's jobs), not only the command, whose children would go
     on and load the next tests; TimeoutExpired then carries what the command printed. Any other way out (Ctrl-C)
-    kills the group too: in its own session, the command never sees the terminal's signals."""
+    kills the group too: in its own session, the command never sees the terminal's signals. `env`: variables added to
+    the command's environment."""
     cmd = [sys.executable, "-m", "rfsweep", *args]
-    with subprocess.Popen(cmd, cwd=ROOT, env=_cli_env(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as proc:
+    with subprocess.Popen(cmd, cwd=ROOT, env={**_cli_env(args), **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             out, err = proc.communicate()
+            print(f"--- printed before the timeout of {timeout} s ---\n{out}\n{err[-20000:]}")
             raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
         except BaseException:  # Ctrl-C, pytest's own timeout: the group never reaches the ranks it started
             _kill_group(proc)

@@ -106,6 +106,17 @@ def test_several_devices_refused_in_a_local_multirun(tmp_path):
     assert not list((tmp_path / "multirun").rglob("*.ckpt"))
 
 
+def test_a_local_rank_left_in_the_environment_is_refused_instead_of_waiting_for_ranks_nobody_starts(tmp_path):
+    """What an in-process Lightning strategy leaves in os.environ (LOCAL_RANK, NODE_RANK, MASTER_*; no WORLD_SIZE):
+    Lightning took the command for a rank started from outside and rank 0 waited in the rendezvous for a rank 1 that
+    nobody started (CI of 2026-12-06: the non-finite-loss test below hung 180 s, twice, after an FSDP test)."""
+    leaked = {"LOCAL_RANK": "0", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    r = run_cli(_args(tmp_path, devices=2), timeout=120, env=leaked)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and lines and "LOCAL_RANK=0" in lines[0] and "WORLD_SIZE" in lines[0], r.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("status.json"))
+
+
 def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):
     r = run_cli([*_args(tmp_path, devices=2), "optimizer.lr=1e30", "trainer.warmup_steps=0", "trainer.grad_clip=null"],
                 timeout=180)

@@ -98,10 +98,20 @@ def configured_evaluator_id(cfg: DictConfig) -> str:
 
 def check_multi_device(cfg: DictConfig) -> None:
     """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
-    sweep in each. Under SLURM each task is one rank, started by the scheduler."""
+    sweep in each. Under SLURM each task is one rank, started by the scheduler. A LOCAL_RANK without WORLD_SIZE
+    outside SLURM and torchrun was left in the environment by something else (Lightning's own launcher and every
+    outside launcher set both): Lightning would take this process for a rank started from outside and wait in the
+    rendezvous for the others, which nobody starts."""
     if cfg.trainer.devices > 1 and is_multirun() and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
+    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    launched = any(k in os.environ for k in ("WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if world > 1 and "LOCAL_RANK" in os.environ and not launched:
+        raise ConfigError(f"config error: LOCAL_RANK={os.environ['LOCAL_RANK']} is set in the environment without "
+                          f"WORLD_SIZE, and trainer.devices={cfg.trainer.devices}: no launcher started this process, "
+                          f"so the other ranks would never come (allowed: unset LOCAL_RANK, or start every rank with "
+                          f"torchrun or SLURM)")
 
 
 def _bad_input() -> tuple[type, ...]:

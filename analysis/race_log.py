@@ -1,5 +1,6 @@
 """A race's decision log (written by `rfsweep.run.race_control`, read by `analysis.race` and `analysis.collect`):
-<sweep>/race.jsonl, one JSON line per decided rung, then one for the end."""
+<sweep>/race.jsonl, one JSON line per decided rung, then one for the end; and the name of the margins a calibration
+writes (<sweep>/race_margins.json, by the calibration race itself or `analysis race-margins`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from rfsweep.atomic import atomic_write
 
 LOG = "race.jsonl"
+CALIBRATED = "race_margins.json"  # what a race's hydra.sweeper.calibration names (analysis.race.calibration_record)
 
 
 class DecisionLog:

@@ -653,7 +653,7 @@ def test_no_reference_image_or_prompt_feeds_both_the_choice_and_its_report(tmp_p
 def test_free_host_memory_is_capped_by_the_job_cgroup_and_its_ancestors(tmp_path, version):
     """MemAvailable (not MemFree), capped by the tightest limit on the way up from this process's cgroup, with the
     inactive page cache counted as free (a SLURM job's --mem); no limit anywhere: MemAvailable."""
-    from rfsweep.run.eval_stage import free_host_bytes
+    from rfsweep.host_memory import free_host_bytes
 
     gib = 2**30
     meminfo = tmp_path / "meminfo"

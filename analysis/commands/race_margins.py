@@ -10,10 +10,9 @@ from pathlib import Path
 import yaml
 
 from analysis.race import calibrated_margins, calibration_record, diverged_variants, sweep_runs
-from analysis.race_log import DecisionLog
+from analysis.race_log import CALIBRATED, DecisionLog
 from rfsweep.atomic import atomic_write
 
-CALIBRATED = "race_margins.json"  # what a race's hydra.sweeper.calibration names
 SHARED = ("rungs", "top", "keep", "audit", "bootstrap", "seed")
 
 

@@ -16,12 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.race_log import CALIBRATED
 from rfsweep import runfolder
 from rfsweep.errors import ConfigError
 from rfsweep.run.job import LAUNCH_ENV
 from rfsweep.run.plan import nfe_per_run
-
-CALIBRATED = "race_margins.json"  # analysis.race.calibration_record
 
 
 @dataclass

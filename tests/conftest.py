@@ -19,15 +19,18 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _environment():
-    """Each test leaves os.environ as it found it. What an in-process run sets there (Lightning's LOCAL_RANK,
-    NODE_RANK and MASTER_* of a strategy, W&B's WANDB_SERVICE) was handed on to every later command of the same xdist
-    worker: a two-device CLI run that inherits LOCAL_RANK waits in the rendezvous for a rank 1 nobody starts (CI of
-    2026-12-06, twice)."""
+    """Each test leaves os.environ as it found it (the keys it changed put back; what a module- or session-scoped
+    fixture sets stays until the worker ends: such fixtures must not run a strategy in-process). What an in-process
+    run sets there (Lightning's LOCAL_RANK, NODE_RANK and MASTER_* of a strategy, W&B's WANDB_SERVICE) was handed on
+    to every later command of the same xdist worker: a two-device CLI run that inherits LOCAL_RANK waits in the
+    rendezvous for a rank 1 nobody starts (CI of 2026-12-06, twice)."""
     before = dict(os.environ)
     yield
-    if dict(os.environ) != before:
-        os.environ.clear()
-        os.environ.update(before)
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 # -- the e2e marker ------------------------------------------------------------------------------------------------

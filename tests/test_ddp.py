@@ -117,6 +117,31 @@ def test_a_local_rank_left_in_the_environment_is_refused_instead_of_waiting_for_
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("status.json"))
 
 
+@pytest.mark.parametrize("env,refused", [
+    ({"LOCAL_RANK": "0"}, True),
+    ({"LOCAL_RANK": "0", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, True),  # an interactive allocation of one task
+    ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, False),  # a rank Lightning's own launcher started
+    ({"LOCAL_RANK": "0", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"}, False),  # SLURM's tasks, one per device
+    ({"LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "RANK": "0"}, False),  # torchrun
+    ({}, False),
+])
+def test_only_a_local_rank_no_launcher_explains_is_refused(tmp_path, monkeypatch, env, refused):
+    from rfsweep.errors import ConfigError
+    from rfsweep.run.job import check_multi_device
+    from tests.helpers import compose_cfg
+
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "SLURM_NTASKS", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_cfg(_args(tmp_path, devices=2))
+    if refused:
+        with pytest.raises(ConfigError, match="LOCAL_RANK=0 is set in the environment without WORLD_SIZE"):
+            check_multi_device(cfg)
+    else:
+        check_multi_device(cfg)
+
+
 def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):
     r = run_cli([*_args(tmp_path, devices=2), "optimizer.lr=1e30", "trainer.warmup_steps=0", "trainer.grad_clip=null"],
                 timeout=180)

@@ -17,10 +17,10 @@ import torch
 
 from analysis.__main__ import main as analysis_main
 from analysis.race import Rule, censored, decide, evaluation_nfe, margins
-from analysis.race_log import DecisionLog
+from analysis.race_log import CALIBRATED, DecisionLog
 from rfsweep import runfolder
 from rfsweep.errors import ConfigError
-from rfsweep.run.race_control import CALIBRATED, RaceConf
+from rfsweep.run.race_control import RaceConf
 from rfsweep.train.checkpoint_io import resume_checkpoint
 from tests.helpers import ROOT, _env, run_cli
 from tests.wandb_files import offline_runs, read_run

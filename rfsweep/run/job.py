@@ -30,7 +30,7 @@ from rfsweep import runfolder
 from rfsweep.backbones.flops import parameter_count
 from rfsweep.cluster import slurm
 from rfsweep.cluster.lease import Lease, LeaseHeld, LeaseLost, describe
-from rfsweep.cluster.ranks import Launch, RanksDisagree, process_rank
+from rfsweep.cluster.ranks import Launch, RanksDisagree, outside_launch, process_rank
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.console import tidy_logging
 from rfsweep.errors import ConfigError, UserError
@@ -98,15 +98,16 @@ def configured_evaluator_id(cfg: DictConfig) -> str:
 
 def check_multi_device(cfg: DictConfig) -> None:
     """Several devices per job re-run the job's command once per device: a local multirun would re-run the whole
-    sweep in each. Under SLURM each task is one rank, started by the scheduler. A LOCAL_RANK without WORLD_SIZE
-    outside SLURM and torchrun was left in the environment by something else (Lightning's own launcher and every
-    outside launcher set both): Lightning would take this process for a rank started from outside and wait in the
-    rendezvous for the others, which nobody starts."""
+    sweep in each. Under SLURM each task is one rank, started by the scheduler. A LOCAL_RANK without WORLD_SIZE, not
+    in a launch of SLURM tasks or torchrun of this many ranks, was left in the environment by something else (an
+    in-process fit: Lightning's teardown removes WORLD_SIZE, not LOCAL_RANK; the ranks its launcher starts get both):
+    Lightning would take this process for a rank started from outside and wait in the rendezvous for the others,
+    which nobody starts."""
     if cfg.trainer.devices > 1 and is_multirun() and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
     world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-    launched = any(k in os.environ for k in ("WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    launched = "WORLD_SIZE" in os.environ or outside_launch(world) is not None
     if world > 1 and "LOCAL_RANK" in os.environ and not launched:
         raise ConfigError(f"config error: LOCAL_RANK={os.environ['LOCAL_RANK']} is set in the environment without "
                           f"WORLD_SIZE, and trainer.devices={cfg.trainer.devices}: no launcher started this process, "

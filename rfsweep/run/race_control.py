@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.race_log import CALIBRATED
+from analysis.race_log import CALIBRATED, DecisionLog
 from rfsweep import runfolder
 from rfsweep.errors import ConfigError
 from rfsweep.run.job import LAUNCH_ENV
@@ -100,7 +100,6 @@ def run_race(conf: RaceConf, sweep_dir: Path, max_steps: int, batch_size: int, j
         rung_rows,
         spent,
     )
-    from analysis.race_log import DecisionLog
 
     steps = conf.check(max_steps)
     margin = conf.margin_list(len(steps))
@@ -220,7 +219,6 @@ def dry_run_plan(conf: RaceConf, max_steps: int, batch_size: int, rung_nfe: int,
     """What a dry run of the race prints: its rungs, the most it can cost against the full grid, and, with a
     calibration sweep, the saving its decision log predicts for these rules."""
     from analysis.race import Rule, forward_equivalents, planned, replayed_stops  # deferred: pandas
-    from analysis.race_log import DecisionLog
 
     steps = conf.check(max_steps)
     per = jobs / max(variants, 1)

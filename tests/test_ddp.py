@@ -126,6 +126,8 @@ def test_a_local_rank_left_in_the_environment_is_refused_instead_of_waiting_for_
     ({}, False),
 ])
 def test_only_a_local_rank_no_launcher_explains_is_refused(tmp_path, monkeypatch, env, refused):
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
     from rfsweep.errors import ConfigError
     from rfsweep.run.job import check_multi_device
     from tests.helpers import compose_cfg
@@ -134,12 +136,28 @@ def test_only_a_local_rank_no_launcher_explains_is_refused(tmp_path, monkeypatch
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(rank_zero_only, "rank", None, raising=False)  # settled from this environment
     cfg = compose_cfg(_args(tmp_path, devices=2))
     if refused:
         with pytest.raises(ConfigError, match="LOCAL_RANK=0 is set in the environment without WORLD_SIZE"):
             check_multi_device(cfg)
     else:
         check_multi_device(cfg)
+
+
+def test_a_rank_other_than_0_from_the_environment_is_refused_with_one_device(tmp_path, monkeypatch):
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    from rfsweep.errors import ConfigError
+    from rfsweep.run.job import check_multi_device
+    from tests.helpers import compose_cfg
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", None, raising=False)
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1 is set in the environment and trainer.devices=1"):
+        check_multi_device(compose_cfg(_args(tmp_path, devices=1)))
 
 
 def test_non_finite_loss_stops_every_rank_and_is_recorded_once(tmp_path):

@@ -30,7 +30,7 @@ from rfsweep import runfolder
 from rfsweep.backbones.flops import parameter_count
 from rfsweep.cluster import slurm
 from rfsweep.cluster.lease import Lease, LeaseHeld, LeaseLost, describe
-from rfsweep.cluster.ranks import Launch, RanksDisagree, outside_launch, process_rank
+from rfsweep.cluster.ranks import RANK_ENV, Launch, RanksDisagree, outside_launch, process_rank
 from rfsweep.cluster.signals import PreemptionGuard, job_guard
 from rfsweep.console import tidy_logging
 from rfsweep.errors import ConfigError, UserError
@@ -102,7 +102,8 @@ def check_multi_device(cfg: DictConfig) -> None:
     in a launch of SLURM tasks or torchrun of this many ranks, was left in the environment by something else (an
     in-process fit: Lightning's teardown removes WORLD_SIZE, not LOCAL_RANK; the ranks its launcher starts get both):
     Lightning would take this process for a rank started from outside and wait in the rendezvous for the others,
-    which nobody starts."""
+    which nobody starts. With one device, a rank other than 0 from the environment would train without the lease and
+    never evaluate."""
     if cfg.trainer.devices > 1 and is_multirun() and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(f"config error: trainer.devices={cfg.trainer.devices} in a local multirun (allowed: 1, "
                           f"or several with hydra/launcher=slurm, one task per device, or a single run)")
@@ -113,6 +114,11 @@ def check_multi_device(cfg: DictConfig) -> None:
                           f"WORLD_SIZE, and trainer.devices={cfg.trainer.devices}: no launcher started this process, "
                           f"so the other ranks would never come (allowed: unset LOCAL_RANK, or start every rank with "
                           f"torchrun or SLURM)")
+    if world == 1 and process_rank() != 0:  # one rank is rank 0: it holds the lease and evaluates
+        found = next(f"{k}={os.environ[k]}" for k in RANK_ENV if os.environ.get(k) is not None)
+        raise ConfigError(f"config error: {found} is set in the environment and trainer.devices=1: this process would "
+                          f"run as another rank of a launch that has none (allowed: unset it, or launch as many ranks "
+                          f"as trainer.devices x trainer.num_nodes)")
 
 
 def _bad_input() -> tuple[type, ...]:

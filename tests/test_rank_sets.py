@@ -91,3 +91,14 @@ def test_a_variant_ahead_in_every_replicate_is_shown_ahead_without_a_spread():
     assert [x.tolist() for x in simultaneous_places(point, reps)] == [[1, 2, 3], [1, 2, 3]]
     twins = np.array([1.0, 1.0, 3.0])
     assert tau_best(twins, np.tile(twins, (50, 1))).tolist() == [True, True, False]
+
+
+def test_the_misses_script_counts_what_it_says():
+    """scripts/coverage_misses.py on three repetitions of regime (b): the worlds' shared true places (7, 7, 8 of 12),
+    and every count a number of repetitions, a miss counted on at least one side."""
+    from scripts.coverage_misses import COLUMNS, misses
+
+    out = misses("b", 3, b=100)
+    assert list(out) == list(COLUMNS) and [o["shared"] for o in out.values()] == [7, 7, 8]
+    for o in out.values():
+        assert 0 <= o["tie"] <= o["missed"] <= 3 and o["missed"] <= o["above"] + o["below"]

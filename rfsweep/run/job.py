@@ -115,7 +115,8 @@ def check_multi_device(cfg: DictConfig) -> None:
                           f"so the other ranks would never come (allowed: unset LOCAL_RANK, or start every rank with "
                           f"torchrun or SLURM)")
     if world == 1 and process_rank() != 0:  # one rank is rank 0: it holds the lease and evaluates
-        found = next(f"{k}={os.environ[k]}" for k in RANK_ENV if os.environ.get(k) is not None)
+        found = next((f"{k}={os.environ[k]}" for k in RANK_ENV if os.environ.get(k) is not None),
+                     f"rank {process_rank()}")
         raise ConfigError(f"config error: {found} is set in the environment and trainer.devices=1: this process would "
                           f"run as another rank of a launch that has none (allowed: unset it, or launch as many ranks "
                           f"as trainer.devices x trainer.num_nodes)")

@@ -137,6 +137,7 @@ def test_only_a_local_rank_no_launcher_explains_is_refused(tmp_path, monkeypatch
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(rank_zero_only, "rank", None, raising=False)  # settled from this environment
+    monkeypatch.setattr("rfsweep.run.job.is_multirun", lambda: False)  # HydraConfig may hold another test's multirun
     cfg = compose_cfg(_args(tmp_path, devices=2))
     if refused:
         with pytest.raises(ConfigError, match="LOCAL_RANK=0 is set in the environment without WORLD_SIZE"):
@@ -156,6 +157,7 @@ def test_a_rank_other_than_0_from_the_environment_is_refused_with_one_device(tmp
     for key in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(rank_zero_only, "rank", None, raising=False)
+    monkeypatch.setattr("rfsweep.run.job.is_multirun", lambda: False)
     with pytest.raises(ConfigError, match="LOCAL_RANK=1 is set in the environment and trainer.devices=1"):
         check_multi_device(compose_cfg(_args(tmp_path, devices=1)))
 
